@@ -1,0 +1,1 @@
+"""The driver: CLI, experiment spec, pretraining stages and Tuner wiring."""

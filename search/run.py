@@ -1,0 +1,63 @@
+"""Search transfer strategies with Ray Tune and Optuna, then print and write the leaderboard.
+
+    python search/run.py --strategy unfrozen
+
+Checks the input and loads the data before anything starts (bad input: one message, exit code
+2, nothing written), runs each pretraining stage once, searches each strategy with its own Tuner,
+and writes leaderboard.csv and best/<strategy>.yaml into the experiment directory.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import pandas as pd
+
+
+def main(argv: list[str] | None = None) -> int:
+    from search.spec import UsageError, parse_spec
+    from trainables.data import DataError, load_dataset
+    from trainables.stages import StageError
+
+    try:
+        spec = parse_spec(argv)
+        data = load_dataset(spec.data, image_size=spec.image_size, seed=spec.seed)
+    except (UsageError, DataError) as error:
+        print(f"run.py: error: {error}", file=sys.stderr)
+        return 2
+    print(f"data: {data.name}, {data.num_classes} classes, {len(data.train)} train / "
+          f"{len(data.val)} val images at {data.image_size} px", flush=True)
+
+    import ray
+
+    from analysis import export_best_configs, leaderboard, load_results, write_leaderboard
+    from search.tuning import run_search
+
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
+    context = ray.init(address=spec.address, logging_level=logging.WARNING)
+    if context.dashboard_url:
+        print(f"Ray dashboard: http://{context.dashboard_url} "
+              "(token: `ray get-auth-token`)", flush=True)
+    try:
+        exp_dir = run_search(spec, data)
+    except StageError as error:
+        print(f"run.py: error: {error}", file=sys.stderr)
+        return 2
+    finally:
+        ray.shutdown()
+
+    board = leaderboard(load_results(exp_dir))
+    write_leaderboard(board, exp_dir)
+    export_best_configs(board, exp_dir)
+    with pd.option_context("display.max_colwidth", 200, "display.width", 200):
+        print("\nleaderboard (best val_acc per strategy):")
+        print(board.drop(columns=["trial_id"]).to_string(index=False))
+    print(f"\nexperiment: {exp_dir}")
+    print(f"  tensorboard --logdir {exp_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

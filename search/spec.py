@@ -1,0 +1,120 @@
+"""The experiment spec: CLI arguments, checked, as one frozen dataclass.
+
+Everything that can be wrong with the user's input is found here or while the data loads, before
+Ray starts and before anything is written. Errors are `UsageError`s whose message is shown as is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import timm
+
+from trainables.data import DataError, parse_demo_spec
+from trainables.strategies import STRATEGIES
+
+
+class UsageError(ValueError):
+    """Bad command-line input; run.py prints the message and exits with code 2."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit code 2, no usage dump
+        raise UsageError(f"{message} (see --help)")
+
+
+@dataclass(frozen=True)
+class ExperimentSpec:
+    strategies: tuple[str, ...]
+    data: str
+    backbone: str
+    samples: int
+    max_epochs: int
+    grace_period: int
+    gpus_per_trial: float
+    cpus_per_trial: float
+    address: str | None
+    storage: Path
+    name: str
+    seed: int
+    weights: str | None
+    image_size: int
+    pretrain_epochs: int
+
+    @property
+    def exp_dir(self) -> Path:
+        return self.storage / self.name
+
+
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="run.py", description="Search transfer strategies with Ray Tune.")
+    p.add_argument("--strategy", required=True, choices=[*STRATEGIES, "all"],
+                   help="one registered strategy, or all of them with the same budget each")
+    p.add_argument("--data", default="demo",
+                   help="demo, demo:N (N train images per class), or an ImageFolder directory")
+    p.add_argument("--backbone", default="resnet18", help="any timm model name")
+    p.add_argument("--samples", type=int, default=8, help="trials per strategy")
+    p.add_argument("--max-epochs", type=int, default=6, help="epoch budget of one trial")
+    p.add_argument("--grace-period", type=int, default=2,
+                   help="ASHA's first rung: epochs every trial runs before it can be stopped")
+    p.add_argument("--gpus-per-trial", type=float, default=0.0)
+    p.add_argument("--cpus-per-trial", type=float, default=1.0)
+    p.add_argument("--address", default=None, help="Ray cluster address (auto: join ray up's)")
+    p.add_argument("--storage", default="experiments", help="folder for experiments and caches")
+    p.add_argument("--name", default=None, help="experiment name (default: strategy-time)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--weights", default=None,
+                   help="local backbone checkpoint (.pt, .pth, .safetensors) for pretrained "
+                   "strategies")
+    p.add_argument("--image-size", type=int, default=32,
+                   help="pixels per side: shorter side resized to this, then centre-cropped")
+    p.add_argument("--pretrain-epochs", type=int, default=10, help="epochs of a pretraining stage")
+    return p
+
+
+def check_backbone(name: str) -> None:
+    if timm.is_model(name.split(".")[0]):
+        return
+    close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
+    hint = f"; close matches: {', '.join(close)}" if close else ""
+    raise UsageError(f"--backbone {name}: not a timm model{hint}")
+
+
+def parse_spec(argv: list[str] | None = None) -> ExperimentSpec:
+    args = build_parser().parse_args(argv)
+    for flag, value, low in [("--samples", args.samples, 1), ("--max-epochs", args.max_epochs, 1),
+                             ("--grace-period", args.grace_period, 1),
+                             ("--image-size", args.image_size, 8),
+                             ("--pretrain-epochs", args.pretrain_epochs, 1)]:
+        if value < low:
+            raise UsageError(f"{flag} {value}: must be at least {low}")
+    if args.cpus_per_trial <= 0 or args.gpus_per_trial < 0:
+        raise UsageError("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0")
+    try:
+        is_demo = parse_demo_spec(args.data) is not None
+    except DataError as error:
+        raise UsageError(str(error)) from None
+    if not is_demo and not Path(args.data).expanduser().exists():
+        raise UsageError(f"--data {args.data}: no such file or directory")
+    if args.weights and not Path(args.weights).is_file():
+        raise UsageError(f"--weights {args.weights}: no such file")
+    check_backbone(args.backbone)
+    name = args.name or f"{args.strategy}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        raise UsageError(f"--name {name}: use letters, digits, '.', '_' and '-' only")
+    storage = Path(args.storage).expanduser().resolve()
+    if (storage / name).exists():
+        raise UsageError(f"experiment {storage / name} already exists; choose another --name")
+    strategies = tuple(STRATEGIES) if args.strategy == "all" else (args.strategy,)
+    return ExperimentSpec(
+        strategies=strategies, data=args.data, backbone=args.backbone, samples=args.samples,
+        max_epochs=args.max_epochs, grace_period=min(args.grace_period, args.max_epochs),
+        gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial,
+        address=args.address, storage=storage, name=name, seed=args.seed, weights=args.weights,
+        image_size=args.image_size, pretrain_epochs=args.pretrain_epochs,
+    )

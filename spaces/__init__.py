@@ -1,0 +1,10 @@
+"""Optuna define-by-run search spaces, one per registered strategy.
+
+A space only calls `trial.suggest_*` and returns None (Ray's rule for define-by-run spaces);
+each suggested name is a field of `trainables.config.TrialConfig`.
+"""
+
+from spaces import colorization, frozen, scratch, unfrozen  # noqa: E402,F401  (registers)
+from spaces.registry import SPACES, get_space, register_space
+
+__all__ = ["SPACES", "get_space", "register_space"]

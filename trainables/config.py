@@ -1,0 +1,54 @@
+"""The two configs a trial sees: run settings (fixed for an experiment) and sampled hyperparameters.
+
+Run settings travel to trials through `tune.with_parameters`, never through `param_space`, so the
+search space holds only what Optuna samples. `TrialConfig.from_dict` rejects unknown keys, so a
+space that suggests a misspelled name fails the first trial loudly instead of being ignored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+AUGMENTATIONS = ("none", "flip", "crop_flip", "trivialaugment")
+HEADS = ("linear", "mlp")
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    strategy: str
+    backbone: str
+    max_epochs: int
+    seed: int
+    pretrained: str  # where the backbone's starting weights come from: none, supervised, ...
+    cpus_per_trial: float = 1.0
+    checkpoint_every: int = 1  # epochs between checkpoints; ASHA needs one at each rung to resume
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    lr: float
+    batch_size: int
+    augment: str
+    weight_decay: float
+    lr_mult: float = 1.0  # backbone lr = lr * lr_mult (unfrozen, colorization)
+    head: str = "linear"  # frozen: a linear probe, or a small MLP head
+
+    def __post_init__(self) -> None:
+        if self.augment not in AUGMENTATIONS:
+            raise ValueError(f"augment={self.augment!r}: expected one of {AUGMENTATIONS}")
+        if self.head not in HEADS:
+            raise ValueError(f"head={self.head!r}: expected one of {HEADS}")
+        if self.lr <= 0 or self.batch_size < 1 or self.weight_decay < 0 or self.lr_mult <= 0:
+            raise ValueError(f"out-of-range hyperparameters: {self}")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrialConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown trial config keys {unknown}; known keys: {sorted(known)}")
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -1,0 +1,89 @@
+"""timm models by name: backbone weights from a stage's state dict, a new head for the classes.
+
+Backbone state dicts are always stored in timm's `num_classes=0` form (classifier removed), so one
+checkpoint serves any target dataset. The head is found through timm's `get_classifier`, never by
+layer name, so any timm architecture works.
+"""
+
+from __future__ import annotations
+
+import timm
+import torch
+from torch import nn
+
+
+def create_backbone(backbone: str, state: dict[str, torch.Tensor] | None = None) -> nn.Module:
+    """A timm model without classifier (`num_classes=0`), optionally loaded from `state`."""
+    model = timm.create_model(backbone, pretrained=False, num_classes=0)
+    if state is not None:
+        load_backbone_state(model, state)
+    return model
+
+
+def load_backbone_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Strict load with a readable error listing the first mismatches."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k}: {tuple(state[k].shape)} vs {tuple(v.shape)}"
+              for k, v in own.items() if k in state and state[k].shape != v.shape]
+    if missing or unexpected or shapes:
+        raise ValueError(
+            "backbone weights do not match the model: "
+            f"missing {missing[:5]}, unexpected {unexpected[:5]}, shape mismatches {shapes[:5]}"
+        )
+    model.load_state_dict(state)
+
+
+def head_module(model: nn.Module) -> tuple[str, nn.Module]:
+    """The dotted name and module of the model's classifier, as timm reports it."""
+    classifier = model.get_classifier()
+    for name, module in model.named_modules():
+        if module is classifier:
+            return name, module
+    raise ValueError(f"{type(model).__name__}: get_classifier() is not a submodule")
+
+
+def mlp_head(in_features: int, num_classes: int, hidden: int = 256, dropout: float = 0.3):
+    # BatchNorm and dropout between the two layers, as in the VGG16 study's stronger dense heads.
+    return nn.Sequential(
+        nn.Linear(in_features, hidden),
+        nn.BatchNorm1d(hidden),
+        nn.ReLU(inplace=True),
+        nn.Dropout(dropout),
+        nn.Linear(hidden, num_classes),
+    )
+
+
+def attach_head(model: nn.Module, num_classes: int, head: str = "linear") -> nn.Module:
+    """Give the model a freshly initialised head for `num_classes` (linear or MLP)."""
+    model.reset_classifier(num_classes)
+    if head == "mlp":
+        name, linear = head_module(model)
+        parent_name, _, attr = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, attr, mlp_head(linear.in_features, num_classes))
+    return model
+
+
+def head_parameter_names(model: nn.Module) -> set[str]:
+    name, module = head_module(model)
+    return {f"{name}.{p}" for p, _ in module.named_parameters()}
+
+
+def split_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """(backbone parameters, head parameters)."""
+    head = head_parameter_names(model)
+    backbone = [p for n, p in model.named_parameters() if n not in head]
+    return backbone, [p for n, p in model.named_parameters() if n in head]
+
+
+def build_model(backbone: str, num_classes: int, head: str = "linear",
+                state: dict[str, torch.Tensor] | None = None) -> nn.Module:
+    return attach_head(create_backbone(backbone, state), num_classes, head)
+
+
+def backbone_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's weights without its classifier, in `num_classes=0` form, on the CPU."""
+    head = {n for n in model.state_dict() if n.startswith(head_module(model)[0] + ".")}
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if k not in head}

@@ -1,0 +1,192 @@
+"""Pretraining stages: where a backbone's starting weights come from, computed once and cached.
+
+- `none`: random initialisation.
+- `imagenet`: timm's pretrained weights (hub download, then timm's cache), or a local file.
+- `supervised`: the backbone trained on a labeled source set (the demo's own source classes).
+- `colorization`: the encoder of a U-Net trained to predict ab from L on unlabeled images.
+
+Each stage's result is a backbone state dict in timm's `num_classes=0` form, cached on disk under
+a hash of (stage, backbone, source data fingerprint, stage config). The functions here are pure:
+the caller decides where they run (a Ray task with one trial's resources) and where they cache.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+from trainables import colorization as color
+from trainables.augment import Normalize
+from trainables.data import Dataset, fingerprint
+from trainables.loop import EpochStats, pick_device, to_device, train_epoch
+from trainables.models import backbone_state, create_backbone, load_backbone_state
+
+STAGES = ("none", "imagenet", "supervised", "colorization")
+
+
+class StageError(RuntimeError):
+    """A stage cannot produce weights: the message says what to do instead."""
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    epochs: int = 10
+    lr: float = 0.05  # SGD for supervised; the colorization U-Net uses Adam at lr / 50
+    batch_size: int = 128
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    stage: str
+    backbone: str
+    data_fingerprint: str  # of the images the stage trains on; "" for none and imagenet
+    config: StageConfig
+    weights_file: str | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.stage}-{self.backbone}-{fingerprint(asdict(self))}"
+
+    @property
+    def trains(self) -> bool:
+        return self.stage in ("supervised", "colorization") and self.weights_file is None
+
+
+def cache_path(cache_dir: Path, spec: StageSpec) -> Path:
+    return cache_dir / spec.key / "backbone.pt"
+
+
+def load_cached(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def save_cached(path: Path, state: dict[str, torch.Tensor]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)  # atomic: a crash never leaves a half-written cache entry
+
+
+def imagenet_state(backbone: str, weights_file: str | None) -> dict[str, torch.Tensor]:
+    """timm's pretrained weights (download + timm's cache) or a local file, classifier removed."""
+    if weights_file:
+        return file_state(backbone, weights_file)
+    try:
+        model = timm.create_model(backbone, pretrained=True, num_classes=0)
+    except Exception as error:  # noqa: BLE001 - hub, network and file errors all end here
+        raise StageError(
+            f"cannot get timm's pretrained weights for {backbone} ({type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else 'no detail'}). Either pass a local "
+            "checkpoint with --weights FILE, or run on --data demo, whose frozen and unfrozen "
+            "strategies pretrain offline on the demo's own source classes."
+        ) from None
+    return backbone_state(model)
+
+
+def file_state(backbone: str, weights_file: str) -> dict[str, torch.Tensor]:
+    """A local checkpoint (torch with weights_only, or safetensors) as a backbone state dict."""
+    path = Path(weights_file)
+    if not path.is_file():
+        raise StageError(f"--weights {weights_file}: no such file")
+    try:
+        state = timm.models.load_state_dict(str(path), weights_only=True)
+    except Exception as error:  # noqa: BLE001 - unpickling refusals, corrupt files
+        raise StageError(f"--weights {weights_file}: cannot load ({error})") from None
+    model = create_backbone(backbone)
+    classifier = timm.create_model(backbone, pretrained=False).pretrained_cfg.get("classifier")
+    for name in (classifier,) if isinstance(classifier, str) else classifier or ():
+        state.pop(f"{name}.weight", None)
+        state.pop(f"{name}.bias", None)
+    try:
+        load_backbone_state(model, state)
+    except ValueError as error:
+        raise StageError(f"--weights {weights_file}: {error}") from None
+    return backbone_state(model)
+
+
+def train_supervised(backbone: str, source: Dataset, config: StageConfig,
+                     log: list[float] | None = None) -> dict[str, torch.Tensor]:
+    """Train the whole backbone on the labeled source set; return it without classifier."""
+    torch.manual_seed(config.seed)
+    device = pick_device()
+    model = timm.create_model(backbone, pretrained=False, num_classes=source.num_classes)
+    model = model.to(device, memory_format=torch.channels_last)
+    normalize = Normalize(**_mean_std(model)).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.9,
+                                weight_decay=5e-4, nesterov=True)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
+    images = to_device(source.train.images, device)
+    labels = to_device(source.train.labels, device)
+    generator = torch.Generator().manual_seed(config.seed)
+    for _ in range(config.epochs):
+        stats: EpochStats = train_epoch(
+            model, optimizer, images, labels, batch_size=config.batch_size, policy="crop_flip",
+            normalize=normalize, train_mode=nn.Module.train, loss_fn=nn.CrossEntropyLoss(),
+            device=device, generator=generator)
+        scheduler.step()
+        if log is not None:
+            log.append(stats.loss)
+    model.reset_classifier(0)
+    return backbone_state(model)
+
+
+def train_colorization(backbone: str, images_np, config: StageConfig,
+                       log: list[float] | None = None) -> dict[str, torch.Tensor]:
+    """Train the colorization U-Net (L1 on ab) on unlabeled images; return its encoder."""
+    torch.manual_seed(config.seed)
+    device = pick_device()
+    unet = color.ColorizationUNet(backbone).to(device)
+    optimizer = torch.optim.Adam(unet.parameters(), lr=config.lr / 50)
+    images = to_device(images_np, device)
+    generator = torch.Generator().manual_seed(config.seed)
+    unet.train()
+    for _ in range(config.epochs):
+        order = torch.randperm(len(images), generator=generator).to(device)
+        total, seen = 0.0, 0
+        for begin in range(0, len(order) - 1, config.batch_size):
+            batch = images[order[begin : begin + config.batch_size]]
+            batch = torch.where(torch.rand(len(batch), 1, 1, 1, device=device) < 0.5,
+                                batch.flip(-1), batch)
+            grey, ab = color.lab_inputs(batch)
+            loss = nn.functional.l1_loss(unet(grey), ab)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total, seen = total + loss.item() * len(batch), seen + len(batch)
+        if log is not None:
+            log.append(total / seen)
+    return color.encoder_to_backbone(unet.encoder.state_dict(), create_backbone(backbone))
+
+
+def _mean_std(model: nn.Module) -> dict[str, tuple[float, ...]]:
+    cfg = timm.data.resolve_data_config({}, model=model)
+    return {"mean": tuple(cfg["mean"]), "std": tuple(cfg["std"])}
+
+
+def run_stage(spec: StageSpec, data: Dataset | None, threads: int = 0
+              ) -> tuple[dict[str, torch.Tensor] | None, dict]:
+    """Compute a stage's backbone weights; returns (state dict or None, a record of the run)."""
+    if threads:
+        torch.set_num_threads(threads)
+    start, losses = time.perf_counter(), []
+    if spec.stage == "none":
+        state = None
+    elif spec.stage == "imagenet" or spec.weights_file:
+        state = imagenet_state(spec.backbone, spec.weights_file)
+    elif spec.stage == "supervised":
+        if data is None or data.source is None:
+            raise StageError("supervised pretraining needs a labeled source set (the demo's)")
+        state = train_supervised(spec.backbone, data.source, spec.config, losses)
+    elif spec.stage == "colorization":
+        state = train_colorization(spec.backbone, data.train.images, spec.config, losses)
+    else:
+        raise StageError(f"unknown stage {spec.stage!r}; expected one of {STAGES}")
+    record = {"stage": spec.stage, "key": spec.key, "seconds": time.perf_counter() - start,
+              "losses": losses}
+    return state, record
