@@ -35,15 +35,17 @@ def main(argv: list[str] | None = None) -> int:
     from analysis import export_best_configs, leaderboard, load_results, write_leaderboard
     from search.tuning import run_search
 
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
+    # A checkpoint every epoch triggers Tune's experiment snapshots often; on small demo runs
+    # that is cheap and the warning it prints every few seconds is noise.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     context = ray.init(address=spec.address, logging_level=logging.WARNING)
     if context.dashboard_url:
         print(f"Ray dashboard: http://{context.dashboard_url} "
               "(token: `ray get-auth-token`)", flush=True)
     try:
         exp_dir = run_search(spec, data)
-    except StageError as error:
-        print(f"run.py: error: {error}", file=sys.stderr)
+    except StageError as error:  # raised in a Ray task: the cause carries the plain message
+        print(f"run.py: error: {getattr(error, 'cause', error)}", file=sys.stderr)
         return 2
     finally:
         ray.shutdown()

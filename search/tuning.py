@@ -63,31 +63,31 @@ def prepare_stages(spec: ExperimentSpec, stage_specs: dict[str, StageSpec], data
     Returns the weights reference per strategy and a record per stage. Training stages run as one
     Ray task with one trial's resources, so on a cluster they run where a trial could.
     """
-    refs: dict[str, ray.ObjectRef | None] = {}
-    records = []
+    task = ray.remote(num_cpus=spec.cpus_per_trial, num_gpus=spec.gpus_per_trial,
+                      max_retries=1)(run_stage)
+    by_stage: dict[StageSpec, ray.ObjectRef | None] = {}
+    records, running = [], {}
     for stage in dict.fromkeys(stage_specs.values()):
         path = cache_path(cache_dir, stage)
         if stage.stage == "none":
-            ref, record = None, {"stage": "none", "key": stage.key, "cached": False}
+            by_stage[stage] = None
         elif stage.trains and path.is_file():
-            ref = ray.put(load_cached(path))
-            record = {"stage": stage.stage, "key": stage.key, "cached": True, "path": str(path)}
-        else:
+            by_stage[stage] = ray.put(load_cached(path))
+            records.append({"stage": stage.stage, "key": stage.key, "cached": True,
+                            "path": str(path)})
+        else:  # independent stages run side by side, each as one task
             print(f"pretraining stage {stage.stage} ({stage.backbone}) ...", flush=True)
-            task = ray.remote(num_cpus=spec.cpus_per_trial, num_gpus=spec.gpus_per_trial,
-                              max_retries=1)(run_stage)
-            state, record = ray.get(task.remote(stage, data, int(spec.cpus_per_trial)))
-            record["cached"] = False
-            if stage.trains:
-                save_cached(path, state)
-                record["path"] = str(path)
-            ref = ray.put(state)
-            print(f"pretraining stage {stage.stage} done in {record['seconds']:.0f} s", flush=True)
+            running[stage] = task.remote(stage, data, int(spec.cpus_per_trial))
+    for stage, future in running.items():
+        state, record = ray.get(future)
+        record["cached"] = False
+        if stage.trains:
+            save_cached(cache_path(cache_dir, stage), state)
+            record["path"] = str(cache_path(cache_dir, stage))
+        by_stage[stage] = ray.put(state)
         records.append(record)
-        for strategy, s in stage_specs.items():
-            if s == stage:
-                refs[strategy] = ref
-    return refs, records
+        print(f"pretraining stage {stage.stage} done in {record['seconds']:.0f} s", flush=True)
+    return {strategy: by_stage[stage] for strategy, stage in stage_specs.items()}, records
 
 
 def make_tuner(spec: ExperimentSpec, strategy: str, data_ref: ray.ObjectRef,
@@ -117,7 +117,8 @@ def make_tuner(spec: ExperimentSpec, strategy: str, data_ref: ray.ObjectRef,
         trainable,
         tune_config=tune.TuneConfig(metric="val_acc", mode="max", search_alg=searcher,
                                     scheduler=scheduler, num_samples=spec.samples,
-                                    trial_dirname_creator=trial_dirname),
+                                    trial_dirname_creator=trial_dirname,
+                                    reuse_actors=True),  # no torch import per trial
         run_config=tune.RunConfig(
             name=strategy,
             storage_path=str(spec.exp_dir),

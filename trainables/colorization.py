@@ -102,7 +102,8 @@ def encoder_to_backbone(encoder_state: dict[str, torch.Tensor], backbone: nn.Mod
     if len(encoder_state) > len(target_items):
         raise ValueError("encoder has more tensors than the backbone: cannot map them")
     mapped = dict(target)
-    for (enc_key, enc_value), (key, value) in zip(encoder_state.items(), target_items[: len(encoder_state)], strict=True):
+    pairs = zip(encoder_state.items(), target_items[: len(encoder_state)], strict=True)
+    for (enc_key, enc_value), (key, value) in pairs:
         if enc_value.shape != value.shape or key.rsplit(".", 1)[-1] != enc_key.rsplit(".", 1)[-1]:
             raise ValueError(f"encoder tensor {enc_key} {tuple(enc_value.shape)} does not match "
                              f"backbone tensor {key} {tuple(value.shape)}")

@@ -1,0 +1,16 @@
+import pytest
+import torch
+
+from trainables.data import load_demo
+
+TINY_MODEL = "test_resnet"  # timm's 370k-parameter ResNet for tests
+
+
+@pytest.fixture(scope="session")
+def tiny_demo():
+    return load_demo(train_per_class=8, image_size=32)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)

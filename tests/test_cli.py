@@ -1,0 +1,89 @@
+"""Bad command-line input: exit code 2, one clear message, no traceback, nothing written."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+RUN = Path(__file__).resolve().parents[1] / "search" / "run.py"
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(RUN), *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=120)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--strategy", "bogus"], "invalid choice: 'bogus'"),
+        (["--strategy", "unfrozen", "--samples", "0"], "--samples 0: must be at least 1"),
+        (["--strategy", "unfrozen", "--max-epochs", "-1"], "--max-epochs -1: must be at least 1"),
+        (["--strategy", "unfrozen", "--data", "no/such/folder"],
+         "--data no/such/folder: no such file or directory"),
+        (["--strategy", "frozen", "--backbone", "resnet18x"], "close matches: resnet18"),
+        (["--strategy", "frozen", "--weights", "missing.pt"], "--weights missing.pt: no such file"),
+        (["--strategy", "scratch", "--data", "demo:x"], "expected demo:N"),
+        (["--samples", "2"], "the following arguments are required: --strategy"),
+    ],
+)
+def test_bad_input_exits_2_with_one_message_and_writes_nothing(tmp_path, args, message):
+    storage = tmp_path / "experiments"
+    result = run_cli(*args, "--storage", str(storage), "--name", "x", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not storage.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_experiment_name_is_refused(tmp_path):
+    (tmp_path / "runs" / "taken").mkdir(parents=True)
+    result = run_cli("--strategy", "scratch", "--storage", str(tmp_path / "runs"),
+                     "--name", "taken", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "already exists" in result.stderr
+
+
+def test_data_errors_found_while_loading_exit_2(tmp_path):
+    data = tmp_path / "images"
+    (data / "only_class").mkdir(parents=True)
+    (data / "only_class" / "notes.txt").write_text("not an image")
+    result = run_cli("--strategy", "scratch", "--data", str(data), "--storage",
+                     str(tmp_path / "runs"), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "only_class: class folder has no images" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def write_image_folder(root: Path, classes=("cat", "dog"), per_class=6) -> Path:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for name in classes:
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{i}.png")
+    return root
+
+
+@pytest.mark.slow
+def test_offline_imagenet_weights_exit_2_naming_both_ways_out(tmp_path):
+    data = write_image_folder(tmp_path / "images")
+    result = subprocess.run(
+        [sys.executable, str(RUN), "--strategy", "frozen", "--data", str(data), "--backbone",
+         "resnet18", "--storage", str(tmp_path / "runs")],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    error = [line for line in result.stderr.splitlines() if "run.py: error" in line]
+    assert len(error) == 1 and "--weights FILE" in error[0] and "--data demo" in error[0]
+    assert "Traceback" not in result.stderr
+    assert not list((tmp_path / "runs").glob("frozen-*"))

@@ -1,0 +1,68 @@
+"""The colorization pretext task: Lab conversion, the U-Net, and the encoder handed to trials."""
+
+import pytest
+import torch
+
+from tests.conftest import TINY_MODEL
+from trainables.colorization import (
+    ColorizationUNet,
+    encoder_to_backbone,
+    lab_to_rgb,
+    rgb_to_lab,
+)
+from trainables.models import build_model, create_backbone, head_module
+from trainables.stages import StageConfig, train_colorization
+
+# sRGB -> CIELAB (D65) reference values, as published by colour-science tools.
+REFERENCE = [
+    ((1.0, 0.0, 0.0), (53.2408, 80.0925, 67.2032)),
+    ((0.0, 1.0, 0.0), (87.7347, -86.1827, 83.1793)),
+    ((0.0, 0.0, 1.0), (32.2970, 79.1875, -107.8602)),
+    ((1.0, 1.0, 1.0), (100.0, 0.0, 0.0)),
+    ((0.5, 0.5, 0.5), (53.3889, 0.0, 0.0)),
+]
+
+
+@pytest.mark.parametrize(("rgb", "lab"), REFERENCE)
+def test_rgb_to_lab_matches_reference_values(rgb, lab):
+    got = rgb_to_lab(torch.tensor(rgb).view(1, 3, 1, 1)).flatten()
+    assert got.tolist() == pytest.approx(lab, abs=0.02)
+
+
+def test_lab_round_trip_on_a_batch():
+    rgb = torch.rand(4, 3, 8, 8)
+    assert torch.allclose(lab_to_rgb(rgb_to_lab(rgb)), rgb, atol=1e-4)
+
+
+def test_unet_predicts_ab_at_input_size():
+    out = ColorizationUNet(TINY_MODEL)(torch.zeros(2, 3, 32, 32))
+    assert out.shape == (2, 2, 32, 32)
+    assert out.abs().max() <= 1
+
+
+def test_pretext_loss_decreases_and_encoder_starts_the_classifier(tiny_demo):
+    losses = []
+    state = train_colorization(TINY_MODEL, tiny_demo.train.images,
+                               StageConfig(epochs=6, lr=0.5, batch_size=16), losses)
+    assert losses[-1] < losses[0], losses
+
+    model = build_model(TINY_MODEL, tiny_demo.num_classes, state=state)
+    head = head_module(model)[0] + "."
+    own = {k: v for k, v in model.state_dict().items() if not k.startswith(head)}
+    assert own.keys() == state.keys()
+    assert all(torch.equal(own[k], state[k]) for k in state)
+
+
+@pytest.mark.parametrize("backbone", [TINY_MODEL, "test_convnext", "test_efficientnet"])
+def test_encoder_weights_land_on_the_matching_backbone_tensors(backbone):
+    unet = ColorizationUNet(backbone)
+    with torch.no_grad():
+        for i, p in enumerate(unet.encoder.parameters()):
+            p.fill_(i + 1)
+    target = create_backbone(backbone)
+    mapped = encoder_to_backbone(unet.encoder.state_dict(), target)
+    target.load_state_dict(mapped)
+    encoder_params = list(unet.encoder.parameters())
+    backbone_params = list(target.parameters())[: len(encoder_params)]
+    for i, p in enumerate(backbone_params):
+        assert torch.all(p == i + 1)

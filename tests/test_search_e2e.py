@@ -1,0 +1,84 @@
+"""End to end through search/run.py: Ray, Optuna, ASHA, stages, results. Slow: starts Ray."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from tests.conftest import TINY_MODEL
+
+RUN = Path(__file__).resolve().parents[1] / "search" / "run.py"
+TINY = ["--data", "demo:8", "--backbone", TINY_MODEL, "--max-epochs", "1",
+        "--pretrain-epochs", "1", "--cpus-per-trial", "1"]
+
+pytestmark = pytest.mark.slow
+
+
+def search(tmp_path: Path, name: str, *args: str) -> Path:
+    storage = tmp_path / "experiments"
+    result = subprocess.run(
+        [sys.executable, str(RUN), *TINY, *args, "--storage", str(storage), "--name", name],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    exp_dir = storage / name
+    assert f"experiment: {exp_dir}" in result.stdout
+    assert "leaderboard" in result.stdout
+    return exp_dir
+
+
+def test_unfrozen_search_writes_leaderboard_best_config_study_and_tensorboard(tmp_path):
+    exp_dir = search(tmp_path, "e2e", "--strategy", "unfrozen", "--samples", "2")
+
+    board = pd.read_csv(exp_dir / "leaderboard.csv")
+    assert board["strategy"].tolist() == ["unfrozen"]
+    assert 0 <= board["val_acc"].iloc[0] <= 1
+    assert board["trials"].iloc[0] == 2
+
+    best = yaml.safe_load((exp_dir / "best" / "unfrozen.yaml").read_text())
+    assert best["strategy"] == "unfrozen" and best["pretrained"] == "supervised"
+    assert set(best["hyperparameters"]) == {"lr", "batch_size", "augment", "weight_decay",
+                                            "lr_mult"}
+    assert best["val_acc"] == pytest.approx(board["val_acc"].iloc[0])
+
+    meta = json.loads((exp_dir / "experiment.json").read_text())
+    study = optuna.load_study(study_name=meta["strategies"]["unfrozen"]["study_name"],
+                              storage=f"sqlite:///{exp_dir / 'optuna.db'}")
+    assert len(study.trials) == 2
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    assert max(t.value for t in study.trials) == pytest.approx(best["val_acc"])
+
+    events = list((exp_dir / "unfrozen").glob("*/events.out.tfevents.*"))
+    assert len(events) == 2 and all(e.stat().st_size > 0 for e in events)
+    assert "test" not in meta["dataset"] or meta["dataset"]["test"] > 0
+
+
+def test_colorization_stage_runs_once_for_many_trials_and_is_cached(tmp_path):
+    exp_dir = search(tmp_path, "first", "--strategy", "colorization", "--samples", "3")
+    stages = json.loads((exp_dir / "experiment.json").read_text())["stages"]
+    assert [(s["stage"], s["cached"]) for s in stages] == [("colorization", False)]
+    assert len(list((tmp_path / "experiments" / "_stages").glob("colorization-*"))) == 1
+    trials = list((exp_dir / "colorization").glob("trial_*/result.json"))
+    assert len(trials) == 3
+
+    again = search(tmp_path, "second", "--strategy", "colorization", "--samples", "1")
+    stages = json.loads((again / "experiment.json").read_text())["stages"]
+    assert [(s["stage"], s["cached"]) for s in stages] == [("colorization", True)]
+
+
+def test_frozen_search_from_a_local_weights_file(tmp_path):
+    import timm
+
+    weights = tmp_path / "imagenet-like.pth"
+    torch.save(timm.create_model(TINY_MODEL, num_classes=1000).state_dict(), weights)
+    exp_dir = search(tmp_path, "file", "--strategy", "frozen", "--samples", "1",
+                     "--weights", str(weights))
+    best = yaml.safe_load((exp_dir / "best" / "frozen.yaml").read_text())
+    assert best["pretrained"] == f"file:{weights}"
+    assert best["hyperparameters"]["head"] in ("linear", "mlp")
