@@ -10,7 +10,6 @@ from trainables.stages import (
     StageError,
     StageSpec,
     file_state,
-    imagenet_state,
     run_stage,
 )
 
