@@ -23,7 +23,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         spec = parse_spec(argv)
-        data = load_dataset(spec.data, image_size=spec.image_size, seed=spec.seed)
+        data = load_dataset(spec.data, image_size=spec.image_size, seed=spec.seed,
+                            split=spec.split, cache_dir=spec.cache_dir)
     except (UsageError, DataError) as error:
         print(f"run.py: error: {error}", file=sys.stderr)
         return 2

@@ -45,6 +45,8 @@ class ExperimentSpec:
     weights: str | None
     image_size: int
     pretrain_epochs: int
+    split: tuple[float, float, float]
+    cache_dir: Path
 
     @property
     def exp_dir(self) -> Path:
@@ -56,7 +58,10 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--strategy", required=True, choices=[*STRATEGIES, "all"],
                    help="one registered strategy, or all of them with the same budget each")
     p.add_argument("--data", default="demo",
-                   help="demo, demo:N (N train images per class), or an ImageFolder directory")
+                   help="demo, demo:N (N train images per class), torchvision:NAME, or an "
+                   "ImageFolder directory (class folders, or train/ val/ test/ folders)")
+    p.add_argument("--split", default="0.7,0.15,0.15",
+                   help="train,val,test fractions for data without given splits")
     p.add_argument("--backbone", default="resnet18", help="any timm model name")
     p.add_argument("--samples", type=int, default=8, help="trials per strategy")
     p.add_argument("--max-epochs", type=int, default=6, help="epoch budget of one trial")
@@ -65,7 +70,9 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--gpus-per-trial", type=float, default=0.0)
     p.add_argument("--cpus-per-trial", type=float, default=1.0)
     p.add_argument("--address", default=None, help="Ray cluster address (auto: join ray up's)")
-    p.add_argument("--storage", default="experiments", help="folder for experiments and caches")
+    p.add_argument("--storage", default="experiments", help="folder for experiments")
+    p.add_argument("--cache-dir", default=None,
+                   help="prepared data, downloads and pretraining stages (default STORAGE/_cache)")
     p.add_argument("--name", default=None, help="experiment name (default: strategy-time)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--weights", default=None,
@@ -99,7 +106,8 @@ def parse_spec(argv: list[str] | None = None) -> ExperimentSpec:
         is_demo = parse_demo_spec(args.data) is not None
     except DataError as error:
         raise UsageError(str(error)) from None
-    if not is_demo and not Path(args.data).expanduser().exists():
+    is_path = not is_demo and not args.data.startswith("torchvision:")
+    if is_path and not Path(args.data).expanduser().exists():
         raise UsageError(f"--data {args.data}: no such file or directory")
     if args.weights and not Path(args.weights).is_file():
         raise UsageError(f"--weights {args.weights}: no such file")
@@ -111,10 +119,26 @@ def parse_spec(argv: list[str] | None = None) -> ExperimentSpec:
     if (storage / name).exists():
         raise UsageError(f"experiment {storage / name} already exists; choose another --name")
     strategies = tuple(STRATEGIES) if args.strategy == "all" else (args.strategy,)
+    cache_dir = storage / "_cache"
+    if args.cache_dir:
+        cache_dir = Path(args.cache_dir).expanduser().resolve()
     return ExperimentSpec(
         strategies=strategies, data=args.data, backbone=args.backbone, samples=args.samples,
         max_epochs=args.max_epochs, grace_period=min(args.grace_period, args.max_epochs),
         gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial,
         address=args.address, storage=storage, name=name, seed=args.seed, weights=args.weights,
         image_size=args.image_size, pretrain_epochs=args.pretrain_epochs,
+        split=parse_split(args.split), cache_dir=cache_dir,
     )
+
+
+def parse_split(text: str) -> tuple[float, float, float]:
+    try:
+        parts = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        parts = ()
+    if len(parts) != 3 or parts[0] <= 0 or parts[1] <= 0 or parts[2] < 0 or not (
+            abs(sum(parts) - 1) < 1e-6):
+        raise UsageError(f"--split {text}: expected three fractions train,val,test summing to 1 "
+                         "(train and val above 0)")
+    return parts  # type: ignore[return-value]

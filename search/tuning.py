@@ -156,7 +156,7 @@ def write_experiment(spec: ExperimentSpec, data: Dataset, stages: dict[str, str]
 def run_search(spec: ExperimentSpec, data: Dataset) -> Path:
     """Stages, then every strategy's Tuner in turn; returns the experiment directory."""
     stage_specs = {s: stage_for(spec, s, data) for s in spec.strategies}
-    weights, records = prepare_stages(spec, stage_specs, data, spec.storage / "_stages")
+    weights, records = prepare_stages(spec, stage_specs, data, spec.cache_dir / "stages")
     stages = {s: weights_label(stage) for s, stage in stage_specs.items()}
     spec.exp_dir.mkdir(parents=True)
     storage_url = f"sqlite:///{spec.exp_dir / 'optuna.db'}"

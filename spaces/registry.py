@@ -32,5 +32,6 @@ def common(trial: optuna.Trial, lr: tuple[float, float], batch_sizes=(32, 64, 12
     """lr (log), batch size, augmentation policy and weight decay (log)."""
     trial.suggest_float("lr", *lr, log=True)
     trial.suggest_categorical("batch_size", list(batch_sizes))
-    trial.suggest_categorical("augment", list(AUGMENTATIONS))
+    if trial.suggest_categorical("augment", list(AUGMENTATIONS)) == "randaugment":
+        trial.suggest_int("magnitude", 1, 20)
     trial.suggest_float("weight_decay", 1e-6, 1e-2, log=True)

@@ -83,3 +83,48 @@ def test_missing_path_and_file_instead_of_folder(tmp_path):
     (tmp_path / "file.txt").write_text("x")
     with pytest.raises(DataError, match="not a directory"):
         load_dataset(str(tmp_path / "file.txt"))
+
+
+def test_second_load_decodes_nothing_and_a_changed_file_is_decoded_again(tmp_path):
+    from trainables import imagefolder
+
+    root = make_tree(tmp_path / "data", per_class=10)
+    cache = tmp_path / "cache"
+    before = imagefolder.DECODED
+    first = load_dataset(str(root), image_size=16, cache_dir=cache)
+    assert imagefolder.DECODED - before == 20
+    second = load_dataset(str(root), image_size=16, cache_dir=cache)
+    assert imagefolder.DECODED - before == 20, "the cached run must decode nothing"
+    assert np.array_equal(first.train.images, second.train.images)
+    assert first.train.paths == second.train.paths and first.fingerprint == second.fingerprint
+    Image.new("RGB", (30, 30), (255, 0, 0)).save(root / "apple" / "apple_3.jpg")
+    third = load_dataset(str(root), image_size=16, cache_dir=cache)
+    assert imagefolder.DECODED - before == 40
+    assert third.fingerprint != first.fingerprint
+    load_dataset(str(root), image_size=24, cache_dir=cache)
+    assert imagefolder.DECODED - before == 60, "another image size is another cache entry"
+
+
+def test_no_file_appears_in_two_splits(tmp_path):
+    data = load_dataset(str(make_tree(tmp_path, classes=("a", "b", "c"), per_class=15)),
+                        image_size=8, seed=3)
+    splits = [set(s.paths) for s in (data.train, data.val, data.test)]
+    assert sum(map(len, splits)) == 45 == len(set().union(*splits))
+    for split in (data.train, data.val, data.test):
+        for path, label in zip(split.paths, split.labels, strict=True):
+            assert f"/{data.classes[label]}/" in path
+
+
+def test_huge_images_and_thousands_of_tiny_images(tmp_path):
+    root = make_tree(tmp_path / "big", per_class=3, size=(3000, 2000))
+    data = load_dataset(str(root), image_size=32)
+    assert data.train.images.shape[1:] == (3, 32, 32)
+    tiny = tmp_path / "tiny"
+    rng = np.random.default_rng(0)
+    for c in ("x", "y"):
+        (tiny / c).mkdir(parents=True)
+        for i in range(1000):
+            Image.fromarray(rng.integers(0, 255, (3, 4, 3), dtype=np.uint8)).save(
+                tiny / c / f"{i}.png")
+    data = load_dataset(str(tiny), image_size=8, cache_dir=tmp_path / "cache")
+    assert len(data.train) + len(data.val) + len(data.test) == 2000

@@ -63,7 +63,7 @@ def test_colorization_stage_runs_once_for_many_trials_and_is_cached(tmp_path):
     exp_dir = search(tmp_path, "first", "--strategy", "colorization", "--samples", "3")
     stages = json.loads((exp_dir / "experiment.json").read_text())["stages"]
     assert [(s["stage"], s["cached"]) for s in stages] == [("colorization", False)]
-    assert len(list((tmp_path / "experiments" / "_stages").glob("colorization-*"))) == 1
+    assert len(list((tmp_path / "experiments" / "_cache" / "stages").glob("colorization-*"))) == 1
     trials = list((exp_dir / "colorization").glob("trial_*/result.json"))
     assert len(trials) == 3
 

@@ -1,14 +1,14 @@
 """Augmentation of uint8 batches on the trial's device, with an independent draw per sample.
 
-Flips and crops are one indexing op for the whole batch. TrivialAugment uses torchvision's own
-`TrivialAugmentWide` once per image, so each image gets its own operation and magnitude.
+Flips and crops are one indexing op for the whole batch; TrivialAugment and RandAugment run
+batched too (`trainables.autoaugment`), each sample with its own operations and magnitudes.
 """
 
 from __future__ import annotations
 
 import torch
-from torchvision.transforms import v2
 
+from trainables.autoaugment import rand_augment, trivial_augment
 from trainables.config import AUGMENTATIONS
 
 
@@ -29,21 +29,19 @@ def random_crop(x: torch.Tensor, padding: int) -> torch.Tensor:
     return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2).contiguous()
 
 
-_TRIVIAL = v2.TrivialAugmentWide()
+def augment(x: torch.Tensor, policy: str, magnitude: int = 9) -> torch.Tensor:
+    """Augment a (B, 3, H, W) uint8 batch; returns uint8 of the same shape.
 
-
-def trivial_augment(x: torch.Tensor) -> torch.Tensor:
-    return torch.stack([_TRIVIAL(image) for image in x])
-
-
-def augment(x: torch.Tensor, policy: str) -> torch.Tensor:
-    """Augment a (B, 3, H, W) uint8 batch; returns uint8 of the same shape."""
+    `magnitude` (0 to 30) is RandAugment's; TrivialAugment draws its own per sample.
+    """
     if policy not in AUGMENTATIONS:
         raise ValueError(f"augment={policy!r}: expected one of {AUGMENTATIONS}")
     if policy == "none":
         return x
     if policy == "trivialaugment":
         x = trivial_augment(x)
+    if policy == "randaugment":
+        x = rand_augment(x, magnitude)
     if policy == "crop_flip":
         x = random_crop(x, padding=max(1, x.shape[-1] // 8))  # 4 px at 32 px, as for CIFAR
     return random_flip(x)

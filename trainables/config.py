@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-AUGMENTATIONS = ("none", "flip", "crop_flip", "trivialaugment")
+AUGMENTATIONS = ("none", "flip", "crop_flip", "trivialaugment", "randaugment")
 HEADS = ("linear", "mlp")
 
 
@@ -33,13 +33,15 @@ class TrialConfig:
     weight_decay: float
     lr_mult: float = 1.0  # backbone lr = lr * lr_mult (unfrozen, colorization)
     head: str = "linear"  # frozen: a linear probe, or a small MLP head
+    magnitude: int = 9  # RandAugment's magnitude bin, 0 to 30 (searched when augment=randaugment)
 
     def __post_init__(self) -> None:
         if self.augment not in AUGMENTATIONS:
             raise ValueError(f"augment={self.augment!r}: expected one of {AUGMENTATIONS}")
         if self.head not in HEADS:
             raise ValueError(f"head={self.head!r}: expected one of {HEADS}")
-        if self.lr <= 0 or self.batch_size < 1 or self.weight_decay < 0 or self.lr_mult <= 0:
+        if (self.lr <= 0 or self.batch_size < 1 or self.weight_decay < 0 or self.lr_mult <= 0
+                or not 0 <= self.magnitude <= 30):
             raise ValueError(f"out-of-range hyperparameters: {self}")
 
     @classmethod

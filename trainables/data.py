@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -25,9 +26,14 @@ class DataError(ValueError):
 class Split:
     images: np.ndarray  # (N, 3, H, W) uint8
     labels: np.ndarray  # (N,) int64
+    paths: tuple[str, ...] = ()  # where each image came from, when it came from a file
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def take(self, idx: np.ndarray) -> Split:
+        paths = tuple(self.paths[i] for i in idx) if self.paths else ()
+        return Split(self.images[idx], self.labels[idx], paths)
 
 
 @dataclass(frozen=True)
@@ -57,16 +63,55 @@ def fingerprint(*parts: object) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def stratified_split(
+    labels: np.ndarray, fractions: tuple[float, float, float], seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Index arrays for train/val/test, each class split by the same fractions."""
+    rng = np.random.default_rng(seed)
+    parts: tuple[list, list, list] = ([], [], [])
+    for label in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == label))
+        n_val = max(1, round(len(idx) * fractions[1]))
+        n_test = max(1, round(len(idx) * fractions[2])) if fractions[2] > 0 else 0
+        if len(idx) - n_val - n_test < 1:
+            raise DataError(f"class {label} has {len(idx)} images: too few to split")
+        parts[1].append(idx[:n_val])
+        parts[2].append(idx[n_val : n_val + n_test])
+        parts[0].append(idx[n_val + n_test :])
+    return tuple(np.sort(np.concatenate(p)) for p in parts)  # type: ignore[return-value]
+
+
+def assemble(name: str, classes: tuple[str, ...], parts: dict[str, Split], seed: int,
+             fractions: tuple[float, float, float], key: str) -> Dataset:
+    """A Dataset from prepared parts: `all` is split three ways, a missing `val` comes from
+    `train`, and given `train`/`val`/`test` parts are used as they are."""
+    if "all" in parts:
+        idx = stratified_split(parts["all"].labels, fractions, seed)
+        parts = dict(zip(("train", "val", "test"), (parts["all"].take(i) for i in idx),
+                         strict=True))
+    elif "val" not in parts:
+        whole = parts["train"]
+        held = (1 - fractions[1], fractions[1], 0.0)
+        train_idx, val_idx, _ = stratified_split(whole.labels, held, seed)
+        parts = {**parts, "train": whole.take(train_idx), "val": whole.take(val_idx)}
+    return Dataset(name=name, classes=classes, train=parts["train"], val=parts["val"],
+                   test=parts.get("test"), fingerprint=fingerprint(key, seed, fractions))
+
+
 def load_demo(train_per_class: int = demo.DEFAULT_TRAIN_PER_CLASS, image_size: int = 32,
-              seed: int = 0) -> Dataset:
+              seed: int = 0, cache_dir: Path | None = None) -> Dataset:
     """The built-in demo: fixed splits for a seed, plus its disjoint source classes."""
     held_out = max(2, train_per_class // 4)
+    key = fingerprint("demo", train_per_class, image_size, seed)
+    entry = cache_dir / f"{key}.npz" if cache_dir else None
+    cached = dict(np.load(entry)) if entry is not None and entry.is_file() else {}
 
     def split(classes: tuple, per_class: int, split_id: int) -> Split:
-        images, labels = demo.generate(classes, per_class, image_size, seed * 1000 + split_id)
-        return Split(images, labels)
+        if f"x{split_id}" not in cached:
+            cached[f"x{split_id}"], cached[f"y{split_id}"] = demo.generate(
+                classes, per_class, image_size, seed * 1000 + split_id)
+        return Split(cached[f"x{split_id}"], cached[f"y{split_id}"])
 
-    key = fingerprint("demo", train_per_class, image_size, seed)
     source = Dataset(
         name="demo-source",
         classes=demo.class_names(demo.SOURCE_CLASSES),
@@ -75,6 +120,11 @@ def load_demo(train_per_class: int = demo.DEFAULT_TRAIN_PER_CLASS, image_size: i
         test=None,
         fingerprint=fingerprint("demo-source", key),
     )
+    if entry is not None and not entry.is_file():
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        tmp = entry.with_name(f"{entry.stem}.tmp{os.getpid()}.npz")
+        np.savez(tmp, **cached)
+        tmp.replace(entry)
     return Dataset(
         name="demo" if train_per_class == demo.DEFAULT_TRAIN_PER_CLASS
         else f"demo:{train_per_class}",
@@ -99,11 +149,24 @@ def parse_demo_spec(spec: str) -> int | None:
     return None
 
 
-def load_dataset(spec: str, image_size: int = 32, seed: int = 0) -> Dataset:
-    """Resolve a `--data` spec: `demo`, `demo:N`, or an ImageFolder directory."""
+def load_dataset(spec: str, image_size: int = 32, seed: int = 0,
+                 split: tuple[float, float, float] = (0.7, 0.15, 0.15),
+                 cache_dir: Path | None = None) -> Dataset:
+    """Resolve a `--data` spec: `demo`, `demo:N`, `torchvision:NAME`, or an ImageFolder tree.
+
+    With `cache_dir`, prepared images are cached there (under `data/`), and torchvision
+    downloads go under `torchvision/`.
+    """
+    data_cache = cache_dir / "data" if cache_dir else None
     per_class = parse_demo_spec(spec)
     if per_class is not None:
-        return load_demo(per_class, image_size)
+        return load_demo(per_class, image_size, cache_dir=data_cache)
+    if spec.startswith("torchvision:"):
+        from trainables.tvdata import load_torchvision
+
+        root = (cache_dir or Path.home() / ".cache" / "transfer-search") / "torchvision"
+        return load_torchvision(spec.removeprefix("torchvision:"), root, image_size=image_size,
+                                seed=seed, split=split, cache_dir=data_cache)
     path = Path(spec).expanduser()
     if not path.exists():
         raise DataError(f"--data {spec}: no such file or directory")
@@ -111,4 +174,5 @@ def load_dataset(spec: str, image_size: int = 32, seed: int = 0) -> Dataset:
         raise DataError(f"--data {spec}: not a directory (expected an ImageFolder tree)")
     from trainables.imagefolder import load_image_folder
 
-    return load_image_folder(path, image_size=image_size, seed=seed)
+    return load_image_folder(path, image_size=image_size, seed=seed, split=split,
+                             cache_dir=data_cache)

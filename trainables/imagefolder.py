@@ -7,14 +7,17 @@ and `test/` folders of class folders, used as given. Resizing takes the shorter 
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from trainables.data import DataError, Dataset, Split, fingerprint
+from trainables.data import DataError, Dataset, Split, assemble, fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -37,20 +40,29 @@ def list_classes(root: Path) -> dict[str, list[Path]]:
     return classes
 
 
+DECODED = 0  # images decoded by this process, for benchmarks and tests
+
+
+def to_array(image: Image.Image, image_size: int) -> np.ndarray:
+    """RGB, shorter side resized to `image_size`, centre crop: (3, S, S) uint8."""
+    image.draft("RGB", (image_size, image_size))  # JPEG: decode at a reduced scale when large
+    rgb = image.convert("RGB")
+    scale = image_size / min(rgb.size)
+    width = max(image_size, round(rgb.width * scale))
+    height = max(image_size, round(rgb.height * scale))
+    rgb = rgb.resize((width, height), Image.Resampling.BILINEAR, reducing_gap=3.0)
+    left, top = (width - image_size) // 2, (height - image_size) // 2
+    rgb = rgb.crop((left, top, left + image_size, top + image_size))
+    return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)
+
+
 def decode(path: Path, image_size: int) -> np.ndarray | None:
     """(3, S, S) uint8, or None for a truncated or corrupt file."""
+    global DECODED
+    DECODED += 1
     try:
         with Image.open(path) as image:
-            image.draft("RGB", (image_size, image_size))  # JPEG: decode at a reduced scale
-            rgb = image.convert("RGB")
-            scale = image_size / min(rgb.size)
-            width, height = max(image_size, round(rgb.width * scale)), max(
-                image_size, round(rgb.height * scale)
-            )
-            rgb = rgb.resize((width, height), Image.Resampling.BILINEAR, reducing_gap=3.0)
-            left, top = (width - image_size) // 2, (height - image_size) // 2
-            rgb = rgb.crop((left, top, left + image_size, top + image_size))
-            return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)
+            return to_array(image, image_size)
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
         return None
 
@@ -63,27 +75,45 @@ def decode_all(files: list[Path], labels: list[int], image_size: int) -> tuple[S
             bad.append(path)
         else:
             images.append(array)
-            kept.append(label)
+            kept.append((label, str(path)))
     stacked = np.stack(images) if images else np.empty((0, 3, image_size, image_size), np.uint8)
-    return Split(stacked, np.asarray(kept, dtype=np.int64)), bad
+    labels_kept = np.asarray([label for label, _ in kept], dtype=np.int64)
+    return Split(stacked, labels_kept, tuple(path for _, path in kept)), bad
 
 
-def stratified_split(
-    labels: np.ndarray, fractions: tuple[float, float, float], seed: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Index arrays for train/val/test, each class split by the same fractions."""
-    rng = np.random.default_rng(seed)
-    parts: tuple[list, list, list] = ([], [], [])
-    for label in np.unique(labels):
-        idx = rng.permutation(np.flatnonzero(labels == label))
-        n_val = max(1, round(len(idx) * fractions[1]))
-        n_test = max(1, round(len(idx) * fractions[2])) if fractions[2] > 0 else 0
-        if len(idx) - n_val - n_test < 1:
-            raise DataError(f"class {label} has {len(idx)} images: too few to split")
-        parts[1].append(idx[:n_val])
-        parts[2].append(idx[n_val : n_val + n_test])
-        parts[0].append(idx[n_val + n_test :])
-    return tuple(np.sort(np.concatenate(p)) for p in parts)  # type: ignore[return-value]
+def prepare(files: list[Path], labels: list[int], image_size: int, cache_dir: Path | None
+            ) -> tuple[Split, list[str], str]:
+    """Decoded images of `files`, from the cache when the same files were prepared before.
+
+    The key covers each file's path, size and mtime, the labels and the image size, so an edited,
+    added or removed file, or another size, prepares anew. Returns (split, unreadable paths).
+    """
+    key = content_key(files, labels, image_size)
+    entry = cache_dir / key if cache_dir else None
+    if entry is not None and (entry / "meta.json").is_file():
+        meta = json.loads((entry / "meta.json").read_text())
+        images = np.load(entry / "images.npy", mmap_mode="r")
+        split = Split(np.ascontiguousarray(images), np.load(entry / "labels.npy"),
+                      tuple(meta["paths"]))
+        return split, meta["unreadable"], key
+    split, bad = decode_all(files, labels, image_size)
+    if entry is not None:
+        tmp = entry.with_name(entry.name + f".tmp{os.getpid()}")
+        tmp.mkdir(parents=True, exist_ok=True)
+        np.save(tmp / "images.npy", split.images)
+        np.save(tmp / "labels.npy", split.labels)
+        (tmp / "meta.json").write_text(json.dumps(
+            {"paths": list(split.paths), "unreadable": [str(p) for p in bad]}))
+        if entry.exists():  # another process prepared the same files meanwhile
+            shutil.rmtree(tmp)
+        else:
+            tmp.rename(entry)  # atomic: readers never see a half-written entry
+    return split, [str(p) for p in bad], key
+
+
+def content_key(files: list[Path], labels: list[int], image_size: int) -> str:
+    stats = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    return fingerprint("images-v1", stats, labels, image_size)
 
 
 def _given_splits(root: Path) -> dict[str, Path] | None:
@@ -97,7 +127,7 @@ def _given_splits(root: Path) -> dict[str, Path] | None:
 
 def load_image_folder(
     root: Path, image_size: int = 32, seed: int = 0,
-    split: tuple[float, float, float] = (0.7, 0.15, 0.15),
+    split: tuple[float, float, float] = (0.7, 0.15, 0.15), cache_dir: Path | None = None,
 ) -> Dataset:
     given = _given_splits(root)
     listings = {name: list_classes(path) for name, path in (given or {"all": root}).items()}
@@ -113,30 +143,19 @@ def load_image_folder(
     if len(classes) < 2:
         raise DataError(f"{root}: only one class ({classes[0]}); classification needs two or more")
     index = {name: i for i, name in enumerate(classes)}
-    splits, bad = {}, []
+    parts, bad, keys = {}, [], []
     for name, listing in listings.items():
         files = [f for c in classes for f in listing[c]]
         labels = [index[c] for c in classes for _ in listing[c]]
-        splits[name], skipped = decode_all(files, labels, image_size)
-        bad += skipped
-    if bad:
-        shown = ", ".join(str(p) for p in bad[:5])
-        log.warning("skipped %d unreadable images (%s%s)", len(bad), shown,
-                    ", ..." if len(bad) > 5 else "")
-    if given is None:
-        whole = splits.pop("all")
-        parts = stratified_split(whole.labels, split, seed)
-        for name, idx in zip(("train", "val", "test"), parts, strict=True):
-            splits[name] = Split(whole.images[idx], whole.labels[idx])
-    elif "val" not in splits:  # train/ and test/ given: hold out val from train
-        whole = splits["train"]
-        train_idx, val_idx, _ = stratified_split(whole.labels, (1 - split[1], split[1], 0), seed)
-        splits["train"] = Split(whole.images[train_idx], whole.labels[train_idx])
-        splits["val"] = Split(whole.images[val_idx], whole.labels[val_idx])
-    stats = [(str(f), f.stat().st_size, f.stat().st_mtime_ns)
-             for listing in listings.values() for files in listing.values() for f in files]
-    return Dataset(
-        name=root.name, classes=classes, train=splits["train"], val=splits["val"],
-        test=splits.get("test"), fingerprint=fingerprint("imagefolder", stats, image_size, seed,
-                                                         split),
-    )
+        parts[name], unreadable, key = prepare(files, labels, image_size, cache_dir)
+        bad += unreadable
+        keys.append(key)
+    warn_unreadable(bad)
+    return assemble(root.name, classes, parts, seed, split, fingerprint("imagefolder", keys))
+
+
+def warn_unreadable(paths: list[str]) -> None:
+    if paths:
+        shown = ", ".join(paths[:5])
+        log.warning("skipped %d unreadable images (%s%s)", len(paths), shown,
+                    ", ..." if len(paths) > 5 else "")

@@ -53,7 +53,8 @@ class EpochStats:
 
 def train_epoch(
     model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
-    labels: torch.Tensor, *, batch_size: int, policy: str, normalize: Normalize,
+    labels: torch.Tensor, *, batch_size: int, policy: str, magnitude: int = 9,
+    normalize: Normalize,
     train_mode: Callable[[nn.Module], None], loss_fn: nn.Module, device: torch.device,
     generator: torch.Generator,
 ) -> EpochStats:
@@ -65,7 +66,8 @@ def train_epoch(
     stop = len(order) - 1 if len(order) % batch_size == 1 else len(order)
     for begin in range(0, stop, batch_size):
         idx = order[begin : begin + batch_size]
-        x = normalize(augment(images[idx], policy)).contiguous(memory_format=torch.channels_last)
+        x = normalize(augment(images[idx], policy, magnitude))
+        x = x.contiguous(memory_format=torch.channels_last)
         y = labels[idx]
         with autocast(device):
             logits = model(x)

@@ -56,8 +56,8 @@ def train_transfer(config: dict, *, settings: RunSettings, data: Dataset,
     for epoch in range(start_epoch, settings.max_epochs):
         train = train_epoch(
             model, optimizer, train_x, train_y, batch_size=hp.batch_size, policy=hp.augment,
-            normalize=normalize, train_mode=plan.train_mode, loss_fn=nn.CrossEntropyLoss(),
-            device=device, generator=generator)
+            magnitude=hp.magnitude, normalize=normalize, train_mode=plan.train_mode,
+            loss_fn=nn.CrossEntropyLoss(), device=device, generator=generator)
         scheduler.step()
         val = evaluate(model, val_x, val_y, normalize=normalize, device=device)
         metrics = {

@@ -1,0 +1,71 @@
+"""Batch augmentation: per-sample draws, uint8 in and out, ops as torchvision defines them."""
+
+import pytest
+import torch
+from torchvision.transforms.v2 import functional as TF
+
+from trainables.augment import augment, random_crop, random_flip
+from trainables.autoaugment import OPS, RAND, TRIVIAL_WIDE, apply_ops, rand_augment
+
+torch.manual_seed(0)
+IMAGES = torch.randint(0, 256, (6, 3, 16, 16), dtype=torch.uint8)
+
+
+def one(name: str, level: float, sign: float = 1.0, ranges=RAND) -> torch.Tensor:
+    b = len(IMAGES)
+    return apply_ops(IMAGES, torch.full((b,), OPS.index(name)), torch.full((b,), level),
+                     torch.full((b,), sign), ranges)
+
+
+@pytest.mark.parametrize(
+    ("name", "reference"),
+    [
+        ("brightness", lambda x: TF.adjust_brightness(x, 1 + 0.5 * RAND.enhance)),
+        ("color", lambda x: TF.adjust_saturation(x, 1 + 0.5 * RAND.enhance)),
+        ("contrast", lambda x: TF.adjust_contrast(x, 1 + 0.5 * RAND.enhance)),
+        ("sharpness", lambda x: TF.adjust_sharpness(x, 1 + 0.5 * RAND.enhance)),
+        ("posterize", lambda x: TF.posterize(x, 6)),
+        ("solarize", lambda x: TF.solarize(x, 127.5)),
+        ("autocontrast", TF.autocontrast),
+        ("equalize", TF.equalize),
+        ("identity", lambda x: x),
+    ],
+)
+def test_colour_operations_match_torchvision(name, reference):
+    got = one(name, 0.5)
+    want = reference(IMAGES)
+    assert got.dtype == torch.uint8 and got.shape == IMAGES.shape
+    assert (got.int() - want.int()).abs().max() <= 1
+
+
+def test_geometric_operations_move_pixels_and_level_zero_is_identity():
+    for name in ("shear_x", "shear_y", "translate_x", "translate_y", "rotate"):
+        assert torch.equal(one(name, 0.0), IMAGES)
+        assert not torch.equal(one(name, 1.0, ranges=TRIVIAL_WIDE), IMAGES)
+    shifted = one("translate_x", 0.25 / RAND.translate)  # a quarter of the side: 4 px
+    assert torch.equal(shifted[..., 4:], IMAGES[..., :-4]) or torch.equal(
+        shifted[..., :-4], IMAGES[..., 4:])
+
+
+def test_each_sample_draws_its_own_operation():
+    same = IMAGES[:1].expand(64, -1, -1, -1).contiguous()
+    for policy in ("flip", "crop_flip", "trivialaugment"):
+        out = augment(same, policy)
+        distinct = {img.numpy().tobytes() for img in out}
+        assert len(distinct) > 1, policy
+    out = rand_augment(same, magnitude=9)
+    assert len({img.numpy().tobytes() for img in out}) > 8
+    assert augment(same, "none") is same
+
+
+def test_flip_and_crop_keep_shape_dtype_and_pixels():
+    flipped = random_flip(IMAGES)
+    for a, b in zip(flipped, IMAGES, strict=True):
+        assert torch.equal(a, b) or torch.equal(a, b.flip(-1))
+    cropped = random_crop(IMAGES, padding=2)
+    assert cropped.shape == IMAGES.shape and cropped.dtype == torch.uint8
+
+
+def test_randaugment_magnitude_is_checked():
+    with pytest.raises(ValueError, match="magnitude"):
+        rand_augment(IMAGES, magnitude=31)

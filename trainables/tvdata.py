@@ -1,0 +1,117 @@
+"""`torchvision:NAME` datasets: downloaded into a cache when the network allows, decoded once.
+
+torchvision's classification sets name their splits in three ways: a `train` flag (CIFAR10,
+CIFAR100, MNIST), a `split` argument (STL10, Flowers102, Food101, SVHN, ...), or nothing (then
+the set is split here, stratified). Each split is decoded once and cached like an ImageFolder.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+
+import numpy as np
+import torchvision
+from PIL import Image
+
+from trainables.data import DataError, Dataset, Split, assemble, fingerprint
+from trainables.imagefolder import to_array
+
+SPLIT_NAMES = {"train": ("train", "trainval"), "val": ("val", "valid"), "test": ("test",)}
+
+
+def dataset_class(name: str) -> type:
+    cls = getattr(torchvision.datasets, name, None)
+    if not (inspect.isclass(cls) and issubclass(cls, torchvision.datasets.VisionDataset)):
+        raise DataError(f"torchvision:{name}: not a torchvision dataset (classification sets "
+                        "include CIFAR10, CIFAR100, STL10, Flowers102, Food101, SVHN)")
+    return cls
+
+
+def _open(cls: type, root, **kwargs):
+    """Construct from the cache; download only when the files are not there yet."""
+    params = inspect.signature(cls).parameters
+    if "root" in params:
+        kwargs["root"] = str(root)
+    if "download" not in params:
+        return cls(**kwargs)
+    try:
+        return cls(download=False, **kwargs)
+    except (RuntimeError, FileNotFoundError, OSError):
+        pass
+    try:
+        return cls(download=True, **kwargs)
+    except ValueError:
+        raise
+    except Exception as error:  # noqa: BLE001 - network, checksum and archive errors alike
+        raise DataError(
+            f"torchvision:{cls.__name__}: not in the cache and cannot be downloaded "
+            f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}). "
+            f"Put its files by hand in {root} (the layout torchvision.datasets.{cls.__name__} "
+            "expects), or use an ImageFolder tree."
+        ) from None
+
+
+def open_splits(cls: type, root) -> dict:
+    params = inspect.signature(cls).parameters
+    if "train" in params:
+        return {"train": _open(cls, root, train=True), "test": _open(cls, root, train=False)}
+    if "split" not in params:
+        return {"all": _open(cls, root)}
+    found = {}
+    for part, names in SPLIT_NAMES.items():
+        for name in names:
+            try:
+                found[part] = _open(cls, root, split=name)
+                break
+            except ValueError:  # torchvision's verify_str_arg: not a split of this set
+                continue
+    if "train" not in found:
+        raise DataError(f"torchvision:{cls.__name__}: no train split among {SPLIT_NAMES}")
+    return found
+
+
+def decode_dataset(dataset, image_size: int) -> Split:
+    images, labels = [], []
+    for i in range(len(dataset)):
+        image, label = dataset[i]
+        if not isinstance(image, Image.Image):
+            image = torchvision.transforms.functional.to_pil_image(image)
+        images.append(to_array(image, image_size))
+        labels.append(int(label))
+    return Split(np.stack(images), np.asarray(labels, dtype=np.int64))
+
+
+def cached_split(dataset, key: str, image_size: int, cache_dir) -> Split:
+    entry = cache_dir / key if cache_dir else None
+    if entry is not None and (entry / "labels.npy").is_file():
+        return Split(np.load(entry / "images.npy"), np.load(entry / "labels.npy"))
+    split = decode_dataset(dataset, image_size)
+    if entry is not None:
+        entry.mkdir(parents=True, exist_ok=True)
+        np.save(entry / "images.npy", split.images)
+        np.save(entry / "labels.npy", split.labels)  # written last: marks the entry complete
+    return split
+
+
+def load_torchvision(name: str, root, image_size: int = 32, seed: int = 0,
+                     split: tuple[float, float, float] = (0.7, 0.15, 0.15),
+                     cache_dir=None) -> Dataset:
+    cls = dataset_class(name)
+    root.mkdir(parents=True, exist_ok=True)
+    datasets = open_splits(cls, root / name)
+    files = sorted((str(p.relative_to(root)), p.stat().st_size)
+                   for p in (root / name).rglob("*") if p.is_file())
+    parts, keys = {}, []
+    for part, dataset in datasets.items():
+        key = fingerprint("torchvision-v1", name, part, len(dataset), repr(dataset), files,
+                          image_size)
+        parts[part] = cached_split(dataset, key, image_size, cache_dir)
+        keys.append(key)
+    first = next(iter(datasets.values()))
+    classes = getattr(first, "classes", None) or [
+        str(c) for c in np.unique(np.concatenate([p.labels for p in parts.values()]))]
+    if len(classes) < 2:
+        raise DataError(f"torchvision:{name}: fewer than two classes")
+    return assemble(f"torchvision:{name}", tuple(map(str, classes)), parts, seed, split,
+                    fingerprint("torchvision", json.dumps(keys)))
