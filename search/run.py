@@ -18,13 +18,19 @@ import pandas as pd
 
 def main(argv: list[str] | None = None) -> int:
     from search.spec import UsageError, parse_spec
-    from trainables.data import DataError, load_dataset
+    from search.stages import check_stage_data
+    from trainables.data import DataError, load_dataset, load_pretrain_data
     from trainables.stages import StageError
 
     try:
         spec = parse_spec(argv)
         data = load_dataset(spec.data, image_size=spec.image_size, seed=spec.seed,
                             split=spec.split, cache_dir=spec.cache_dir)
+        pretrain = None
+        if spec.pretrain_data:
+            pretrain = load_pretrain_data(spec.pretrain_data, spec.image_size, spec.seed,
+                                          spec.cache_dir)
+        check_stage_data(spec, data, pretrain)
     except (UsageError, DataError) as error:
         print(f"run.py: error: {error}", file=sys.stderr)
         return 2
@@ -44,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Ray dashboard: http://{context.dashboard_url} "
               "(token: `ray get-auth-token`)", flush=True)
     try:
-        exp_dir = run_search(spec, data)
+        exp_dir = run_search(spec, data, pretrain)
     except StageError as error:  # raised in a Ray task: the cause carries the plain message
         print(f"run.py: error: {getattr(error, 'cause', error)}", file=sys.stderr)
         return 2

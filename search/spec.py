@@ -16,6 +16,7 @@ from pathlib import Path
 import timm
 
 from trainables.data import DataError, parse_demo_spec
+from trainables.stages import STAGES
 from trainables.strategies import STRATEGIES
 
 
@@ -47,6 +48,10 @@ class ExperimentSpec:
     pretrain_epochs: int
     split: tuple[float, float, float]
     cache_dir: Path
+    pretrained: str | None = None  # None: each strategy's default stage
+    pretrain_data: str | None = None
+    pretext_init: str = "scratch"
+    pretext_decoder_epochs: int = 0
 
     @property
     def exp_dir(self) -> Path:
@@ -81,6 +86,16 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--image-size", type=int, default=32,
                    help="pixels per side: shorter side resized to this, then centre-cropped")
     p.add_argument("--pretrain-epochs", type=int, default=10, help="epochs of a pretraining stage")
+    p.add_argument("--pretrained", choices=STAGES, default=None,
+                   help="where pretrained strategies' weights come from (default: scratch none; "
+                   "colorization colorization; others imagenet, or supervised on the demo)")
+    p.add_argument("--pretrain-data", default=None,
+                   help="data the stage trains on: a labeled set for supervised (ImageFolder, "
+                   "torchvision:NAME, demo), any images for colorization (also a flat folder)")
+    p.add_argument("--pretext-init", choices=("scratch", "imagenet"), default="scratch",
+                   help="how the colorization encoder starts")
+    p.add_argument("--pretext-decoder-epochs", type=int, default=0,
+                   help="colorization: first epochs train the decoder alone (staged schedule)")
     return p
 
 
@@ -111,6 +126,7 @@ def parse_spec(argv: list[str] | None = None) -> ExperimentSpec:
         raise UsageError(f"--data {args.data}: no such file or directory")
     if args.weights and not Path(args.weights).is_file():
         raise UsageError(f"--weights {args.weights}: no such file")
+    check_pretraining(args, is_demo)
     check_backbone(args.backbone)
     name = args.name or f"{args.strategy}-{time.strftime('%Y%m%d-%H%M%S')}"
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
@@ -128,8 +144,21 @@ def parse_spec(argv: list[str] | None = None) -> ExperimentSpec:
         gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial,
         address=args.address, storage=storage, name=name, seed=args.seed, weights=args.weights,
         image_size=args.image_size, pretrain_epochs=args.pretrain_epochs,
-        split=parse_split(args.split), cache_dir=cache_dir,
+        split=parse_split(args.split), cache_dir=cache_dir, pretrained=args.pretrained,
+        pretrain_data=args.pretrain_data, pretext_init=args.pretext_init,
+        pretext_decoder_epochs=args.pretext_decoder_epochs,
     )
+
+
+def check_pretraining(args: argparse.Namespace, is_demo: bool) -> None:
+    if args.pretrained == "supervised" and not is_demo and not args.pretrain_data:
+        raise UsageError("--pretrained supervised needs --pretrain-data (a labeled source set) "
+                         "unless --data is the demo, which has its own source classes")
+    if args.pretrain_data and not args.pretrain_data.startswith(("demo", "torchvision:")) \
+            and not Path(args.pretrain_data).expanduser().is_dir():
+        raise UsageError(f"--pretrain-data {args.pretrain_data}: no such directory")
+    if not 0 <= args.pretext_decoder_epochs <= args.pretrain_epochs:
+        raise UsageError("--pretext-decoder-epochs must be between 0 and --pretrain-epochs")
 
 
 def parse_split(text: str) -> tuple[float, float, float]:

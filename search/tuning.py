@@ -1,4 +1,4 @@
-"""Wiring: pretraining stages once, then one Ray Tune `Tuner` per strategy.
+"""Wiring: pretraining stages once (search.stages), then one Ray Tune `Tuner` per strategy.
 
 Each Tuner gets OptunaSearch (TPE, the strategy's define-by-run space, the study persisted in the
 experiment's SQLite file), the ASHA scheduler on val_acc, per-trial resources, checkpoints and
@@ -20,88 +20,30 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from search.spec import ExperimentSpec
-from spaces import get_space
+from search.stages import Prepared, prepare, write_stage_outputs
+from spaces import SpaceContext, get_space
 from trainables.config import RunSettings
 from trainables.data import Dataset
-from trainables.stages import (
-    StageConfig,
-    StageSpec,
-    cache_path,
-    load_cached,
-    run_stage,
-    save_cached,
-)
-from trainables.strategies import get_strategy
+from trainables.models import num_stages
 from trainables.trainable import train_transfer
 
 log = logging.getLogger(__name__)
 
 
-def stage_for(spec: ExperimentSpec, strategy: str, data: Dataset) -> StageSpec:
-    """Which stage a strategy's weights come from: its default, or the user's --weights file."""
-    stage = get_strategy(strategy).pretrained
-    if stage == "imagenet" and data.source is not None and not spec.weights:
-        stage = "supervised"  # the demo pretrains offline on its own source classes
-    if spec.weights and stage != "none":
-        return StageSpec("imagenet", spec.backbone, "", StageConfig(), str(spec.weights))
-    fingerprints = {"supervised": data.source.fingerprint if data.source else "",
-                    "colorization": data.fingerprint}
-    config = StageConfig(epochs=spec.pretrain_epochs, seed=spec.seed)
-    return StageSpec(stage, spec.backbone, fingerprints.get(stage, ""),
-                     config if stage in fingerprints else StageConfig())
-
-
-def weights_label(stage: StageSpec) -> str:
-    """Where a trial's starting weights come from, as recorded in results and exported configs."""
-    return f"file:{stage.weights_file}" if stage.weights_file else stage.stage
-
-
-def prepare_stages(spec: ExperimentSpec, stage_specs: dict[str, StageSpec], data: Dataset,
-                   cache_dir: Path) -> tuple[dict[str, ray.ObjectRef | None], list[dict]]:
-    """Run each distinct stage once (or load it from the cache); weights go to the object store.
-
-    Returns the weights reference per strategy and a record per stage. Training stages run as one
-    Ray task with one trial's resources, so on a cluster they run where a trial could.
-    """
-    task = ray.remote(num_cpus=spec.cpus_per_trial, num_gpus=spec.gpus_per_trial,
-                      max_retries=1)(run_stage)
-    by_stage: dict[StageSpec, ray.ObjectRef | None] = {}
-    records, running = [], {}
-    for stage in dict.fromkeys(stage_specs.values()):
-        path = cache_path(cache_dir, stage)
-        if stage.stage == "none":
-            by_stage[stage] = None
-        elif stage.trains and path.is_file():
-            by_stage[stage] = ray.put(load_cached(path))
-            records.append({"stage": stage.stage, "key": stage.key, "cached": True,
-                            "path": str(path)})
-        else:  # independent stages run side by side, each as one task
-            print(f"pretraining stage {stage.stage} ({stage.backbone}) ...", flush=True)
-            running[stage] = task.remote(stage, data, int(spec.cpus_per_trial))
-    for stage, future in running.items():
-        state, record = ray.get(future)
-        record["cached"] = False
-        if stage.trains:
-            save_cached(cache_path(cache_dir, stage), state)
-            record["path"] = str(cache_path(cache_dir, stage))
-        by_stage[stage] = ray.put(state)
-        records.append(record)
-        print(f"pretraining stage {stage.stage} done in {record['seconds']:.0f} s", flush=True)
-    return {strategy: by_stage[stage] for strategy, stage in stage_specs.items()}, records
-
-
 def make_tuner(spec: ExperimentSpec, strategy: str, data_ref: ray.ObjectRef,
-               weights_ref: ray.ObjectRef | None, pretrained: str, storage_url: str) -> tune.Tuner:
+               prepared: Prepared, storage_url: str) -> tune.Tuner:
     settings = RunSettings(strategy=strategy, backbone=spec.backbone, max_epochs=spec.max_epochs,
-                           seed=spec.seed, pretrained=pretrained,
+                           seed=spec.seed, pretrained=prepared.labels[strategy],
                            cpus_per_trial=spec.cpus_per_trial)
     trainable = tune.with_resources(
         tune.with_parameters(train_transfer, settings=settings, data=data_ref,
-                             weights=weights_ref),
+                             weights=prepared.weights[strategy],
+                             features=prepared.features[strategy]),
         {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial},
     )
+    context = SpaceContext(num_stages=num_stages(spec.backbone), max_epochs=spec.max_epochs)
     searcher = OptunaSearch(
-        space=get_space(strategy),
+        space=get_space(strategy, context),
         metric="val_acc",
         mode="max",
         sampler=optuna.samplers.TPESampler(seed=spec.seed),
@@ -138,33 +80,31 @@ def study_name(spec: ExperimentSpec, strategy: str) -> str:
     return f"{spec.name}/{strategy}"
 
 
-def write_experiment(spec: ExperimentSpec, data: Dataset, stages: dict[str, str],
-                     records: list[dict], storage_url: str) -> None:
+def write_experiment(spec: ExperimentSpec, data: Dataset, prepared: Prepared,
+                     storage_url: str) -> None:
     meta = {
         **{k: str(v) if isinstance(v, Path) else v for k, v in asdict(spec).items()},
-        "strategies": {s: {"pretrained": stages[s], "study_name": study_name(spec, s)}
+        "strategies": {s: {"pretrained": prepared.labels[s], "study_name": study_name(spec, s)}
                        for s in spec.strategies},
         "optuna_storage": storage_url,
         "dataset": {"name": data.name, "classes": list(data.classes),
                     "fingerprint": data.fingerprint, "train": len(data.train),
                     "val": len(data.val), "test": len(data.test) if data.test else 0},
-        "stages": records,
+        "stages": prepared.records,
     }
     (spec.exp_dir / "experiment.json").write_text(json.dumps(meta, indent=2))
 
 
-def run_search(spec: ExperimentSpec, data: Dataset) -> Path:
+def run_search(spec: ExperimentSpec, data: Dataset, pretrain: Dataset | None = None) -> Path:
     """Stages, then every strategy's Tuner in turn; returns the experiment directory."""
-    stage_specs = {s: stage_for(spec, s, data) for s in spec.strategies}
-    weights, records = prepare_stages(spec, stage_specs, data, spec.cache_dir / "stages")
-    stages = {s: weights_label(stage) for s, stage in stage_specs.items()}
+    prepared = prepare(spec, data, pretrain)
     spec.exp_dir.mkdir(parents=True)
     storage_url = f"sqlite:///{spec.exp_dir / 'optuna.db'}"
-    write_experiment(spec, data, stages, records, storage_url)
+    write_experiment(spec, data, prepared, storage_url)
+    write_stage_outputs(spec.exp_dir, prepared.records)
     data_ref = ray.put(data.for_search())  # one copy in the object store for every trial
     for strategy in spec.strategies:
         print(f"searching {strategy}: {spec.samples} trials x up to {spec.max_epochs} epochs",
               flush=True)
-        make_tuner(spec, strategy, data_ref, weights[strategy], stages[strategy],
-                   storage_url).fit()
+        make_tuner(spec, strategy, data_ref, prepared, storage_url).fit()
     return spec.exp_dir

@@ -1,11 +1,12 @@
-"""Fine-tuning a colorization-pretrained encoder; its lr multiplier is searched as for unfrozen."""
+"""Fine-tuning a colorization-pretrained encoder: lr multiplier and how many stages stay frozen."""
 
 import optuna
 
-from spaces.registry import common, register_space
+from spaces.registry import SpaceContext, common, lr_mult, register_space
 
 
 @register_space("colorization")
-def colorization(trial: optuna.Trial) -> None:
-    common(trial, lr=(1e-3, 0.3))
-    trial.suggest_float("lr_mult", 0.01, 1.0, log=True)
+def colorization(trial: optuna.Trial, context: SpaceContext) -> None:
+    common(trial)
+    lr_mult(trial)
+    trial.suggest_int("freeze_depth", 0, context.num_stages - 1)

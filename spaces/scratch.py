@@ -1,10 +1,10 @@
-"""Training from random initialisation: every weight is new, so larger learning rates."""
+"""Training from random initialisation: every weight is new."""
 
 import optuna
 
-from spaces.registry import common, register_space
+from spaces.registry import SpaceContext, common, register_space
 
 
 @register_space("scratch")
-def scratch(trial: optuna.Trial) -> None:
-    common(trial, lr=(1e-3, 0.3))
+def scratch(trial: optuna.Trial, context: SpaceContext) -> None:
+    common(trial)

@@ -1,11 +1,11 @@
-"""Full fine-tuning; the backbone's lr is the head's times a searched multiplier."""
+"""Full fine-tuning with a searched backbone lr multiplier."""
 
 import optuna
 
-from spaces.registry import common, register_space
+from spaces.registry import SpaceContext, common, lr_mult, register_space
 
 
 @register_space("unfrozen")
-def unfrozen(trial: optuna.Trial) -> None:
-    common(trial, lr=(1e-3, 0.3))
-    trial.suggest_float("lr_mult", 0.01, 1.0, log=True)
+def unfrozen(trial: optuna.Trial, context: SpaceContext) -> None:
+    common(trial)
+    lr_mult(trial)

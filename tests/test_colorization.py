@@ -1,5 +1,6 @@
 """The colorization pretext task: Lab conversion, the U-Net, and the encoder handed to trials."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -42,9 +43,11 @@ def test_unet_predicts_ab_at_input_size():
 
 def test_pretext_loss_decreases_and_encoder_starts_the_classifier(tiny_demo):
     losses = []
-    state = train_colorization(TINY_MODEL, tiny_demo.train.images,
-                               StageConfig(epochs=6, lr=0.5, batch_size=16), losses)
+    state, grid = train_colorization(TINY_MODEL, tiny_demo.train.images,
+                                     StageConfig(epochs=6, lr=0.5, batch_size=16), losses)
     assert losses[-1] < losses[0], losses
+    assert grid.shape == (3 * 32, 8 * 32, 3) and grid.dtype == np.uint8
+    assert np.array_equal(grid[64:, :32], tiny_demo.train.images[0].transpose(1, 2, 0))
 
     model = build_model(TINY_MODEL, tiny_demo.num_classes, state=state)
     head = head_module(model)[0] + "."
@@ -66,3 +69,16 @@ def test_encoder_weights_land_on_the_matching_backbone_tensors(backbone):
     backbone_params = list(target.parameters())[: len(encoder_params)]
     for i, p in enumerate(backbone_params):
         assert torch.all(p == i + 1)
+
+
+def test_staged_schedule_keeps_the_encoder_fixed_while_the_decoder_trains(tiny_demo):
+    config = StageConfig(epochs=2, lr=0.5, batch_size=16, decoder_epochs=2)
+    torch.manual_seed(0)
+    init = create_backbone(TINY_MODEL).state_dict()
+    state, _ = train_colorization(TINY_MODEL, tiny_demo.train.images, config, init=init)
+    stats = [k for k in state if "running_" in k]
+    assert stats and all(torch.equal(state[k], init[k]) for k in state), \
+        "decoder-only epochs must leave encoder weights and BatchNorm statistics unchanged"
+    config = StageConfig(epochs=3, lr=0.5, batch_size=16, decoder_epochs=2)
+    state, _ = train_colorization(TINY_MODEL, tiny_demo.train.images, config, init=init)
+    assert not all(torch.equal(state[k], init[k]) for k in state)

@@ -25,7 +25,8 @@ def train_one_epoch(strategy: str, data, head: str = "linear") -> tuple[nn.Modul
     optimizer = torch.optim.SGD(plan.param_groups, lr=config.lr, momentum=0.9)
     train_epoch(model, optimizer, torch.from_numpy(data.train.images),
                 torch.from_numpy(data.train.labels), batch_size=16, policy="flip",
-                normalize=Normalize((0.5,) * 3, (0.5,) * 3), train_mode=plan.train_mode,
+                normalize=Normalize((0.5,) * 3, (0.5,) * 3),
+                train_mode=lambda m: plan.begin_epoch(m, 0),
                 loss_fn=nn.CrossEntropyLoss(), device=torch.device("cpu"),
                 generator=torch.Generator().manual_seed(0))
     return before, model

@@ -6,9 +6,14 @@ repeated to three channels, so its weights drop straight into an RGB classifier 
 
 from __future__ import annotations
 
+import numpy as np
 import timm
 import torch
 from torch import nn
+
+from trainables.augment import random_flip
+from trainables.loop import pick_device, to_device
+from trainables.models import create_backbone
 
 # sRGB (linear) -> XYZ, D65, and the D65 reference white.
 _RGB_TO_XYZ = torch.tensor([[0.412453, 0.357580, 0.180423],
@@ -88,6 +93,26 @@ class ColorizationUNet(nn.Module):
         return torch.tanh(self.out(x))
 
 
+def _paired_keys(encoder_state: dict, backbone_state: dict) -> list[tuple[str, str]]:
+    """(encoder key, backbone key) pairs, in order, each pair's shapes and kinds checked."""
+    if len(encoder_state) > len(backbone_state):
+        raise ValueError("encoder has more tensors than the backbone: cannot map them")
+    pairs = list(zip(encoder_state, list(backbone_state)[: len(encoder_state)], strict=True))
+    for enc_key, key in pairs:
+        if (encoder_state[enc_key].shape != backbone_state[key].shape
+                or key.rsplit(".", 1)[-1] != enc_key.rsplit(".", 1)[-1]):
+            raise ValueError(f"encoder tensor {enc_key} {tuple(encoder_state[enc_key].shape)} "
+                             f"does not match backbone tensor {key} "
+                             f"{tuple(backbone_state[key].shape)}")
+    return pairs
+
+
+def backbone_to_encoder(state: dict[str, torch.Tensor], encoder: nn.Module) -> None:
+    """Load a backbone state dict (say, ImageNet weights) into a `features_only` encoder."""
+    own = encoder.state_dict()
+    encoder.load_state_dict({enc: state[key] for enc, key in _paired_keys(own, state)})
+
+
 def encoder_to_backbone(encoder_state: dict[str, torch.Tensor], backbone: nn.Module
                         ) -> dict[str, torch.Tensor]:
     """Map a `features_only` encoder's state dict onto the classifier backbone's keys.
@@ -97,15 +122,57 @@ def encoder_to_backbone(encoder_state: dict[str, torch.Tensor], backbone: nn.Mod
     i-th encoder tensor is the i-th backbone tensor; shapes are checked one by one, and the
     backbone keeps its own initialisation for what lies past the last stage.
     """
-    target = backbone.state_dict()
-    target_items = list(target.items())
-    if len(encoder_state) > len(target_items):
-        raise ValueError("encoder has more tensors than the backbone: cannot map them")
-    mapped = dict(target)
-    pairs = zip(encoder_state.items(), target_items[: len(encoder_state)], strict=True)
-    for (enc_key, enc_value), (key, value) in pairs:
-        if enc_value.shape != value.shape or key.rsplit(".", 1)[-1] != enc_key.rsplit(".", 1)[-1]:
-            raise ValueError(f"encoder tensor {enc_key} {tuple(enc_value.shape)} does not match "
-                             f"backbone tensor {key} {tuple(value.shape)}")
-        mapped[key] = enc_value.detach().cpu().clone()
+    mapped = dict(backbone.state_dict())
+    for enc_key, key in _paired_keys(encoder_state, mapped):
+        mapped[key] = encoder_state[enc_key].detach().cpu().clone()
     return mapped
+
+
+def sample_grid(unet: ColorizationUNet, images: torch.Tensor) -> np.ndarray:
+    """Rows of grey input, predicted colour and truth for `images`: (3H, NW, 3) uint8."""
+    unet.eval()
+    with torch.no_grad():
+        grey, _ = lab_inputs(images)
+        lightness = (grey[:, :1] + 1) * 50
+        predicted = lab_to_rgb(torch.cat([lightness, unet(grey) * AB_SCALE], 1))
+        grey_rgb = lab_to_rgb(torch.cat([lightness, torch.zeros_like(grey[:, :2])], 1))
+    rows = [torch.cat(list(x.cpu()), -1) for x in (grey_rgb, predicted, images.float() / 255)]
+    grid = torch.cat(rows, -2).permute(1, 2, 0)
+    return (grid.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+
+
+def train_colorization(backbone: str, images_np: np.ndarray, config, log: list[float] | None = None,
+                       init: dict[str, torch.Tensor] | None = None
+                       ) -> tuple[dict[str, torch.Tensor], np.ndarray]:
+    """Train the U-Net (L1 on ab) on unlabeled images; return its encoder as backbone weights,
+    and a sample grid. With `config.decoder_epochs`, the decoder trains alone first (encoder
+    frozen), then everything: the staged schedule of the colorization U-Net study."""
+    torch.manual_seed(config.seed)
+    device = pick_device()
+    unet = ColorizationUNet(backbone)
+    if init is not None:
+        backbone_to_encoder(init, unet.encoder)
+    unet = unet.to(device)
+    optimizer = torch.optim.Adam(unet.parameters(), lr=config.lr / 50)
+    images = to_device(images_np, device)
+    generator = torch.Generator().manual_seed(config.seed)
+    for epoch in range(config.epochs):
+        encoder_trains = epoch >= config.decoder_epochs
+        unet.encoder.requires_grad_(encoder_trains)
+        unet.train()
+        if not encoder_trains:
+            unet.encoder.eval()
+        order = torch.randperm(len(images), generator=generator).to(device)
+        total, seen = 0.0, 0
+        for begin in range(0, len(order) - 1, config.batch_size):
+            batch = random_flip(images[order[begin : begin + config.batch_size]])
+            grey, ab = lab_inputs(batch)
+            loss = nn.functional.l1_loss(unet(grey), ab)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total, seen = total + loss.item() * len(batch), seen + len(batch)
+        if log is not None:
+            log.append(total / seen)
+    grid = sample_grid(unet, images[:8])
+    return encoder_to_backbone(unet.encoder.state_dict(), create_backbone(backbone)), grid

@@ -12,6 +12,7 @@ from typing import Any
 
 AUGMENTATIONS = ("none", "flip", "crop_flip", "trivialaugment", "randaugment")
 HEADS = ("linear", "mlp")
+OPTIMIZERS = ("sgd", "adamw")
 
 
 @dataclass(frozen=True)
@@ -22,7 +23,6 @@ class RunSettings:
     seed: int
     pretrained: str  # where the backbone's starting weights come from: none, supervised, ...
     cpus_per_trial: float = 1.0
-    checkpoint_every: int = 1  # epochs between checkpoints; ASHA needs one at each rung to resume
 
 
 @dataclass(frozen=True)
@@ -31,17 +31,28 @@ class TrialConfig:
     batch_size: int
     augment: str
     weight_decay: float
-    lr_mult: float = 1.0  # backbone lr = lr * lr_mult (unfrozen, colorization)
+    optimizer: str = "sgd"  # SGD with Nesterov momentum 0.9, or AdamW
+    label_smoothing: float = 0.0
+    lr_mult: float = 1.0  # backbone lr = lr * lr_mult (unfrozen, colorization, partial, lp_ft)
     head: str = "linear"  # frozen: a linear probe, or a small MLP head
+    head_hidden: int = 256  # MLP head: hidden units, dropout, BatchNorm between its layers
+    head_dropout: float = 0.0
+    head_bn: bool = False
     magnitude: int = 9  # RandAugment's magnitude bin, 0 to 30 (searched when augment=randaugment)
+    freeze_depth: int = 0  # partial, colorization: feature stages kept frozen, from the stem on
+    probe_epochs: int = 1  # lp_ft: linear-probe epochs before full fine-tuning
 
     def __post_init__(self) -> None:
         if self.augment not in AUGMENTATIONS:
             raise ValueError(f"augment={self.augment!r}: expected one of {AUGMENTATIONS}")
         if self.head not in HEADS:
             raise ValueError(f"head={self.head!r}: expected one of {HEADS}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer={self.optimizer!r}: expected one of {OPTIMIZERS}")
         if (self.lr <= 0 or self.batch_size < 1 or self.weight_decay < 0 or self.lr_mult <= 0
-                or not 0 <= self.magnitude <= 30):
+                or not 0 <= self.magnitude <= 30 or not 0 <= self.label_smoothing < 1
+                or not 0 <= self.head_dropout < 1 or self.head_hidden < 1
+                or self.freeze_depth < 0 or self.probe_epochs < 0):
             raise ValueError(f"out-of-range hyperparameters: {self}")
 
     @classmethod

@@ -176,3 +176,19 @@ def load_dataset(spec: str, image_size: int = 32, seed: int = 0,
 
     return load_image_folder(path, image_size=image_size, seed=seed, split=split,
                              cache_dir=data_cache)
+
+
+def load_pretrain_data(spec: str, image_size: int = 32, seed: int = 0,
+                       cache_dir: Path | None = None) -> Dataset:
+    """`--pretrain-data`: `demo` (its source classes), a flat folder of images (unlabeled), or
+    anything `load_dataset` takes (labeled)."""
+    per_class = parse_demo_spec(spec)
+    if per_class is not None:
+        return load_demo(per_class, image_size,
+                         cache_dir=cache_dir / "data" if cache_dir else None).source
+    path = Path(spec).expanduser()
+    if path.is_dir() and not any(p.is_dir() for p in path.iterdir()):
+        from trainables.imagefolder import load_unlabeled
+
+        return load_unlabeled(path, image_size, cache_dir / "data" if cache_dir else None)
+    return load_dataset(spec, image_size, seed, cache_dir=cache_dir)

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,16 +25,35 @@ log = logging.getLogger(__name__)
 SPLIT_DIRS = {"train": ("train",), "val": ("val", "valid"), "test": ("test",)}
 
 
-def list_classes(root: Path) -> dict[str, list[Path]]:
-    """Class name -> sorted image paths; non-image files are ignored, empty classes are errors."""
+@dataclass(frozen=True, order=True)
+class ImageFile:
+    path: Path
+    size: int
+    mtime_ns: int
+
+
+def scan_images(folder: Path) -> list[ImageFile]:
+    """Image files under `folder`, sorted, each stat-ed once (the cache key needs size + mtime)."""
+    found, stack = [], [folder]
+    while stack:
+        with os.scandir(stack.pop()) as entries:
+            for entry in entries:
+                if entry.is_dir():
+                    stack.append(Path(entry.path))
+                elif os.path.splitext(entry.name)[1].lower() in IMG_EXTENSIONS:
+                    st = entry.stat()
+                    found.append(ImageFile(Path(entry.path), st.st_size, st.st_mtime_ns))
+    return sorted(found)
+
+
+def list_classes(root: Path) -> dict[str, list[ImageFile]]:
+    """Class name -> sorted image files; non-image files are ignored, empty classes are errors."""
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not class_dirs:
         raise DataError(f"{root}: no class folders (expected {root}/<class>/<image>)")
     classes = {}
     for class_dir in class_dirs:
-        files = sorted(
-            p for p in class_dir.rglob("*") if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS
-        )
+        files = scan_images(class_dir)
         if not files:
             raise DataError(f"{class_dir}: class folder has no images")
         classes[class_dir.name] = files
@@ -81,7 +101,7 @@ def decode_all(files: list[Path], labels: list[int], image_size: int) -> tuple[S
     return Split(stacked, labels_kept, tuple(path for _, path in kept)), bad
 
 
-def prepare(files: list[Path], labels: list[int], image_size: int, cache_dir: Path | None
+def prepare(files: list[ImageFile], labels: list[int], image_size: int, cache_dir: Path | None
             ) -> tuple[Split, list[str], str]:
     """Decoded images of `files`, from the cache when the same files were prepared before.
 
@@ -92,11 +112,10 @@ def prepare(files: list[Path], labels: list[int], image_size: int, cache_dir: Pa
     entry = cache_dir / key if cache_dir else None
     if entry is not None and (entry / "meta.json").is_file():
         meta = json.loads((entry / "meta.json").read_text())
-        images = np.load(entry / "images.npy", mmap_mode="r")
-        split = Split(np.ascontiguousarray(images), np.load(entry / "labels.npy"),
+        split = Split(np.load(entry / "images.npy"), np.load(entry / "labels.npy"),
                       tuple(meta["paths"]))
         return split, meta["unreadable"], key
-    split, bad = decode_all(files, labels, image_size)
+    split, bad = decode_all([f.path for f in files], labels, image_size)
     if entry is not None:
         tmp = entry.with_name(entry.name + f".tmp{os.getpid()}")
         tmp.mkdir(parents=True, exist_ok=True)
@@ -111,8 +130,8 @@ def prepare(files: list[Path], labels: list[int], image_size: int, cache_dir: Pa
     return split, [str(p) for p in bad], key
 
 
-def content_key(files: list[Path], labels: list[int], image_size: int) -> str:
-    stats = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+def content_key(files: list[ImageFile], labels: list[int], image_size: int) -> str:
+    stats = [(str(f.path), f.size, f.mtime_ns) for f in files]
     return fingerprint("images-v1", stats, labels, image_size)
 
 
@@ -159,3 +178,15 @@ def warn_unreadable(paths: list[str]) -> None:
         shown = ", ".join(paths[:5])
         log.warning("skipped %d unreadable images (%s%s)", len(paths), shown,
                     ", ..." if len(paths) > 5 else "")
+
+
+def load_unlabeled(root: Path, image_size: int = 32, cache_dir: Path | None = None) -> Dataset:
+    """Every image under `root` (flat or in class folders), labels ignored: pretext data."""
+    files = scan_images(root)
+    if not files:
+        raise DataError(f"{root}: no images")
+    split, bad, key = prepare(files, [0] * len(files), image_size, cache_dir)
+    warn_unreadable(bad)
+    empty = Split(split.images[:0], split.labels[:0])
+    return Dataset(name=root.name, classes=("unlabeled",), train=split, val=empty, test=None,
+                   fingerprint=fingerprint("unlabeled", key))

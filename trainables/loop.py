@@ -39,6 +39,15 @@ def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
     return tensor.to(device, non_blocking=True)
 
 
+def channels_last(x: torch.Tensor) -> torch.Tensor:
+    # NHWC is the fast layout for convolutions with cuDNN and oneDNN; features stay 2-D.
+    return x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 else x
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    return (n - 1 if n % batch_size == 1 else n + batch_size - 1) // batch_size
+
+
 @dataclass(frozen=True)
 class EpochStats:
     loss: float
@@ -56,7 +65,7 @@ def train_epoch(
     labels: torch.Tensor, *, batch_size: int, policy: str, magnitude: int = 9,
     normalize: Normalize,
     train_mode: Callable[[nn.Module], None], loss_fn: nn.Module, device: torch.device,
-    generator: torch.Generator,
+    generator: torch.Generator, on_step: Callable[[], None] | None = None,
 ) -> EpochStats:
     train_mode(model)
     start = time.perf_counter()
@@ -66,8 +75,7 @@ def train_epoch(
     stop = len(order) - 1 if len(order) % batch_size == 1 else len(order)
     for begin in range(0, stop, batch_size):
         idx = order[begin : begin + batch_size]
-        x = normalize(augment(images[idx], policy, magnitude))
-        x = x.contiguous(memory_format=torch.channels_last)
+        x = channels_last(normalize(augment(images[idx], policy, magnitude)))
         y = labels[idx]
         with autocast(device):
             logits = model(x)
@@ -75,6 +83,8 @@ def train_epoch(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if on_step is not None:
+            on_step()
         total_loss += loss.item() * len(y)
         correct += (logits.argmax(1) == y).sum().item()
         seen += len(y)
@@ -92,8 +102,7 @@ def evaluate(
     start = time.perf_counter()
     total_loss, correct = 0.0, 0
     for begin in range(0, len(labels), batch_size):
-        x = normalize(images[begin : begin + batch_size]).contiguous(
-            memory_format=torch.channels_last)
+        x = channels_last(normalize(images[begin : begin + batch_size]))
         y = labels[begin : begin + batch_size]
         with autocast(device):
             logits = model(x).float()

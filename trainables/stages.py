@@ -20,8 +20,8 @@ import timm
 import torch
 from torch import nn
 
-from trainables import colorization as color
 from trainables.augment import Normalize
+from trainables.colorization import train_colorization
 from trainables.data import Dataset, fingerprint
 from trainables.loop import EpochStats, pick_device, to_device, train_epoch
 from trainables.models import backbone_state, create_backbone, load_backbone_state
@@ -39,6 +39,8 @@ class StageConfig:
     lr: float = 0.05  # SGD for supervised; the colorization U-Net uses Adam at lr / 50
     batch_size: int = 128
     seed: int = 0
+    init: str = "scratch"  # colorization: the encoder starts from scratch or from imagenet
+    decoder_epochs: int = 0  # colorization: epochs that train the decoder alone, encoder frozen
 
 
 @dataclass(frozen=True)
@@ -136,34 +138,6 @@ def train_supervised(backbone: str, source: Dataset, config: StageConfig,
     return backbone_state(model)
 
 
-def train_colorization(backbone: str, images_np, config: StageConfig,
-                       log: list[float] | None = None) -> dict[str, torch.Tensor]:
-    """Train the colorization U-Net (L1 on ab) on unlabeled images; return its encoder."""
-    torch.manual_seed(config.seed)
-    device = pick_device()
-    unet = color.ColorizationUNet(backbone).to(device)
-    optimizer = torch.optim.Adam(unet.parameters(), lr=config.lr / 50)
-    images = to_device(images_np, device)
-    generator = torch.Generator().manual_seed(config.seed)
-    unet.train()
-    for _ in range(config.epochs):
-        order = torch.randperm(len(images), generator=generator).to(device)
-        total, seen = 0.0, 0
-        for begin in range(0, len(order) - 1, config.batch_size):
-            batch = images[order[begin : begin + config.batch_size]]
-            batch = torch.where(torch.rand(len(batch), 1, 1, 1, device=device) < 0.5,
-                                batch.flip(-1), batch)
-            grey, ab = color.lab_inputs(batch)
-            loss = nn.functional.l1_loss(unet(grey), ab)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total, seen = total + loss.item() * len(batch), seen + len(batch)
-        if log is not None:
-            log.append(total / seen)
-    return color.encoder_to_backbone(unet.encoder.state_dict(), create_backbone(backbone))
-
-
 def _mean_std(model: nn.Module) -> dict[str, tuple[float, ...]]:
     cfg = timm.data.resolve_data_config({}, model=model)
     return {"mean": tuple(cfg["mean"]), "std": tuple(cfg["std"])}
@@ -171,22 +145,28 @@ def _mean_std(model: nn.Module) -> dict[str, tuple[float, ...]]:
 
 def run_stage(spec: StageSpec, data: Dataset | None, threads: int = 0
               ) -> tuple[dict[str, torch.Tensor] | None, dict]:
-    """Compute a stage's backbone weights; returns (state dict or None, a record of the run)."""
+    """Compute a stage's backbone weights; returns (state dict or None, a record of the run).
+
+    `data` is what the stage trains on: the labeled source set for `supervised`, the images
+    (train split, labels ignored) for `colorization`.
+    """
     if threads:
         torch.set_num_threads(threads)
-    start, losses = time.perf_counter(), []
+    start, losses, record_extra = time.perf_counter(), [], {}
     if spec.stage == "none":
         state = None
     elif spec.stage == "imagenet" or spec.weights_file:
         state = imagenet_state(spec.backbone, spec.weights_file)
     elif spec.stage == "supervised":
-        if data is None or data.source is None:
-            raise StageError("supervised pretraining needs a labeled source set (the demo's)")
-        state = train_supervised(spec.backbone, data.source, spec.config, losses)
+        if data is None:
+            raise StageError("supervised pretraining needs a labeled source set")
+        state = train_supervised(spec.backbone, data, spec.config, losses)
     elif spec.stage == "colorization":
-        state = train_colorization(spec.backbone, data.train.images, spec.config, losses)
+        init = imagenet_state(spec.backbone, None) if spec.config.init == "imagenet" else None
+        state, record_extra["samples"] = train_colorization(
+            spec.backbone, data.train.images, spec.config, losses, init)
     else:
         raise StageError(f"unknown stage {spec.stage!r}; expected one of {STAGES}")
     record = {"stage": spec.stage, "key": spec.key, "seconds": time.perf_counter() - start,
-              "losses": losses}
+              "losses": losses, **record_extra}
     return state, record

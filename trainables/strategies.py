@@ -7,27 +7,45 @@ the registered name is the string used in the CLI, the results and the exported 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from torch import nn
 
 from trainables.config import TrialConfig
-from trainables.models import head_module, split_parameters
+from trainables.models import (
+    head_module,
+    params_of_first_stages,
+    split_parameters,
+    stage_modules,
+)
 
 
 @dataclass(frozen=True)
 class Plan:
-    """What trains: optimizer parameter groups, and the modules held frozen in eval mode."""
+    """What trains: optimizer parameter groups, and what stays frozen until `thaw_epoch`.
+
+    Frozen parameters get no gradients; frozen modules stay in eval mode, because their
+    BatchNorm running statistics and dropout belong to the pretrained backbone and
+    model.train() would otherwise start updating them. With `thaw_epoch` (LP-FT), both start
+    training at that epoch; the optimizer holds their groups from the start.
+    """
 
     param_groups: list[dict]
-    frozen: tuple[nn.Module, ...] = field(default_factory=tuple)
+    frozen_params: tuple[nn.Parameter, ...] = ()
+    frozen_modules: tuple[nn.Module, ...] = ()
+    thaw_epoch: int | None = None
 
-    def train_mode(self, model: nn.Module) -> None:
-        # Frozen modules stay in eval mode: their BatchNorm running statistics and dropout are
-        # part of the pretrained backbone, and model.train() would otherwise start updating them.
+    def is_thawed(self, epoch: int) -> bool:
+        return self.thaw_epoch is not None and epoch >= self.thaw_epoch
+
+    def begin_epoch(self, model: nn.Module, epoch: int) -> None:
+        thawed = self.is_thawed(epoch)
+        for p in self.frozen_params:
+            p.requires_grad_(thawed)
         model.train()
-        for module in self.frozen:
-            module.eval()
+        if not thawed:
+            for module in self.frozen_modules:
+                module.eval()
 
 
 @dataclass(frozen=True)
@@ -35,18 +53,19 @@ class Strategy:
     name: str
     pretrained: str  # the pretraining stage its weights come from by default
     setup: Callable[[nn.Module, TrialConfig], Plan]
+    frozen_backbone: bool = False  # True: features of the backbone never change (fast path)
 
 
 STRATEGIES: dict[str, Strategy] = {}
 
 
-def register_strategy(name: str, pretrained: str):
+def register_strategy(name: str, pretrained: str, frozen_backbone: bool = False):
     """Register `fn(model, config) -> Plan` as strategy `name`, starting from stage `pretrained`."""
 
     def decorator(fn: Callable[[nn.Module, TrialConfig], Plan]):
         if name in STRATEGIES:
             raise ValueError(f"strategy {name!r} is already registered")
-        STRATEGIES[name] = Strategy(name, pretrained, fn)
+        STRATEGIES[name] = Strategy(name, pretrained, fn, frozen_backbone)
         return fn
 
     return decorator
@@ -85,11 +104,38 @@ def modules_outside_head(model: nn.Module) -> tuple[nn.Module, ...]:
     return tuple(outside(model, ""))
 
 
-def fine_tune_plan(model: nn.Module, config: TrialConfig) -> Plan:
-    """Everything trains; the backbone with lr * lr_mult (discriminative learning rates)."""
+def modules_of_first_stages(model: nn.Module, depth: int) -> tuple[nn.Module, ...]:
+    """The modules of the first `depth` stages and before them, without the containers that
+    also hold later stages (ViT's `blocks`, say): the ones to keep in eval mode."""
+    if depth == 0:
+        return ()
+    order = {name: i for i, (name, _) in enumerate(model.named_modules())}
+    last = stage_modules(model)[depth - 1]
+    later = {id(p) for p in model.parameters()} - {
+        id(p) for p in params_of_first_stages(model, depth)}
+    return tuple(
+        m for name, m in model.named_modules()
+        if name and (order[name] <= order[last] or name.startswith(last + "."))
+        and not any(id(p) in later for p in m.parameters())
+    )
+
+
+def backbone_and_head(model: nn.Module, config: TrialConfig,
+                      frozen: list[nn.Parameter] = ()) -> list[dict]:
+    """Discriminative learning rates: backbone lr = lr * lr_mult, head lr = lr."""
     backbone, head = split_parameters(model)
-    return Plan(param_groups(backbone, config.lr * config.lr_mult, config.weight_decay)
-                + param_groups(head, config.lr, config.weight_decay))
+    skip = {id(p) for p in frozen}
+    trainable = [p for p in backbone if id(p) not in skip]
+    return (param_groups(trainable, config.lr * config.lr_mult, config.weight_decay)
+            + param_groups(head, config.lr, config.weight_decay))
+
+
+def first_stages_frozen(model: nn.Module, config: TrialConfig) -> Plan:
+    """The first `freeze_depth` stages frozen, the rest fine-tuned with lr * lr_mult."""
+    depth = min(config.freeze_depth, len(stage_modules(model)))
+    frozen = params_of_first_stages(model, depth)
+    return Plan(backbone_and_head(model, config, frozen), tuple(frozen),
+                modules_of_first_stages(model, depth))
 
 
 @register_strategy("scratch", pretrained="none")
@@ -97,19 +143,31 @@ def scratch(model: nn.Module, config: TrialConfig) -> Plan:
     return Plan(param_groups(list(model.parameters()), config.lr, config.weight_decay))
 
 
-@register_strategy("frozen", pretrained="imagenet")
+@register_strategy("frozen", pretrained="imagenet", frozen_backbone=True)
 def frozen(model: nn.Module, config: TrialConfig) -> Plan:
     backbone, head = split_parameters(model)
-    for p in backbone:
-        p.requires_grad_(False)
-    return Plan(param_groups(head, config.lr, config.weight_decay), modules_outside_head(model))
+    return Plan(param_groups(head, config.lr, config.weight_decay), tuple(backbone),
+                modules_outside_head(model))
 
 
 @register_strategy("unfrozen", pretrained="imagenet")
 def unfrozen(model: nn.Module, config: TrialConfig) -> Plan:
-    return fine_tune_plan(model, config)
+    return Plan(backbone_and_head(model, config))
 
 
 @register_strategy("colorization", pretrained="colorization")
 def colorization(model: nn.Module, config: TrialConfig) -> Plan:
-    return fine_tune_plan(model, config)
+    return first_stages_frozen(model, config)
+
+
+@register_strategy("partial", pretrained="imagenet")
+def partial(model: nn.Module, config: TrialConfig) -> Plan:
+    return first_stages_frozen(model, config)
+
+
+@register_strategy("lp_ft", pretrained="imagenet")
+def lp_ft(model: nn.Module, config: TrialConfig) -> Plan:
+    """Linear probe for `probe_epochs`, then full fine-tuning (Kumar et al., ICLR 2022)."""
+    backbone, _ = split_parameters(model)
+    return Plan(backbone_and_head(model, config), tuple(backbone),
+                modules_outside_head(model), thaw_epoch=config.probe_epochs)
