@@ -13,7 +13,7 @@ from torch import nn
 
 from trainables.augment import random_flip
 from trainables.loop import pick_device, to_device
-from trainables.models import create_backbone
+from trainables.models import create_backbone, model_kwargs
 
 # sRGB (linear) -> XYZ, D65, and the D65 reference white.
 _RGB_TO_XYZ = torch.tensor([[0.412453, 0.357580, 0.180423],
@@ -74,7 +74,8 @@ class ColorizationUNet(nn.Module):
 
     def __init__(self, backbone: str, decoder_width: int = 64):
         super().__init__()
-        self.encoder = timm.create_model(backbone, pretrained=False, features_only=True)
+        self.encoder = timm.create_model(backbone, pretrained=False, features_only=True,
+                                         **model_kwargs(backbone))
         channels = self.encoder.feature_info.channels()
         self.ups = nn.ModuleList()
         in_ch = channels[-1]

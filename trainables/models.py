@@ -12,9 +12,16 @@ import torch
 from torch import nn
 
 
+def model_kwargs(backbone: str) -> dict:
+    """Models with a fixed input size (ViTs) take any size by resampling position embeddings
+    on the fly, so 32 px demo images and 224 px ImageNet weights both fit."""
+    fixed = timm.models.get_pretrained_cfg_value(backbone, "fixed_input_size")
+    return {"dynamic_img_size": True} if fixed else {}
+
+
 def create_backbone(backbone: str, state: dict[str, torch.Tensor] | None = None) -> nn.Module:
     """A timm model without classifier (`num_classes=0`), optionally loaded from `state`."""
-    model = timm.create_model(backbone, pretrained=False, num_classes=0)
+    model = timm.create_model(backbone, pretrained=False, num_classes=0, **model_kwargs(backbone))
     if state is not None:
         load_backbone_state(model, state)
     return model
@@ -98,7 +105,7 @@ def stage_modules(model: nn.Module) -> list[str]:
 
 
 def num_stages(backbone: str) -> int:
-    return len(stage_modules(timm.create_model(backbone, pretrained=False, num_classes=0)))
+    return len(stage_modules(create_backbone(backbone)))
 
 
 def params_of_first_stages(model: nn.Module, depth: int) -> list[nn.Parameter]:

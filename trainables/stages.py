@@ -24,7 +24,7 @@ from trainables.augment import Normalize
 from trainables.colorization import train_colorization
 from trainables.data import Dataset, fingerprint
 from trainables.loop import EpochStats, pick_device, to_device, train_epoch
-from trainables.models import backbone_state, create_backbone, load_backbone_state
+from trainables.models import backbone_state, create_backbone, load_backbone_state, model_kwargs
 
 STAGES = ("none", "imagenet", "supervised", "colorization")
 
@@ -80,7 +80,8 @@ def imagenet_state(backbone: str, weights_file: str | None) -> dict[str, torch.T
     if weights_file:
         return file_state(backbone, weights_file)
     try:
-        model = timm.create_model(backbone, pretrained=True, num_classes=0)
+        model = timm.create_model(backbone, pretrained=True, num_classes=0,
+                                  **model_kwargs(backbone))
     except Exception as error:  # noqa: BLE001 - hub, network and file errors all end here
         raise StageError(
             f"cannot get timm's pretrained weights for {backbone} ({type(error).__name__}: "
@@ -101,7 +102,7 @@ def file_state(backbone: str, weights_file: str) -> dict[str, torch.Tensor]:
     except Exception as error:  # noqa: BLE001 - unpickling refusals, corrupt files
         raise StageError(f"--weights {weights_file}: cannot load ({error})") from None
     model = create_backbone(backbone)
-    classifier = timm.create_model(backbone, pretrained=False).pretrained_cfg.get("classifier")
+    classifier = timm.models.get_pretrained_cfg_value(backbone, "classifier")
     for name in (classifier,) if isinstance(classifier, str) else classifier or ():
         state.pop(f"{name}.weight", None)
         state.pop(f"{name}.bias", None)
@@ -117,7 +118,8 @@ def train_supervised(backbone: str, source: Dataset, config: StageConfig,
     """Train the whole backbone on the labeled source set; return it without classifier."""
     torch.manual_seed(config.seed)
     device = pick_device()
-    model = timm.create_model(backbone, pretrained=False, num_classes=source.num_classes)
+    model = timm.create_model(backbone, pretrained=False, num_classes=source.num_classes,
+                              **model_kwargs(backbone))
     model = model.to(device, memory_format=torch.channels_last)
     normalize = Normalize(**_mean_std(model)).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.9,
