@@ -28,6 +28,11 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
         (["--strategy", "frozen", "--weights", "missing.pt"], "--weights missing.pt: no such file"),
         (["--strategy", "scratch", "--data", "demo:x"], "expected demo:N"),
         (["--samples", "2"], "the following arguments are required: --strategy"),
+        (["--strategy", "frozen", "--data", ".", "--pretrained", "supervised"],
+         "--pretrained supervised needs --pretrain-data"),
+        (["--strategy", "colorization", "--pretrain-data", "nowhere"],
+         "--pretrain-data nowhere: no such directory"),
+        (["--strategy", "unfrozen", "--split", "0.5,0.5"], "--split 0.5,0.5: expected three"),
     ],
 )
 def test_bad_input_exits_2_with_one_message_and_writes_nothing(tmp_path, args, message):

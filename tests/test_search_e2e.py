@@ -67,6 +67,9 @@ def test_colorization_stage_runs_once_for_many_trials_and_is_cached(tmp_path):
     assert len(list((tmp_path / "experiments" / "_cache" / "stages").glob("colorization-*"))) == 1
     trials = list((exp_dir / "colorization").glob("trial_*/result.json"))
     assert len(trials) == 3
+    stage_out = exp_dir / "stages" / stages[0]["key"]
+    assert (stage_out / "samples.png").stat().st_size > 0  # grey / predicted / true colours
+    assert list(stage_out.glob("events.out.tfevents.*"))  # the pretext loss curve
 
     again = search(tmp_path, "second", "--strategy", "colorization", "--samples", "1")
     stages = json.loads((again / "experiment.json").read_text())["stages"]
@@ -83,3 +86,18 @@ def test_frozen_search_from_a_local_weights_file(tmp_path):
     best = yaml.safe_load((exp_dir / "best" / "frozen.yaml").read_text())
     assert best["pretrained"] == f"file:{weights}"
     assert best["hyperparameters"]["head"] in ("linear", "mlp")
+
+
+def test_all_registered_strategies_search_with_the_same_budget(tmp_path):
+    exp_dir = search(tmp_path, "all", "--strategy", "all", "--samples", "1")
+    board = pd.read_csv(exp_dir / "leaderboard.csv")
+    assert set(board["strategy"]) == {"scratch", "frozen", "unfrozen", "colorization",
+                                      "partial", "lp_ft"}
+    assert (board["trials"] == 1).all()
+    assert dict(zip(board["strategy"], board["pretrained"], strict=True)) == {
+        "scratch": "none", "frozen": "supervised", "unfrozen": "supervised",
+        "colorization": "colorization", "partial": "supervised", "lp_ft": "supervised"}
+    stages = json.loads((exp_dir / "experiment.json").read_text())["stages"]
+    assert sorted(s["stage"] for s in stages) == ["colorization", "supervised"]
+    for strategy in board["strategy"]:
+        assert (exp_dir / "best" / f"{strategy}.yaml").is_file()
