@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import os
 import re
 import time
 from dataclasses import dataclass
@@ -77,7 +78,9 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--address", default=None, help="Ray cluster address (auto: join ray up's)")
     p.add_argument("--storage", default="experiments", help="folder for experiments")
     p.add_argument("--cache-dir", default=None,
-                   help="prepared data, downloads and pretraining stages (default STORAGE/_cache)")
+                   help="prepared data, downloads, pretraining stages and features, shared by "
+                   "experiments on this machine (default $TRANSFER_SEARCH_CACHE, else "
+                   "~/.cache/transfer-search)")
     p.add_argument("--name", default=None, help="experiment name (default: strategy-time)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--weights", default=None,
@@ -135,9 +138,8 @@ def parse_spec(argv: list[str] | None = None) -> ExperimentSpec:
     if (storage / name).exists():
         raise UsageError(f"experiment {storage / name} already exists; choose another --name")
     strategies = tuple(STRATEGIES) if args.strategy == "all" else (args.strategy,)
-    cache_dir = storage / "_cache"
-    if args.cache_dir:
-        cache_dir = Path(args.cache_dir).expanduser().resolve()
+    cache_dir = Path(args.cache_dir or os.environ.get("TRANSFER_SEARCH_CACHE")
+                     or Path.home() / ".cache" / "transfer-search").expanduser().resolve()
     return ExperimentSpec(
         strategies=strategies, data=args.data, backbone=args.backbone, samples=args.samples,
         max_epochs=args.max_epochs, grace_period=min(args.grace_period, args.max_epochs),

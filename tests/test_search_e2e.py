@@ -23,7 +23,8 @@ pytestmark = pytest.mark.slow
 def search(tmp_path: Path, name: str, *args: str) -> Path:
     storage = tmp_path / "experiments"
     result = subprocess.run(
-        [sys.executable, str(RUN), *TINY, *args, "--storage", str(storage), "--name", name],
+        [sys.executable, str(RUN), *TINY, *args, "--storage", str(storage), "--name", name,
+         "--cache-dir", str(tmp_path / "cache")],
         cwd=tmp_path, capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -64,7 +65,7 @@ def test_colorization_stage_runs_once_for_many_trials_and_is_cached(tmp_path):
     exp_dir = search(tmp_path, "first", "--strategy", "colorization", "--samples", "3")
     stages = json.loads((exp_dir / "experiment.json").read_text())["stages"]
     assert [(s["stage"], s["cached"]) for s in stages] == [("colorization", False)]
-    assert len(list((tmp_path / "experiments" / "_cache" / "stages").glob("colorization-*"))) == 1
+    assert len(list((tmp_path / "cache" / "stages").glob("colorization-*"))) == 1
     trials = list((exp_dir / "colorization").glob("trial_*/result.json"))
     assert len(trials) == 3
     stage_out = exp_dir / "stages" / stages[0]["key"]
