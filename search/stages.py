@@ -87,7 +87,10 @@ def weights_label(stage: StageSpec) -> str:
     return f"file:{stage.weights_file}" if stage.weights_file else stage.stage
 
 
-def prepare(spec: ExperimentSpec, data: Dataset, pretrain: Dataset | None) -> Prepared:
+def prepare(spec: ExperimentSpec, data: Dataset, data_ref: ray.ObjectRef,
+            pretrain: Dataset | None) -> Prepared:
+    """Run or load every stage, then the frozen-backbone features. `data_ref` is the search
+    data already in the object store: stages and trials that use it share that one copy."""
     stage_specs = {s: stage_for(spec, s, data, pretrain) for s in spec.strategies}
     cache_dir = spec.cache_dir / "stages"
     task = ray.remote(num_cpus=spec.cpus_per_trial, num_gpus=spec.gpus_per_trial,
@@ -104,7 +107,10 @@ def prepare(spec: ExperimentSpec, data: Dataset, pretrain: Dataset | None) -> Pr
             records.append({**record, "cached": True, "path": str(path)})
         else:
             print(f"pretraining stage {stage.stage} ({stage.backbone}) ...", flush=True)
-            source = stage_data(stage.stage, data, pretrain) if stage.trains else None
+            source = None
+            if stage.trains:  # a Ray task resolves a reference argument to its value
+                own = stage.stage == "colorization" and pretrain is None
+                source = data_ref if own else stage_data(stage.stage, data, pretrain)
             running[stage] = task.remote(stage, source, int(spec.cpus_per_trial))
     for stage, future in running.items():  # started together above, so they run side by side
         state, record = ray.get(future)
@@ -114,7 +120,7 @@ def prepare(spec: ExperimentSpec, data: Dataset, pretrain: Dataset | None) -> Pr
         by_stage[stage] = ray.put(state)
         print(f"pretraining stage {stage.stage} done in {record['seconds']:.0f} s", flush=True)
     weights = {s: by_stage[stage] for s, stage in stage_specs.items()}
-    features = prepare_features(spec, data, stage_specs, weights)
+    features = prepare_features(spec, data, data_ref, stage_specs, weights)
     labels = {s: weights_label(stage) for s, stage in stage_specs.items()}
     return Prepared(weights, features, labels, [_public(r) for r in records])
 
@@ -131,8 +137,9 @@ def _public(record: dict) -> dict:
     return {k: v for k, v in record.items() if not isinstance(v, np.ndarray)}
 
 
-def prepare_features(spec: ExperimentSpec, data: Dataset, stage_specs: dict[str, StageSpec],
-                     weights: dict[str, ray.ObjectRef | None]) -> dict[str, ray.ObjectRef | None]:
+def prepare_features(spec: ExperimentSpec, data: Dataset, data_ref: ray.ObjectRef,
+                     stage_specs: dict[str, StageSpec], weights: dict[str, ray.ObjectRef | None]
+                     ) -> dict[str, ray.ObjectRef | None]:
     """Backbone features once per (weights, data) for strategies whose backbone never trains."""
     task = ray.remote(num_cpus=spec.cpus_per_trial, num_gpus=spec.gpus_per_trial,
                       max_retries=1)(compute_features)
@@ -149,8 +156,8 @@ def prepare_features(spec: ExperimentSpec, data: Dataset, stage_specs: dict[str,
                 cached = np.load(path)
                 done[stage] = ray.put(Features(cached["train"], cached["val"]))
             else:
-                features = ray.get(task.remote(spec.backbone, weights[strategy],
-                                               data.for_search(), int(spec.cpus_per_trial)))
+                features = ray.get(task.remote(spec.backbone, weights[strategy], data_ref,
+                                               int(spec.cpus_per_trial)))
                 path.parent.mkdir(parents=True, exist_ok=True)
                 np.savez(path, train=features.train, val=features.val)
                 done[stage] = ray.put(features)

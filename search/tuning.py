@@ -97,12 +97,12 @@ def write_experiment(spec: ExperimentSpec, data: Dataset, prepared: Prepared,
 
 def run_search(spec: ExperimentSpec, data: Dataset, pretrain: Dataset | None = None) -> Path:
     """Stages, then every strategy's Tuner in turn; returns the experiment directory."""
-    prepared = prepare(spec, data, pretrain)
+    data_ref = ray.put(data.for_search())  # one copy in the object store for stages and trials
+    prepared = prepare(spec, data, data_ref, pretrain)
     spec.exp_dir.mkdir(parents=True)
     storage_url = f"sqlite:///{spec.exp_dir / 'optuna.db'}"
     write_experiment(spec, data, prepared, storage_url)
     write_stage_outputs(spec.exp_dir, prepared.records)
-    data_ref = ray.put(data.for_search())  # one copy in the object store for every trial
     for strategy in spec.strategies:
         print(f"searching {strategy}: {spec.samples} trials x up to {spec.max_epochs} epochs",
               flush=True)

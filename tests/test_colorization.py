@@ -7,6 +7,7 @@ import torch
 from tests.conftest import TINY_MODEL
 from trainables.colorization import (
     ColorizationUNet,
+    backbone_to_encoder,
     encoder_to_backbone,
     lab_to_rgb,
     rgb_to_lab,
@@ -82,3 +83,13 @@ def test_staged_schedule_keeps_the_encoder_fixed_while_the_decoder_trains(tiny_d
     config = StageConfig(epochs=3, lr=0.5, batch_size=16, decoder_epochs=2)
     state, _ = train_colorization(TINY_MODEL, tiny_demo.train.images, config, init=init)
     assert not all(torch.equal(state[k], init[k]) for k in state)
+
+
+def test_pretext_init_loads_backbone_weights_into_the_encoder():
+    """--pretext-init imagenet: the U-Net's encoder starts from the backbone's weights."""
+    torch.manual_seed(3)
+    source = create_backbone(TINY_MODEL).state_dict()
+    unet = ColorizationUNet(TINY_MODEL)
+    backbone_to_encoder(source, unet.encoder)
+    back = encoder_to_backbone(unet.encoder.state_dict(), create_backbone(TINY_MODEL))
+    assert all(torch.equal(back[k], source[k]) for k in source)

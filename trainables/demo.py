@@ -33,7 +33,7 @@ SOURCE_CLASSES = (
 )
 
 # Per-class image counts of the default demo; val and test take a quarter of train each.
-DEFAULT_TRAIN_PER_CLASS = 200
+DEFAULT_TRAIN_PER_CLASS = 150
 
 
 def _regular_polygon(u: np.ndarray, v: np.ndarray, sides: int, radius: float) -> np.ndarray:
