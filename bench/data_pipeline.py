@@ -99,7 +99,7 @@ def time_epochs(images, labels, backbone: str, batch_size: int, repeats: int) ->
             start = time.perf_counter()
             train_epoch(model, optimizer, images, labels, batch_size=batch_size,
                         policy="crop_flip" if augment else "none", normalize=normalize,
-                        train_mode=plan.train_mode, loss_fn=nn.CrossEntropyLoss(),
+                        train_mode=lambda m: plan.begin_epoch(m, 0), loss_fn=nn.CrossEntropyLoss(),
                         device=torch.device("cpu"), generator=generator)
             harness = time.perf_counter() - start
             start = time.perf_counter()
