@@ -93,22 +93,25 @@ def time_epochs(images, labels, backbone: str, batch_size: int, repeats: int) ->
     mean, std = normalize.mean, normalize.std
     generator = torch.Generator().manual_seed(0)
     results = {}
+    def harness(augment: bool) -> None:
+        train_epoch(model, optimizer, images, labels, batch_size=batch_size,
+                    policy="crop_flip" if augment else "none", normalize=normalize,
+                    train_mode=lambda m: plan.begin_epoch(m, 0), loss_fn=nn.CrossEntropyLoss(),
+                    device=torch.device("cpu"), generator=generator)
+
+    def bare(augment: bool) -> None:
+        bare_epoch(model, optimizer, images, labels, batch_size, augment, mean, std, generator)
+
+    results = {}
     for augment in (False, True):
         runs = {"harness": [], "bare": []}
-        for i in range(repeats + 1):  # the first round warms up both
-            start = time.perf_counter()
-            train_epoch(model, optimizer, images, labels, batch_size=batch_size,
-                        policy="crop_flip" if augment else "none", normalize=normalize,
-                        train_mode=lambda m: plan.begin_epoch(m, 0), loss_fn=nn.CrossEntropyLoss(),
-                        device=torch.device("cpu"), generator=generator)
-            harness = time.perf_counter() - start
-            start = time.perf_counter()
-            bare_epoch(model, optimizer, images, labels, batch_size, augment, mean, std,
-                       generator)
-            bare = time.perf_counter() - start
-            if i:
-                runs["harness"].append(harness)
-                runs["bare"].append(bare)
+        for i in range(repeats + 1):  # round 0 warms up; then ABBA order cancels drift
+            order = [("harness", harness), ("bare", bare)]
+            for name, run in order if i % 2 else order[::-1]:
+                start = time.perf_counter()
+                run(augment)
+                if i:
+                    runs[name].append(time.perf_counter() - start)
         results[augment] = {k: statistics.median(v) for k, v in runs.items()}
     return results
 

@@ -25,25 +25,25 @@ log = logging.getLogger(__name__)
 SPLIT_DIRS = {"train": ("train",), "val": ("val", "valid"), "test": ("test",)}
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class ImageFile:
-    path: Path
+    path: str  # a string: sorting and hashing thousands of Path objects is the slow part
     size: int
     mtime_ns: int
 
 
 def scan_images(folder: Path) -> list[ImageFile]:
     """Image files under `folder`, sorted, each stat-ed once (the cache key needs size + mtime)."""
-    found, stack = [], [folder]
+    found, stack = [], [str(folder)]
     while stack:
         with os.scandir(stack.pop()) as entries:
             for entry in entries:
                 if entry.is_dir():
-                    stack.append(Path(entry.path))
-                elif os.path.splitext(entry.name)[1].lower() in IMG_EXTENSIONS:
+                    stack.append(entry.path)
+                elif entry.name[entry.name.rfind("."):].lower() in IMG_EXTENSIONS:
                     st = entry.stat()
-                    found.append(ImageFile(Path(entry.path), st.st_size, st.st_mtime_ns))
-    return sorted(found)
+                    found.append(ImageFile(entry.path, st.st_size, st.st_mtime_ns))
+    return sorted(found, key=lambda f: f.path)
 
 
 def list_classes(root: Path) -> dict[str, list[ImageFile]]:
@@ -76,7 +76,7 @@ def to_array(image: Image.Image, image_size: int) -> np.ndarray:
     return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)
 
 
-def decode(path: Path, image_size: int) -> np.ndarray | None:
+def decode(path: str | Path, image_size: int) -> np.ndarray | None:
     """(3, S, S) uint8, or None for a truncated or corrupt file."""
     global DECODED
     DECODED += 1
@@ -87,7 +87,7 @@ def decode(path: Path, image_size: int) -> np.ndarray | None:
         return None
 
 
-def decode_all(files: list[Path], labels: list[int], image_size: int) -> tuple[Split, list[Path]]:
+def decode_all(files: list[str], labels: list[int], image_size: int) -> tuple[Split, list[str]]:
     images, kept, bad = [], [], []
     for path, label in zip(files, labels, strict=True):
         array = decode(path, image_size)
@@ -131,7 +131,7 @@ def prepare(files: list[ImageFile], labels: list[int], image_size: int, cache_di
 
 
 def content_key(files: list[ImageFile], labels: list[int], image_size: int) -> str:
-    stats = [(str(f.path), f.size, f.mtime_ns) for f in files]
+    stats = [(f.path, f.size, f.mtime_ns) for f in files]
     return fingerprint("images-v1", stats, labels, image_size)
 
 
