@@ -4,7 +4,8 @@ A space only calls `trial.suggest_*` and returns None (Ray's rule for define-by-
 each suggested name is a field of `trainables.config.TrialConfig`.
 """
 
-from spaces import colorization, frozen, lp_ft, partial, scratch, unfrozen  # noqa: E402,F401,I001
+# each module registers its space on import
+from spaces import colorization, frozen, lp_ft, partial, scratch, unfrozen  # noqa: F401
 from spaces.registry import SPACES, SpaceContext, get_space, register_space
 
 __all__ = ["SPACES", "SpaceContext", "get_space", "register_space"]
