@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -61,6 +62,30 @@ class Dataset:
 
 def fingerprint(*parts: object) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def read_cached_split(entry: Path) -> tuple[Split, dict] | None:
+    """A prepared split and its metadata from a cache entry, or None when there is none."""
+    if not (entry / "meta.json").is_file():
+        return None
+    meta = json.loads((entry / "meta.json").read_text())
+    split = Split(np.load(entry / "images.npy"), np.load(entry / "labels.npy"),
+                  tuple(meta.pop("paths", ())))
+    return split, meta
+
+
+def write_cached_split(entry: Path, split: Split, **meta: object) -> None:
+    """Write a cache entry atomically: built in a temporary folder, then renamed into place,
+    so a reader never sees half an entry and a concurrent writer's copy is simply dropped."""
+    tmp = entry.with_name(f"{entry.name}.tmp{os.getpid()}")
+    tmp.mkdir(parents=True, exist_ok=True)
+    np.save(tmp / "images.npy", split.images)
+    np.save(tmp / "labels.npy", split.labels)
+    (tmp / "meta.json").write_text(json.dumps({"paths": list(split.paths), **meta}))
+    if entry.exists():
+        shutil.rmtree(tmp)
+    else:
+        tmp.rename(entry)
 
 
 def stratified_split(

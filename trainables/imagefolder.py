@@ -7,10 +7,8 @@ and `test/` folders of class folders, used as given. Resizing takes the shorter 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +16,15 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from trainables.data import DataError, Dataset, Split, assemble, fingerprint
+from trainables.data import (
+    DataError,
+    Dataset,
+    Split,
+    assemble,
+    fingerprint,
+    read_cached_split,
+    write_cached_split,
+)
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +101,7 @@ def decode_all(files: list[str], labels: list[int], image_size: int) -> tuple[Sp
             bad.append(path)
         else:
             images.append(array)
-            kept.append((label, str(path)))
+            kept.append((label, path))
     stacked = np.stack(images) if images else np.empty((0, 3, image_size, image_size), np.uint8)
     labels_kept = np.asarray([label for label, _ in kept], dtype=np.int64)
     return Split(stacked, labels_kept, tuple(path for _, path in kept)), bad
@@ -109,25 +115,14 @@ def prepare(files: list[ImageFile], labels: list[int], image_size: int, cache_di
     added or removed file, or another size, prepares anew. Returns (split, unreadable paths).
     """
     key = content_key(files, labels, image_size)
-    entry = cache_dir / key if cache_dir else None
-    if entry is not None and (entry / "meta.json").is_file():
-        meta = json.loads((entry / "meta.json").read_text())
-        split = Split(np.load(entry / "images.npy"), np.load(entry / "labels.npy"),
-                      tuple(meta["paths"]))
+    cached = read_cached_split(cache_dir / key) if cache_dir else None
+    if cached is not None:
+        split, meta = cached
         return split, meta["unreadable"], key
     split, bad = decode_all([f.path for f in files], labels, image_size)
-    if entry is not None:
-        tmp = entry.with_name(entry.name + f".tmp{os.getpid()}")
-        tmp.mkdir(parents=True, exist_ok=True)
-        np.save(tmp / "images.npy", split.images)
-        np.save(tmp / "labels.npy", split.labels)
-        (tmp / "meta.json").write_text(json.dumps(
-            {"paths": list(split.paths), "unreadable": [str(p) for p in bad]}))
-        if entry.exists():  # another process prepared the same files meanwhile
-            shutil.rmtree(tmp)
-        else:
-            tmp.rename(entry)  # atomic: readers never see a half-written entry
-    return split, [str(p) for p in bad], key
+    if cache_dir:
+        write_cached_split(cache_dir / key, split, unreadable=bad)
+    return split, bad, key
 
 
 def content_key(files: list[ImageFile], labels: list[int], image_size: int) -> str:

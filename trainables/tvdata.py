@@ -14,7 +14,15 @@ import numpy as np
 import torchvision
 from PIL import Image
 
-from trainables.data import DataError, Dataset, Split, assemble, fingerprint
+from trainables.data import (
+    DataError,
+    Dataset,
+    Split,
+    assemble,
+    fingerprint,
+    read_cached_split,
+    write_cached_split,
+)
 from trainables.imagefolder import to_array
 
 SPLIT_NAMES = {"train": ("train", "trainval"), "val": ("val", "valid"), "test": ("test",)}
@@ -83,14 +91,12 @@ def decode_dataset(dataset, image_size: int) -> Split:
 
 
 def cached_split(dataset, key: str, image_size: int, cache_dir) -> Split:
-    entry = cache_dir / key if cache_dir else None
-    if entry is not None and (entry / "labels.npy").is_file():
-        return Split(np.load(entry / "images.npy"), np.load(entry / "labels.npy"))
+    cached = read_cached_split(cache_dir / key) if cache_dir else None
+    if cached is not None:
+        return cached[0]
     split = decode_dataset(dataset, image_size)
-    if entry is not None:
-        entry.mkdir(parents=True, exist_ok=True)
-        np.save(entry / "images.npy", split.images)
-        np.save(entry / "labels.npy", split.labels)  # written last: marks the entry complete
+    if cache_dir:
+        write_cached_split(cache_dir / key, split)
     return split
 
 
