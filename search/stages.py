@@ -93,8 +93,10 @@ def prepare(spec: ExperimentSpec, data: Dataset, data_ref: ray.ObjectRef,
     data already in the object store: stages and trials that use it share that one copy."""
     stage_specs = {s: stage_for(spec, s, data, pretrain) for s in spec.strategies}
     cache_dir = spec.cache_dir / "stages"
+    # two returns: the weights stay in the object store where the task put them, for the trials,
+    # while the driver fetches a copy to cache
     task = ray.remote(num_cpus=spec.cpus_per_trial, num_gpus=spec.gpus_per_trial,
-                      max_retries=1)(run_stage)
+                      max_retries=1, num_returns=2)(run_stage)
     by_stage: dict[StageSpec, ray.ObjectRef | None] = {}
     records, running = [], {}
     for stage in dict.fromkeys(stage_specs.values()):
@@ -112,12 +114,12 @@ def prepare(spec: ExperimentSpec, data: Dataset, data_ref: ray.ObjectRef,
                 own = stage.stage == "colorization" and pretrain is None
                 source = data_ref if own else stage_data(stage.stage, data, pretrain)
             running[stage] = task.remote(stage, source, int(spec.cpus_per_trial))
-    for stage, future in running.items():  # started together above, so they run side by side
-        state, record = ray.get(future)
+    for stage, (state_ref, record_ref) in running.items():  # started together: side by side
+        state, record = ray.get([state_ref, record_ref])
         if stage.trains:
             save_stage(cache_path(cache_dir, stage), state, record)
         records.append({**record, "cached": False, "path": str(cache_path(cache_dir, stage))})
-        by_stage[stage] = ray.put(state)
+        by_stage[stage] = state_ref
         print(f"pretraining stage {stage.stage} done in {record['seconds']:.0f} s", flush=True)
     weights = {s: by_stage[stage] for s, stage in stage_specs.items()}
     features = prepare_features(spec, data, data_ref, stage_specs, weights)
@@ -156,11 +158,11 @@ def prepare_features(spec: ExperimentSpec, data: Dataset, data_ref: ray.ObjectRe
                 cached = np.load(path)
                 done[stage] = ray.put(Features(cached["train"], cached["val"]))
             else:
-                features = ray.get(task.remote(spec.backbone, weights[strategy], data_ref,
-                                               int(spec.cpus_per_trial)))
+                done[stage] = task.remote(spec.backbone, weights[strategy], data_ref,
+                                          int(spec.cpus_per_trial))
+                features = ray.get(done[stage])
                 path.parent.mkdir(parents=True, exist_ok=True)
                 np.savez(path, train=features.train, val=features.val)
-                done[stage] = ray.put(features)
         refs[strategy] = done[stage]
     return refs
 
