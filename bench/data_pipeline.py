@@ -24,12 +24,12 @@ import torch
 from PIL import Image
 from torch import nn
 
-from trainables import demo
-from trainables.augment import Normalize, random_crop, random_flip
 from trainables.config import TrialConfig
-from trainables.data import load_dataset
+from trainables.data import demo
+from trainables.data.augment import random_crop, random_flip
+from trainables.data.load import load_dataset
 from trainables.loop import train_epoch
-from trainables.models import build_model
+from trainables.models import Normalize, build_model
 from trainables.strategies import get_strategy
 
 HERE = Path(__file__).resolve().parent
@@ -92,12 +92,13 @@ def time_epochs(images, labels, backbone: str, batch_size: int, repeats: int) ->
     normalize = Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     mean, std = normalize.mean, normalize.std
     generator = torch.Generator().manual_seed(0)
-    results = {}
+
     def harness(augment: bool) -> None:
+        plan.begin_epoch(model, 0)
         train_epoch(model, optimizer, images, labels, batch_size=batch_size,
                     policy="crop_flip" if augment else "none", normalize=normalize,
-                    train_mode=lambda m: plan.begin_epoch(m, 0), loss_fn=nn.CrossEntropyLoss(),
-                    device=torch.device("cpu"), generator=generator)
+                    loss_fn=nn.CrossEntropyLoss(), device=torch.device("cpu"),
+                    generator=generator)
 
     def bare(augment: bool) -> None:
         bare_epoch(model, optimizer, images, labels, batch_size, augment, mean, std, generator)
@@ -116,6 +117,50 @@ def time_epochs(images, labels, backbone: str, batch_size: int, repeats: int) ->
     return results
 
 
+def measure(per_class: int, size: int, backbone: str, batch_size: int, epoch_images: int,
+            repeats: int) -> dict:
+    """Every number of the benchmark's table, all measured in this call."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        n = generate_folder(tmp / "images", per_class, size)
+        first, cached = time_preparation(tmp / "images", tmp / "cache")
+        search_storage = tmp / "storage"
+        cold = count_search_decodes(tmp / "images", search_storage, "cold")
+        warm = count_search_decodes(tmp / "images", search_storage, "warm")
+        data = load_dataset(str(tmp / "images"), image_size=32)
+        images = torch.from_numpy(data.train.images[:epoch_images])
+        labels = torch.from_numpy(data.train.labels[:epoch_images])
+        epochs = time_epochs(images, labels, backbone, batch_size, repeats)
+    return {"images": n, "first": first, "cached": cached, "cold": cold, "warm": warm,
+            "epochs": epochs, "backbone": backbone, "epoch_images": len(labels)}
+
+
+def table(m: dict) -> list[tuple[str, str, str]]:
+    """(measure, value, ratio) rows."""
+    n = m["images"]
+    rows = [
+        ("JPEGs in the ImageFolder", f"{n}", ""),
+        ("first preparation (decode + resize)", f"{m['first']:.2f} s", ""),
+        ("cached preparation", f"{m['cached']:.3f} s", f"{m['first'] / m['cached']:.0f}x faster"),
+        ("images decoded, 4-trial search, cold cache", f"{m['cold']}",
+         f"{m['cold'] / n:.2f} per image"),
+        ("images decoded, 4-trial search, warm cache", f"{m['warm']}",
+         f"{m['warm'] / n:.2f} per image"),
+    ]
+    for augment, label in ((False, "no augmentation"), (True, "crop+flip")):
+        h, b = m["epochs"][augment]["harness"], m["epochs"][augment]["bare"]
+        rows.append((f"epoch, {label}: harness / bare loop ({m['backbone']}, "
+                     f"{m['epoch_images']} images)", f"{h:.2f} s / {b:.2f} s", f"{h / b:.3f}x"))
+    return rows
+
+
+def format_table(rows: list[tuple[str, str, str]]) -> str:
+    width = max(len(r[0]) for r in rows)
+    lines = [f"{'measure':<{width}}  {'value':>18}  ratio"]
+    lines += [f"{name:<{width}}  {value:>18}  {ratio}".rstrip() for name, value, ratio in rows]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--per-class", type=int, default=500, help="JPEGs per class (10 classes)")
@@ -126,34 +171,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
-
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        n = generate_folder(tmp / "images", args.per_class, args.size)
-        first, cached = time_preparation(tmp / "images", tmp / "storage" / "_cache" / "data")
-        search_storage = tmp / "storage2"
-        cold = count_search_decodes(tmp / "images", search_storage, "cold")
-        warm = count_search_decodes(tmp / "images", search_storage, "warm")
-        data = load_dataset(str(tmp / "images"), image_size=32)
-        images = torch.from_numpy(data.train.images[: args.epoch_images])
-        labels = torch.from_numpy(data.train.labels[: args.epoch_images])
-        epochs = time_epochs(images, labels, args.backbone, args.batch_size, args.repeats)
-
-    rows = [
-        ("JPEGs in the ImageFolder", f"{n}", ""),
-        ("first preparation (decode + resize)", f"{first:.2f} s", ""),
-        ("cached preparation", f"{cached:.3f} s", f"{first / cached:.0f}x faster"),
-        ("images decoded, 4-trial search, cold cache", f"{cold}", f"{cold / n:.2f} per image"),
-        ("images decoded, 4-trial search, warm cache", f"{warm}", f"{warm / n:.2f} per image"),
-    ]
-    for augment, label in ((False, "no augmentation"), (True, "crop+flip")):
-        h, b = epochs[augment]["harness"], epochs[augment]["bare"]
-        rows.append((f"epoch, {label}: harness / bare loop ({args.backbone}, "
-                     f"{len(labels)} images)", f"{h:.2f} s / {b:.2f} s", f"{h / b:.3f}x"))
-    width = max(len(r[0]) for r in rows)
-    print(f"{'measure':<{width}}  {'value':>18}  ratio")
-    for name, value, ratio in rows:
-        print(f"{name:<{width}}  {value:>18}  {ratio}")
+    m = measure(args.per_class, args.size, args.backbone, args.batch_size, args.epoch_images,
+                args.repeats)
+    print(format_table(table(m)))
 
 
 if __name__ == "__main__":

@@ -14,27 +14,58 @@ import os
 import statistics
 import time
 
-import timm
 import torch
 from torch import nn
 
-from trainables.augment import Normalize
 from trainables.config import TrialConfig
-from trainables.data import load_demo
+from trainables.data.demo import DEFAULT_TRAIN_PER_CLASS, load_demo
 from trainables.features import compute_features
 from trainables.loop import train_epoch
-from trainables.models import build_model, create_backbone
+from trainables.models import build_model, create_backbone, normalizer
 from trainables.strategies import get_strategy
 
 
 def epoch_seconds(net, plan, model, images, labels, normalize, batch_size) -> float:
     optimizer = torch.optim.SGD(plan.param_groups, lr=0.01, momentum=0.9)
     start = time.perf_counter()
+    plan.begin_epoch(model, 0)
     train_epoch(net, optimizer, images, labels, batch_size=batch_size, policy="none",
-                normalize=normalize, train_mode=lambda _: plan.begin_epoch(model, 0),
-                loss_fn=nn.CrossEntropyLoss(), device=torch.device("cpu"),
+                normalize=normalize, loss_fn=nn.CrossEntropyLoss(), device=torch.device("cpu"),
                 generator=torch.Generator().manual_seed(0))
     return time.perf_counter() - start
+
+
+def measure(backbone: str, batch_size: int, repeats: int, per_class: int
+            ) -> dict[str, float]:
+    """Median epoch seconds both ways, and the one-time feature cost, measured in this call."""
+    data = load_demo(per_class)
+    labels = torch.from_numpy(data.train.labels)
+    state = create_backbone(backbone).state_dict()  # any weights: timing only
+    model = build_model(backbone, data.num_classes, state=state)
+    plan = get_strategy("frozen").setup(model, TrialConfig(lr=0.01, batch_size=batch_size,
+                                                          augment="none", weight_decay=0.0))
+    start = time.perf_counter()
+    features = compute_features(backbone, state, data)
+    once = time.perf_counter() - start
+    images, feats = torch.from_numpy(data.train.images), torch.from_numpy(features.train)
+    full, fast = [], []
+    for _ in range(repeats):
+        full.append(epoch_seconds(model, plan, model, images, labels, normalizer(model),
+                                  batch_size))
+        fast.append(epoch_seconds(model.get_classifier(), plan, model, feats, labels,
+                                  nn.Identity(), batch_size))
+    return {"images": len(labels), "full": statistics.median(full),
+            "fast": statistics.median(fast), "once": once}
+
+
+def format_table(m: dict[str, float], backbone: str, batch_size: int, repeats: int) -> str:
+    return "\n".join([
+        f"frozen {backbone}, {m['images']} demo images, batch {batch_size}, median of {repeats}",
+        f"  full frozen forward, one epoch   {m['full']:8.3f} s",
+        f"  head on cached features, epoch   {m['fast']:8.3f} s   "
+        f"{m['full'] / m['fast']:.0f}x faster",
+        f"  features, once per experiment    {m['once']:8.3f} s   (train + val)",
+    ])
 
 
 def main() -> None:
@@ -42,31 +73,12 @@ def main() -> None:
     parser.add_argument("--backbone", default="resnet18")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--per-class", type=int, default=DEFAULT_TRAIN_PER_CLASS,
+                        help="demo training images per class (10 classes)")
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
-    data = load_demo()
-    labels = torch.from_numpy(data.train.labels)
-    state = create_backbone(args.backbone).state_dict()  # any weights: timing only
-    model = build_model(args.backbone, data.num_classes, state=state)
-    plan = get_strategy("frozen").setup(model, TrialConfig(lr=0.01, batch_size=args.batch_size,
-                                                          augment="none", weight_decay=0.0))
-    cfg = timm.data.resolve_data_config({}, model=model)
-    normalize = Normalize(cfg["mean"], cfg["std"])
-    start = time.perf_counter()
-    features = compute_features(args.backbone, state, data)
-    once = time.perf_counter() - start
-    images, feats = torch.from_numpy(data.train.images), torch.from_numpy(features.train)
-    full, fast = [], []
-    for _ in range(args.repeats):
-        full.append(epoch_seconds(model, plan, model, images, labels, normalize, args.batch_size))
-        fast.append(epoch_seconds(model.get_classifier(), plan, model, feats, labels,
-                                  nn.Identity(), args.batch_size))
-    full_s, fast_s = statistics.median(full), statistics.median(fast)
-    print(f"frozen {args.backbone}, {len(labels)} demo images, batch {args.batch_size}, "
-          f"median of {args.repeats}")
-    print(f"  full frozen forward, one epoch   {full_s:8.3f} s")
-    print(f"  head on cached features, epoch   {fast_s:8.3f} s   {full_s / fast_s:.0f}x faster")
-    print(f"  features, once per experiment    {once:8.3f} s   (train + val)")
+    m = measure(args.backbone, args.batch_size, args.repeats, args.per_class)
+    print(format_table(m, args.backbone, args.batch_size, args.repeats))
 
 
 if __name__ == "__main__":

@@ -13,17 +13,18 @@ import logging
 import os
 import sys
 
-import pandas as pd
+from search.spec import UsageError, parse_spec
+from trainables.data.dataset import DataError
 
 
-def main(argv: list[str] | None = None) -> int:
-    from search.spec import UsageError, parse_spec
-    from search.stages import check_stage_data
-    from trainables.data import DataError, load_dataset, load_pretrain_data
-    from trainables.stages import StageError
-
+def main(argv: list[str] | None = None, prog: str = "run.py") -> int:
+    # The CLI and its errors import only light modules; torch, Ray and the loaders load below,
+    # once the input has passed every check that needs none of them.
     try:
-        spec = parse_spec(argv)
+        spec = parse_spec(argv, prog)
+        from search.pretraining import check_stage_data
+        from trainables.data.load import load_dataset, load_pretrain_data
+
         data = load_dataset(spec.data, image_size=spec.image_size, seed=spec.seed,
                             split=spec.split, cache_dir=spec.cache_dir)
         pretrain = None
@@ -32,15 +33,17 @@ def main(argv: list[str] | None = None) -> int:
                                           spec.cache_dir)
         check_stage_data(spec, data, pretrain)
     except (UsageError, DataError) as error:
-        print(f"run.py: error: {error}", file=sys.stderr)
+        print(f"{prog}: error: {error}", file=sys.stderr)
         return 2
     print(f"data: {data.name}, {data.num_classes} classes, {len(data.train)} train / "
           f"{len(data.val)} val images at {data.image_size} px", flush=True)
 
+    import pandas as pd
     import ray
 
     from analysis import export_best_configs, leaderboard, load_results, write_leaderboard
     from search.tuning import run_search
+    from trainables.pretrain import StageError
 
     # A checkpoint every epoch triggers Tune's experiment snapshots often; on small demo runs
     # that is cheap and the warning it prints every few seconds is noise.
@@ -52,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         exp_dir = run_search(spec, data, pretrain)
     except StageError as error:  # raised in a Ray task: the cause carries the plain message
-        print(f"run.py: error: {getattr(error, 'cause', error)}", file=sys.stderr)
+        print(f"{prog}: error: {getattr(error, 'cause', error)}", file=sys.stderr)
         return 2
     finally:
         ray.shutdown()
@@ -66,6 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nexperiment: {exp_dir}")
     print(f"  tensorboard --logdir {exp_dir}")
     return 0
+
+
+def console() -> int:
+    """The `transfer-search` command."""
+    return main(prog="transfer-search")
 
 
 if __name__ == "__main__":

@@ -2,23 +2,46 @@
 
 Everything that can be wrong with the user's input is found here or while the data loads, before
 Ray starts and before anything is written. Errors are `UsageError`s whose message is shown as is.
+Only light modules are imported here, so `--help` and input errors answer without loading torch.
 """
 
 from __future__ import annotations
 
 import argparse
 import difflib
-import os
 import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import timm
-
-from trainables.data import DataError, parse_demo_spec
-from trainables.stages import STAGES
+from trainables.cache import cache_root
+from trainables.config import STAGES
+from trainables.data.dataset import DataError
+from trainables.data.demo import demo_size
 from trainables.strategies import STRATEGIES
+
+DESCRIPTION = """\
+Search transfer-learning strategies for an image-classification dataset with Ray Tune and
+Optuna: every strategy gets the same number of trials, ASHA stops the poor ones early, and the
+leaderboard and best configs land in the experiment directory. Bad input exits with code 2
+before anything is written.
+"""
+
+EPILOG = """\
+examples:
+  # every default: the offline demo data, ResNet-18, 8 trials of up to 6 epochs
+  python search/run.py --strategy unfrozen
+
+  # every strategy on your own ImageFolder tree at 64 px, with a bigger budget
+  python search/run.py --strategy all --data ~/photos --image-size 64 --samples 24 \\
+      --max-epochs 12 --name photos-all
+
+  # join a running Ray cluster, half a GPU per trial, a local ImageNet checkpoint
+  python search/run.py --strategy frozen --data torchvision:CIFAR10 \\
+      --weights resnet18.safetensors --address auto --gpus-per-trial 0.5
+
+The same command runs as `transfer-search ...` and `python -m search ...`.
+"""
 
 
 class UsageError(ValueError):
@@ -59,50 +82,98 @@ class ExperimentSpec:
         return self.storage / self.name
 
 
-def build_parser() -> ArgumentParser:
-    p = ArgumentParser(prog="run.py", description="Search transfer strategies with Ray Tune.")
-    p.add_argument("--strategy", required=True, choices=[*STRATEGIES, "all"],
-                   help="one registered strategy, or all of them with the same budget each")
-    p.add_argument("--data", default="demo",
-                   help="demo, demo:N (N train images per class), torchvision:NAME, or an "
-                   "ImageFolder directory (class folders, or train/ val/ test/ folders)")
-    p.add_argument("--split", default="0.7,0.15,0.15",
-                   help="train,val,test fractions for data without given splits")
-    p.add_argument("--backbone", default="resnet18", help="any timm model name")
-    p.add_argument("--samples", type=int, default=8, help="trials per strategy")
-    p.add_argument("--max-epochs", type=int, default=6, help="epoch budget of one trial")
-    p.add_argument("--grace-period", type=int, default=2,
-                   help="ASHA's first rung: epochs every trial runs before it can be stopped")
-    p.add_argument("--gpus-per-trial", type=float, default=0.0)
-    p.add_argument("--cpus-per-trial", type=float, default=1.0)
-    p.add_argument("--address", default=None, help="Ray cluster address (auto: join ray up's)")
-    p.add_argument("--storage", default="experiments", help="folder for experiments")
-    p.add_argument("--cache-dir", default=None,
-                   help="prepared data, downloads, pretraining stages and features, shared by "
-                   "experiments on this machine (default $TRANSFER_SEARCH_CACHE, else "
-                   "~/.cache/transfer-search)")
-    p.add_argument("--name", default=None, help="experiment name (default: strategy-time)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--weights", default=None,
-                   help="local backbone checkpoint (.pt, .pth, .safetensors) for pretrained "
-                   "strategies")
-    p.add_argument("--image-size", type=int, default=32,
-                   help="pixels per side: shorter side resized to this, then centre-cropped")
-    p.add_argument("--pretrain-epochs", type=int, default=10, help="epochs of a pretraining stage")
-    p.add_argument("--pretrained", choices=STAGES, default=None,
-                   help="where pretrained strategies' weights come from (default: scratch none; "
-                   "colorization colorization; others imagenet, or supervised on the demo)")
-    p.add_argument("--pretrain-data", default=None,
-                   help="data the stage trains on: a labeled set for supervised (ImageFolder, "
-                   "torchvision:NAME, demo), any images for colorization (also a flat folder)")
-    p.add_argument("--pretext-init", choices=("scratch", "imagenet"), default="scratch",
-                   help="how the colorization encoder starts")
-    p.add_argument("--pretext-decoder-epochs", type=int, default=0,
-                   help="colorization: first epochs train the decoder alone (staged schedule)")
+def build_parser(prog: str = "run.py") -> ArgumentParser:
+    p = ArgumentParser(prog=prog, description=DESCRIPTION, epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_data_options(p.add_argument_group("data"))
+    add_strategy_options(p.add_argument_group("strategies and weights"))
+    add_search_options(p.add_argument_group("search"))
+    add_resource_options(p.add_argument_group("resources and cluster"))
+    add_output_options(p.add_argument_group("output"))
     return p
 
 
+def add_data_options(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("--data", default="demo", metavar="DATA",
+                   help="demo (built in, offline), demo:N (N train images per class), "
+                   "torchvision:NAME (e.g. CIFAR10), or an ImageFolder directory: class "
+                   "folders, or train/ val/ test/ folders of class folders (default: demo)")
+    g.add_argument("--split", default="0.7,0.15,0.15", metavar="TRAIN,VAL,TEST",
+                   help="fractions for data without given splits, stratified by --seed "
+                   "(default: %(default)s)")
+    g.add_argument("--image-size", type=int, default=32, metavar="PX",
+                   help="pixels per side: the shorter side is resized to this, then "
+                   "centre-cropped (default: %(default)s)")
+
+
+def add_strategy_options(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("--strategy", required=True, choices=[*STRATEGIES, "all"],
+                   help="the strategy to search, or all of them with the same budget each "
+                   "(required)")
+    g.add_argument("--backbone", default="resnet18", metavar="NAME",
+                   help="any timm model name: resnet50, vgg16, efficientnet_b0, "
+                   "convnext_tiny, vit_tiny_patch16_224, ... (default: %(default)s)")
+    g.add_argument("--pretrained", choices=STAGES, default=None,
+                   help="where the pretrained strategies' weights come from (default: per "
+                   "strategy: scratch none, colorization colorization, the others imagenet, "
+                   "or supervised on the demo)")
+    g.add_argument("--pretrain-data", default=None, metavar="DATA",
+                   help="what a pretraining stage trains on: a labeled set for supervised "
+                   "(ImageFolder, torchvision:NAME, demo), any images for colorization, also "
+                   "a flat folder (default: the demo's source classes for supervised, the "
+                   "target's training images for colorization)")
+    g.add_argument("--pretrain-epochs", type=int, default=10, metavar="N",
+                   help="epochs of a pretraining stage (default: %(default)s)")
+    g.add_argument("--pretext-init", choices=("scratch", "imagenet"), default="scratch",
+                   help="how the colorization encoder starts (default: %(default)s)")
+    g.add_argument("--pretext-decoder-epochs", type=int, default=0, metavar="N",
+                   help="colorization: the first N pretraining epochs train the decoder "
+                   "alone, the encoder frozen (default: %(default)s)")
+    g.add_argument("--weights", default=None, metavar="FILE",
+                   help="a local backbone checkpoint (.pt, .pth, .safetensors) for every "
+                   "pretrained strategy, instead of its stage (default: none)")
+
+
+def add_search_options(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("--samples", type=int, default=8, metavar="N",
+                   help="trials per strategy (default: %(default)s)")
+    g.add_argument("--max-epochs", type=int, default=6, metavar="N",
+                   help="epoch budget of one trial (default: %(default)s)")
+    g.add_argument("--grace-period", type=int, default=2, metavar="N",
+                   help="ASHA's first rung: epochs every trial runs before it can be stopped "
+                   "(default: %(default)s)")
+    g.add_argument("--seed", type=int, default=0, metavar="N",
+                   help="seeds the sampler, the trials, the pretraining stages, the data split "
+                   "and the demo's images (default: %(default)s)")
+
+
+def add_resource_options(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("--cpus-per-trial", type=float, default=1.0, metavar="N",
+                   help="CPU cores per trial and per pretraining task; also its torch threads "
+                   "(default: %(default)s)")
+    g.add_argument("--gpus-per-trial", type=float, default=0.0, metavar="N",
+                   help="GPUs per trial; a fraction such as 0.5 packs trials onto one GPU "
+                   "(default: %(default)s)")
+    g.add_argument("--address", default=None, metavar="ADDR",
+                   help="a Ray cluster to join: auto for the one `ray up` started, or "
+                   "HOST:PORT (default: start a local Ray instance)")
+
+
+def add_output_options(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("--storage", default="experiments", metavar="DIR",
+                   help="folder for experiments (default: ./%(default)s)")
+    g.add_argument("--name", default=None, metavar="NAME",
+                   help="experiment name: letters, digits, '.', '_' and '-' (default: "
+                   "STRATEGY-YYYYMMDD-HHMMSS)")
+    g.add_argument("--cache-dir", default=None, metavar="DIR",
+                   help="prepared data, downloads, pretraining stages and features, shared by "
+                   "experiments on this machine (default: $TRANSFER_SEARCH_CACHE, else "
+                   "~/.cache/transfer-search)")
+
+
 def check_backbone(name: str) -> None:
+    import timm  # loads torch: seconds, so only once the cheaper checks have passed
+
     if timm.is_model(name.split(".")[0]):
         return
     close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
@@ -110,8 +181,8 @@ def check_backbone(name: str) -> None:
     raise UsageError(f"--backbone {name}: not a timm model{hint}")
 
 
-def parse_spec(argv: list[str] | None = None) -> ExperimentSpec:
-    args = build_parser().parse_args(argv)
+def parse_spec(argv: list[str] | None = None, prog: str = "run.py") -> ExperimentSpec:
+    args = build_parser(prog).parse_args(argv)
     for flag, value, low in [("--samples", args.samples, 1), ("--max-epochs", args.max_epochs, 1),
                              ("--grace-period", args.grace_period, 1),
                              ("--image-size", args.image_size, 8),
@@ -121,7 +192,7 @@ def parse_spec(argv: list[str] | None = None) -> ExperimentSpec:
     if args.cpus_per_trial <= 0 or args.gpus_per_trial < 0:
         raise UsageError("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0")
     try:
-        is_demo = parse_demo_spec(args.data) is not None
+        is_demo = demo_size(args.data) is not None
     except DataError as error:
         raise UsageError(str(error)) from None
     is_path = not is_demo and not args.data.startswith("torchvision:")
@@ -130,23 +201,22 @@ def parse_spec(argv: list[str] | None = None) -> ExperimentSpec:
     if args.weights and not Path(args.weights).is_file():
         raise UsageError(f"--weights {args.weights}: no such file")
     check_pretraining(args, is_demo)
-    check_backbone(args.backbone)
+    split = parse_split(args.split)
     name = args.name or f"{args.strategy}-{time.strftime('%Y%m%d-%H%M%S')}"
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
         raise UsageError(f"--name {name}: use letters, digits, '.', '_' and '-' only")
     storage = Path(args.storage).expanduser().resolve()
     if (storage / name).exists():
         raise UsageError(f"experiment {storage / name} already exists; choose another --name")
+    check_backbone(args.backbone)
     strategies = tuple(STRATEGIES) if args.strategy == "all" else (args.strategy,)
-    cache_dir = Path(args.cache_dir or os.environ.get("TRANSFER_SEARCH_CACHE")
-                     or Path.home() / ".cache" / "transfer-search").expanduser().resolve()
     return ExperimentSpec(
         strategies=strategies, data=args.data, backbone=args.backbone, samples=args.samples,
         max_epochs=args.max_epochs, grace_period=min(args.grace_period, args.max_epochs),
         gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial,
         address=args.address, storage=storage, name=name, seed=args.seed, weights=args.weights,
         image_size=args.image_size, pretrain_epochs=args.pretrain_epochs,
-        split=parse_split(args.split), cache_dir=cache_dir, pretrained=args.pretrained,
+        split=split, cache_dir=cache_root(args.cache_dir), pretrained=args.pretrained,
         pretrain_data=args.pretrain_data, pretext_init=args.pretext_init,
         pretext_decoder_epochs=args.pretext_decoder_epochs,
     )

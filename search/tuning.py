@@ -1,4 +1,4 @@
-"""Wiring: pretraining stages once (search.stages), then one Ray Tune `Tuner` per strategy.
+"""Wiring: pretraining stages once (search.pretraining), then one Ray Tune `Tuner` per strategy.
 
 Each Tuner gets OptunaSearch (TPE, the strategy's define-by-run space, the study persisted in the
 experiment's SQLite file), the ASHA scheduler on val_acc, per-trial resources, checkpoints and
@@ -19,29 +19,28 @@ from ray.tune.logger import TBXLoggerCallback
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
+from search.pretraining import StageOutputs, run_stages, write_stage_outputs
 from search.spec import ExperimentSpec
-from search.stages import Prepared, prepare, write_stage_outputs
 from spaces import SpaceContext, get_space
 from trainables.config import RunSettings
-from trainables.data import Dataset
-from trainables.models import num_stages
+from trainables.data.dataset import Dataset
+from trainables.models import num_blocks
 from trainables.trainable import train_transfer
 
 log = logging.getLogger(__name__)
 
 
 def make_tuner(spec: ExperimentSpec, strategy: str, data_ref: ray.ObjectRef,
-               prepared: Prepared, storage_url: str) -> tune.Tuner:
+               stages: StageOutputs, storage_url: str) -> tune.Tuner:
     settings = RunSettings(strategy=strategy, backbone=spec.backbone, max_epochs=spec.max_epochs,
-                           seed=spec.seed, pretrained=prepared.labels[strategy],
-                           cpus_per_trial=spec.cpus_per_trial)
+                           seed=spec.seed, cpus_per_trial=spec.cpus_per_trial)
     trainable = tune.with_resources(
         tune.with_parameters(train_transfer, settings=settings, data=data_ref,
-                             weights=prepared.weights[strategy],
-                             features=prepared.features[strategy]),
+                             weights=stages.weights[strategy],
+                             features=stages.features[strategy]),
         {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial},
     )
-    context = SpaceContext(num_stages=num_stages(spec.backbone), max_epochs=spec.max_epochs)
+    context = SpaceContext(num_blocks=num_blocks(spec.backbone), max_epochs=spec.max_epochs)
     searcher = OptunaSearch(
         space=get_space(strategy, context),
         metric="val_acc",
@@ -80,17 +79,17 @@ def study_name(spec: ExperimentSpec, strategy: str) -> str:
     return f"{spec.name}/{strategy}"
 
 
-def write_experiment(spec: ExperimentSpec, data: Dataset, prepared: Prepared,
+def write_experiment(spec: ExperimentSpec, data: Dataset, stages: StageOutputs,
                      storage_url: str) -> None:
     meta = {
         **{k: str(v) if isinstance(v, Path) else v for k, v in asdict(spec).items()},
-        "strategies": {s: {"pretrained": prepared.labels[s], "study_name": study_name(spec, s)}
+        "strategies": {s: {"pretrained": stages.labels[s], "study_name": study_name(spec, s)}
                        for s in spec.strategies},
         "optuna_storage": storage_url,
         "dataset": {"name": data.name, "classes": list(data.classes),
                     "fingerprint": data.fingerprint, "train": len(data.train),
                     "val": len(data.val), "test": len(data.test) if data.test else 0},
-        "stages": prepared.records,
+        "stages": stages.records,
     }
     (spec.exp_dir / "experiment.json").write_text(json.dumps(meta, indent=2))
 
@@ -98,13 +97,13 @@ def write_experiment(spec: ExperimentSpec, data: Dataset, prepared: Prepared,
 def run_search(spec: ExperimentSpec, data: Dataset, pretrain: Dataset | None = None) -> Path:
     """Stages, then every strategy's Tuner in turn; returns the experiment directory."""
     data_ref = ray.put(data.for_search())  # one copy in the object store for stages and trials
-    prepared = prepare(spec, data, data_ref, pretrain)
+    stages = run_stages(spec, data, data_ref, pretrain)
     spec.exp_dir.mkdir(parents=True)
     storage_url = f"sqlite:///{spec.exp_dir / 'optuna.db'}"
-    write_experiment(spec, data, prepared, storage_url)
-    write_stage_outputs(spec.exp_dir, prepared.records)
+    write_experiment(spec, data, stages, storage_url)
+    write_stage_outputs(spec.exp_dir, stages.records)
     for strategy in spec.strategies:
         print(f"searching {strategy}: {spec.samples} trials x up to {spec.max_epochs} epochs",
               flush=True)
-        make_tuner(spec, strategy, data_ref, prepared, storage_url).fit()
+        make_tuner(spec, strategy, data_ref, stages, storage_url).fit()
     return spec.exp_dir

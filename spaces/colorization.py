@@ -1,4 +1,4 @@
-"""Fine-tuning a colorization-pretrained encoder: lr multiplier and how many stages stay frozen."""
+"""Fine-tuning a colorization-pretrained encoder: lr multiplier and how many blocks stay frozen."""
 
 import optuna
 
@@ -9,4 +9,4 @@ from spaces.registry import SpaceContext, common, lr_mult, register_space
 def colorization(trial: optuna.Trial, context: SpaceContext) -> None:
     common(trial)
     lr_mult(trial)
-    trial.suggest_int("freeze_depth", 0, context.num_stages - 1)
+    trial.suggest_int("freeze_depth", 0, context.num_blocks - 1)

@@ -1,4 +1,4 @@
-"""The first n feature stages frozen (n >= 1), the rest fine-tuned."""
+"""The first n backbone blocks frozen (n >= 1), the rest fine-tuned."""
 
 import optuna
 
@@ -9,4 +9,4 @@ from spaces.registry import SpaceContext, common, lr_mult, register_space
 def partial(trial: optuna.Trial, context: SpaceContext) -> None:
     common(trial)
     lr_mult(trial)
-    trial.suggest_int("freeze_depth", 1, max(1, context.num_stages - 1))
+    trial.suggest_int("freeze_depth", 1, max(1, context.num_blocks - 1))

@@ -15,7 +15,7 @@ from trainables.config import AUGMENTATIONS
 class SpaceContext:
     """What a space may depend on besides the trial: the backbone's depth and the epoch budget."""
 
-    num_stages: int = 5
+    num_blocks: int = 5  # the backbone's blocks (trainables.anatomy): what freeze_depth counts
     max_epochs: int = 6
 
 

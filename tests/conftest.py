@@ -1,9 +1,7 @@
 import pytest
 import torch
 
-from trainables.data import load_demo
-
-TINY_MODEL = "test_resnet"  # timm's 370k-parameter ResNet for tests
+from trainables.data.demo import load_demo
 
 
 @pytest.fixture(scope="session")

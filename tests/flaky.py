@@ -5,7 +5,7 @@ from pathlib import Path
 
 from ray import tune
 
-from trainables import trainable
+import trainables.trainable as trainable
 
 
 def crash_once_after_first_report(config, **kwargs):

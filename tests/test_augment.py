@@ -4,8 +4,8 @@ import pytest
 import torch
 from torchvision.transforms.v2 import functional as TF
 
-from trainables.augment import augment, random_crop, random_flip
-from trainables.autoaugment import OPS, RAND, TRIVIAL_WIDE, apply_ops, rand_augment
+from trainables.data.augment import augment, random_crop, random_flip
+from trainables.data.autoaugment import OPS, RAND, TRIVIAL_WIDE, apply_ops, rand_augment
 
 torch.manual_seed(0)
 IMAGES = torch.randint(0, 256, (6, 3, 16, 16), dtype=torch.uint8)

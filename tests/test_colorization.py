@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import TINY_MODEL
+from tests.helpers import TINY_MODEL
 from trainables.colorization import (
     ColorizationUNet,
     backbone_to_encoder,
@@ -13,7 +13,7 @@ from trainables.colorization import (
     rgb_to_lab,
 )
 from trainables.models import build_model, create_backbone, head_module
-from trainables.stages import StageConfig, train_colorization
+from trainables.pretrain import StageConfig, train_colorization
 
 # sRGB -> CIELAB (D65) reference values, as published by colour-science tools.
 REFERENCE = [

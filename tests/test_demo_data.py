@@ -4,8 +4,8 @@ from collections import Counter
 
 import numpy as np
 
-from trainables import demo
-from trainables.data import load_demo
+from trainables.data import demo
+from trainables.data.demo import load_demo
 
 
 def test_demo_is_deterministic_and_balanced():
@@ -50,3 +50,12 @@ def test_shape_colour_is_the_class_colour():
     centreish = image.reshape(-1, 3)
     blue_pixels = (centreish[:, 2] > 150) & (centreish[:, 0] < 100)
     assert blue_pixels.sum() > 20
+
+
+def test_seed_reaches_the_demo_images_through_load_dataset():
+    from trainables.data.load import load_dataset
+
+    first, again = load_dataset("demo:4", seed=1), load_dataset("demo:4", seed=1)
+    other = load_dataset("demo:4", seed=0)
+    assert np.array_equal(first.train.images, again.train.images)
+    assert not np.array_equal(first.train.images, other.train.images)

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from trainables.data import DataError, load_dataset
+from trainables.data.dataset import DataError
+from trainables.data.load import load_dataset
 
 
 def make_tree(root, classes=("apple", "pear"), per_class=10, size=(40, 30)):
@@ -86,7 +87,7 @@ def test_missing_path_and_file_instead_of_folder(tmp_path):
 
 
 def test_second_load_decodes_nothing_and_a_changed_file_is_decoded_again(tmp_path):
-    from trainables import imagefolder
+    from trainables.data import imagefolder
 
     root = make_tree(tmp_path / "data", per_class=10)
     cache = tmp_path / "cache"

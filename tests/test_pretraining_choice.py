@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from search.pretraining import check_stage_data, stage_for
 from search.spec import parse_spec
-from search.stages import check_stage_data, stage_for
-from trainables.data import DataError, load_pretrain_data
+from trainables.data.dataset import DataError
+from trainables.data.load import load_pretrain_data
 
 
 def spec(tmp_path, *args):
@@ -27,19 +28,19 @@ def images(folder, n=6, classes=None):
 def test_defaults_per_strategy_on_the_demo(tmp_path, tiny_demo):
     s = spec(tmp_path)
     stages = {name: stage_for(s, name, tiny_demo, None) for name in s.strategies}
-    assert stages["scratch"].stage == "none"
-    assert stages["colorization"].stage == "colorization"
+    assert stages["scratch"].kind == "none"
+    assert stages["colorization"].kind == "colorization"
     assert stages["colorization"].data_fingerprint == tiny_demo.for_search().fingerprint
     for name in ("frozen", "unfrozen", "lp_ft", "partial"):
-        assert stages[name].stage == "supervised"  # the demo's offline stand-in for imagenet
+        assert stages[name].kind == "supervised"  # the demo's offline stand-in for imagenet
         assert stages[name].data_fingerprint == tiny_demo.source.fingerprint
     assert len({stages[n] for n in ("frozen", "unfrozen", "lp_ft", "partial")}) == 1
 
 
 def test_flags_override_the_defaults(tmp_path, tiny_demo):
     explicit = spec(tmp_path, "--pretrained", "imagenet")
-    assert stage_for(explicit, "frozen", tiny_demo, None).stage == "imagenet"
-    assert stage_for(explicit, "scratch", tiny_demo, None).stage == "none"
+    assert stage_for(explicit, "frozen", tiny_demo, None).kind == "imagenet"
+    assert stage_for(explicit, "scratch", tiny_demo, None).kind == "none"
     weights = tmp_path / "w.pt"
     weights.write_bytes(b"x")
     from_file = spec(tmp_path, "--weights", str(weights))
@@ -47,7 +48,7 @@ def test_flags_override_the_defaults(tmp_path, tiny_demo):
     assert stage.weights_file == str(weights)
     colour = spec(tmp_path, "--pretrained", "colorization", "--pretext-init", "imagenet")
     stage = stage_for(colour, "unfrozen", tiny_demo, None)
-    assert stage.stage == "colorization" and stage.config.init == "imagenet"
+    assert stage.kind == "colorization" and stage.config.init == "imagenet"
 
 
 def test_pretrain_data_changes_the_stage_key(tmp_path, tiny_demo):

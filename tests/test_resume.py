@@ -6,10 +6,10 @@ import pytest
 import ray
 from ray import tune
 
-from tests.conftest import TINY_MODEL
 from tests.flaky import crash_once_after_first_report
+from tests.helpers import TINY_MODEL
 from trainables.config import RunSettings
-from trainables.data import load_demo
+from trainables.data.demo import load_demo
 
 pytestmark = pytest.mark.slow
 
@@ -17,8 +17,7 @@ pytestmark = pytest.mark.slow
 def test_failed_trial_resumes_from_its_checkpoint(tmp_path, monkeypatch):
     marker = tmp_path / "crashed"
     monkeypatch.setenv("FLAKY_MARKER", str(marker))
-    settings = RunSettings(strategy="unfrozen", backbone=TINY_MODEL, max_epochs=3, seed=0,
-                           pretrained="none")
+    settings = RunSettings(strategy="unfrozen", backbone=TINY_MODEL, max_epochs=3, seed=0)
     config = {"lr": 0.05, "batch_size": 16, "augment": "flip", "weight_decay": 1e-4,
               "lr_mult": 0.5}
     ray.init(num_cpus=1, include_dashboard=False,

@@ -4,38 +4,47 @@ import pytest
 import torch
 from torch import nn
 
-from tests.conftest import TINY_MODEL
-from trainables import STRATEGIES, get_strategy
-from trainables.augment import Normalize
+from tests.helpers import TINY_MODEL, changed
+from trainables.anatomy import head_module, head_parameter_names
 from trainables.config import TrialConfig
 from trainables.loop import train_epoch
-from trainables.models import build_model, head_module, head_parameter_names
-from trainables.strategies import register_strategy
+from trainables.models import Normalize, build_model
+from trainables.strategies import STRATEGIES, get_strategy, register_strategy
 
 
-def train_one_epoch(strategy: str, data, head: str = "linear") -> tuple[nn.Module, nn.Module]:
+def train_one_epoch(strategy: str, data, head: str = "linear", **options
+                    ) -> tuple[nn.Module, nn.Module]:
     """(model before, model after) one epoch of `strategy` at a large lr."""
     torch.manual_seed(0)
     config = TrialConfig(lr=0.5, batch_size=16, augment="flip", weight_decay=1e-4, lr_mult=0.5,
-                         head=head)
+                         head=head, **options)
     model = build_model(TINY_MODEL, data.num_classes, head)
     before = build_model(TINY_MODEL, data.num_classes, head)
     before.load_state_dict(model.state_dict())
     plan = get_strategy(strategy).setup(model, config)
     optimizer = torch.optim.SGD(plan.param_groups, lr=config.lr, momentum=0.9)
+    plan.begin_epoch(model, 0)
     train_epoch(model, optimizer, torch.from_numpy(data.train.images),
                 torch.from_numpy(data.train.labels), batch_size=16, policy="flip",
                 normalize=Normalize((0.5,) * 3, (0.5,) * 3),
-                train_mode=lambda m: plan.begin_epoch(m, 0),
                 loss_fn=nn.CrossEntropyLoss(), device=torch.device("cpu"),
                 generator=torch.Generator().manual_seed(0))
     return before, model
 
 
-def changed(before: nn.Module, after: nn.Module) -> dict[str, bool]:
-    old = before.state_dict()
-    return {k: not torch.equal(old[k], v) for k, v in after.state_dict().items()
-            if v.is_floating_point()}
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+def test_every_strategy_trains_what_its_plan_says_and_nothing_else(tiny_demo, strategy):
+    """Whatever a strategy freezes stays put, BatchNorm statistics included; the rest moves."""
+    before, after = train_one_epoch(strategy, tiny_demo, freeze_depth=1, probe_epochs=1)
+    diff = changed(before, after)
+    trainable = {n for n, p in after.named_parameters() if p.requires_grad}
+    frozen = {n for n, p in after.named_parameters() if not p.requires_grad}
+    assert head_parameter_names(after) <= trainable, "the new head always trains"
+    assert all(diff[n] for n in trainable), [n for n in trainable if not diff[n]]
+    assert not any(diff[n] for n in frozen), [n for n in frozen if diff[n]]
+    frozen_owners = {n.rpartition(".")[0] for n in frozen}
+    for key in (k for k in diff if k.endswith("running_mean")):
+        assert diff[key] == (key.rpartition(".")[0] not in frozen_owners), key
 
 
 @pytest.mark.parametrize("head", ["linear", "mlp"])

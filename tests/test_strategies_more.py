@@ -5,14 +5,13 @@ import pytest
 import torch
 from torch import nn
 
-from tests.conftest import TINY_MODEL
-from tests.test_strategies import changed
-from trainables import get_strategy
-from trainables.augment import Normalize
+from tests.helpers import TINY_MODEL, changed
+from trainables.anatomy import head_module, params_of_first_blocks
 from trainables.config import TrialConfig
 from trainables.features import compute_features
 from trainables.loop import evaluate, train_epoch
-from trainables.models import build_model, head_module, params_of_first_stages
+from trainables.models import Normalize, build_model
+from trainables.strategies import STRATEGIES, get_strategy
 
 CONFIG = dict(lr=0.5, batch_size=16, augment="flip", weight_decay=1e-4, lr_mult=0.5)
 
@@ -22,9 +21,9 @@ def run_epochs(model, plan, data, epochs, policy="flip", seed=0):
     images, labels = torch.from_numpy(data.train.images), torch.from_numpy(data.train.labels)
     generator = torch.Generator().manual_seed(seed)
     for epoch in range(epochs):
+        plan.begin_epoch(model, epoch)
         train_epoch(model, optimizer, images, labels, batch_size=16, policy=policy,
                     normalize=Normalize((0.5,) * 3, (0.5,) * 3),
-                    train_mode=lambda m, e=epoch: plan.begin_epoch(m, e),
                     loss_fn=nn.CrossEntropyLoss(), device=torch.device("cpu"),
                     generator=generator)
 
@@ -36,11 +35,11 @@ def snapshot(model):
 
 
 @pytest.mark.parametrize(("strategy", "depth"), [("partial", 2), ("colorization", 1)])
-def test_first_stages_stay_frozen_and_later_ones_train(tiny_demo, strategy, depth):
+def test_first_blocks_stay_frozen_and_later_ones_train(tiny_demo, strategy, depth):
     torch.manual_seed(0)
     model = build_model(TINY_MODEL, 10)
     plan = get_strategy(strategy).setup(model, TrialConfig(**CONFIG, freeze_depth=depth))
-    frozen = {id(p) for p in params_of_first_stages(model, depth)}
+    frozen = {id(p) for p in params_of_first_blocks(model, depth)}
     frozen_names = {n for n, p in model.named_parameters() if id(p) in frozen}
     before = snapshot(model)
     run_epochs(model, plan, tiny_demo, 1)
@@ -48,7 +47,7 @@ def test_first_stages_stay_frozen_and_later_ones_train(tiny_demo, strategy, dept
     assert frozen_names and all(not diff[n] for n in frozen_names)
     trainable = [n for n, _ in model.named_parameters() if n not in frozen_names]
     assert all(diff[n] for n in trainable), [n for n in trainable if not diff[n]]
-    # BatchNorm statistics: fixed in the frozen stages, updating in the others
+    # BatchNorm statistics: fixed in the frozen blocks, updating in the others
     frozen_modules = {n.rpartition(".")[0] for n in frozen_names}
     for key, moved in diff.items():
         if key.endswith("running_mean"):
@@ -73,8 +72,7 @@ def test_lp_ft_probes_then_fine_tunes_at_the_switch_epoch(tiny_demo):
     images, labels = torch.from_numpy(tiny_demo.train.images), torch.from_numpy(
         tiny_demo.train.labels)
     train_epoch(model, optimizer, images, labels, batch_size=16, policy="none",
-                normalize=Normalize((0.5,) * 3, (0.5,) * 3),
-                train_mode=lambda m: plan.begin_epoch(m, 2), loss_fn=nn.CrossEntropyLoss(),
+                normalize=Normalize((0.5,) * 3, (0.5,) * 3), loss_fn=nn.CrossEntropyLoss(),
                 device=torch.device("cpu"), generator=torch.Generator().manual_seed(0))
     diff = changed(after_probe, model)
     assert all(diff[n] for n, _ in model.named_parameters())
@@ -101,9 +99,9 @@ def test_frozen_fast_path_matches_the_full_forward(tiny_demo):
             train_x = torch.from_numpy(tiny_demo.train.images)
             val_x = torch.from_numpy(tiny_demo.val.images)
         for epoch in range(3):
+            plan.begin_epoch(model, epoch)
             train_epoch(net, optimizer, train_x, torch.from_numpy(tiny_demo.train.labels),
                         batch_size=16, policy="none", normalize=norm,
-                        train_mode=lambda _, e=epoch, p=plan, m=model: p.begin_epoch(m, e),
                         loss_fn=nn.CrossEntropyLoss(), device=torch.device("cpu"),
                         generator=torch.Generator().manual_seed(epoch))
         val = evaluate(net, val_x, torch.from_numpy(tiny_demo.val.labels), normalize=norm,
@@ -113,14 +111,22 @@ def test_frozen_fast_path_matches_the_full_forward(tiny_demo):
     assert torch.allclose(results["fast"][1], results["slow"][1], atol=1e-4)
 
 
+TRAIN_EVERYTHING = {"scratch", "unfrozen"}  # at freeze_depth=1 every other strategy freezes
+
+
 @pytest.mark.parametrize("backbone", ["resnet18", "resnet50", "vgg16", "efficientnet_b0",
                                       "convnext_tiny", "vit_tiny_patch16_224"])
 def test_named_backbones_take_every_strategy(backbone):
     x = torch.from_numpy(np.zeros((2, 3, 32, 32), np.float32))
-    for strategy in ("frozen", "partial", "lp_ft"):
-        model = build_model(backbone, 7, head="mlp" if strategy == "frozen" else "linear")
-        plan = get_strategy(strategy).setup(model, TrialConfig(**CONFIG, freeze_depth=1))
+    for name, strategy in STRATEGIES.items():
+        model = build_model(backbone, 7, head="mlp" if strategy.frozen_backbone else "linear")
+        plan = strategy.setup(model, TrialConfig(**CONFIG, freeze_depth=1))
         plan.begin_epoch(model, 0)
-        assert model(x).shape == (2, 7)
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        assert 0 < trainable < sum(p.numel() for p in model.parameters())
+        assert model(x).shape == (2, 7), name
+        frozen = {id(p) for p in plan.frozen_params}
+        assert frozen or name in TRAIN_EVERYTHING, f"{name} froze nothing on {backbone}"
+        assert frozen.isdisjoint(id(p) for p in model.get_classifier().parameters()), name
+        assert all(p.requires_grad == (id(p) not in frozen) for p in model.parameters()), name
+        in_groups = {id(p) for group in plan.param_groups for p in group["params"]}
+        assert in_groups == {id(p) for p in model.parameters() if id(p) not in frozen
+                             or plan.thaw_epoch is not None}, name

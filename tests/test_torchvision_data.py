@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from trainables.data import DataError, load_dataset
+from trainables.data.dataset import DataError
+from trainables.data.load import load_dataset
 
 
 def write_idx(path, array: np.ndarray, type_code: int) -> None:

@@ -1,5 +1,4 @@
-"""The trial side of transfer-search: data, models, strategies, pretraining stages, trainable."""
+"""The trial side of transfer-search: data, models, strategies, pretraining stages, trainable.
 
-from trainables.strategies import STRATEGIES, get_strategy, register_strategy
-
-__all__ = ["STRATEGIES", "get_strategy", "register_strategy"]
+Nothing is imported here, so `import trainables.strategies` (cheap) does not load torch.
+"""

@@ -11,8 +11,8 @@ import timm
 import torch
 from torch import nn
 
-from trainables.augment import random_flip
-from trainables.loop import pick_device, to_device
+from trainables.data.augment import random_flip
+from trainables.loop import autocast, channels_last, pick_device, run_epoch, to_device
 from trainables.models import create_backbone, model_kwargs
 
 # sRGB (linear) -> XYZ, D65, and the D65 reference white.
@@ -147,33 +147,33 @@ def train_colorization(backbone: str, images_np: np.ndarray, config, log: list[f
                        ) -> tuple[dict[str, torch.Tensor], np.ndarray]:
     """Train the U-Net (L1 on ab) on unlabeled images; return its encoder as backbone weights,
     and a sample grid. With `config.decoder_epochs`, the decoder trains alone first (encoder
-    frozen), then everything: the staged schedule of the colorization U-Net study."""
+    frozen, its BatchNorm statistics too), then everything: a new decoder on a pretrained
+    encoder would otherwise send large, random gradients into the encoder."""
     torch.manual_seed(config.seed)
     device = pick_device()
     unet = ColorizationUNet(backbone)
     if init is not None:
         backbone_to_encoder(init, unet.encoder)
-    unet = unet.to(device)
+    unet = unet.to(device, memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(unet.parameters(), lr=config.lr / 50)
     images = to_device(images_np, device)
     generator = torch.Generator().manual_seed(config.seed)
+
+    def batch_loss(idx: torch.Tensor) -> tuple[torch.Tensor, int]:
+        grey, ab = lab_inputs(random_flip(images[idx]))  # Lab in fp32, outside autocast
+        with autocast(device):
+            predicted = unet(channels_last(grey))
+        return nn.functional.l1_loss(predicted.float(), ab), 0
+
     for epoch in range(config.epochs):
         encoder_trains = epoch >= config.decoder_epochs
         unet.encoder.requires_grad_(encoder_trains)
         unet.train()
         if not encoder_trains:
             unet.encoder.eval()
-        order = torch.randperm(len(images), generator=generator).to(device)
-        total, seen = 0.0, 0
-        for begin in range(0, len(order) - 1, config.batch_size):
-            batch = random_flip(images[order[begin : begin + config.batch_size]])
-            grey, ab = lab_inputs(batch)
-            loss = nn.functional.l1_loss(unet(grey), ab)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total, seen = total + loss.item() * len(batch), seen + len(batch)
+        stats = run_epoch(optimizer, len(images), batch_loss, batch_size=config.batch_size,
+                          device=device, generator=generator)
         if log is not None:
-            log.append(total / seen)
+            log.append(stats.loss)
     grid = sample_grid(unet, images[:8])
     return encoder_to_backbone(unet.encoder.state_dict(), create_backbone(backbone)), grid

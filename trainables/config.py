@@ -1,4 +1,5 @@
-"""The two configs a trial sees: run settings (fixed for an experiment) and sampled hyperparameters.
+"""The two configs a trial sees: run settings (fixed for an experiment) and sampled hyperparameters,
+and the names their fields take.
 
 Run settings travel to trials through `tune.with_parameters`, never through `param_space`, so the
 search space holds only what Optuna samples. `TrialConfig.from_dict` rejects unknown keys, so a
@@ -13,6 +14,8 @@ from typing import Any
 AUGMENTATIONS = ("none", "flip", "crop_flip", "trivialaugment", "randaugment")
 HEADS = ("linear", "mlp")
 OPTIMIZERS = ("sgd", "adamw")
+# Pretraining stages, where a backbone's starting weights come from (trainables.pretrain).
+STAGES = ("none", "imagenet", "supervised", "colorization")
 
 
 @dataclass(frozen=True)
@@ -21,7 +24,6 @@ class RunSettings:
     backbone: str
     max_epochs: int
     seed: int
-    pretrained: str  # where the backbone's starting weights come from: none, supervised, ...
     cpus_per_trial: float = 1.0
 
 
@@ -39,7 +41,7 @@ class TrialConfig:
     head_dropout: float = 0.0
     head_bn: bool = False
     magnitude: int = 9  # RandAugment's magnitude bin, 0 to 30 (searched when augment=randaugment)
-    freeze_depth: int = 0  # partial, colorization: feature stages kept frozen, from the stem on
+    freeze_depth: int = 0  # partial, colorization: backbone blocks kept frozen, from the stem on
     probe_epochs: int = 1  # lp_ft: linear-probe epochs before full fine-tuning
 
     def __post_init__(self) -> None:

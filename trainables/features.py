@@ -7,15 +7,16 @@ never changes, so it is computed once per experiment and every trial trains only
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
-import timm
 import torch
+from torch import nn
 
-from trainables.augment import Normalize
-from trainables.data import Dataset
-from trainables.loop import autocast, pick_device, to_device
-from trainables.models import create_backbone
+from trainables.cache import atomic_file
+from trainables.data.dataset import Dataset
+from trainables.loop import autocast, channels_last, pick_device, to_device
+from trainables.models import create_backbone, normalizer
 
 
 @dataclass(frozen=True)
@@ -25,13 +26,13 @@ class Features:
 
 
 @torch.no_grad()
-def embed(model: torch.nn.Module, images: np.ndarray, normalize: Normalize,
+def embed(model: nn.Module, images: np.ndarray, normalize: nn.Module,
           device: torch.device, batch_size: int = 256) -> np.ndarray:
     out = []
     for begin in range(0, len(images), batch_size):
-        x = normalize(to_device(images[begin : begin + batch_size], device))
+        x = channels_last(normalize(to_device(images[begin : begin + batch_size], device)))
         with autocast(device):
-            out.append(model(x.contiguous(memory_format=torch.channels_last)).float().cpu())
+            out.append(model(x).float().cpu())
     return torch.cat(out).numpy()
 
 
@@ -42,7 +43,19 @@ def compute_features(backbone: str, state: dict[str, torch.Tensor] | None, data:
         torch.set_num_threads(threads)
     device = pick_device()
     model = create_backbone(backbone, state).to(device, memory_format=torch.channels_last).eval()
-    cfg = timm.data.resolve_data_config({}, model=model)
-    normalize = Normalize(cfg["mean"], cfg["std"]).to(device)
+    normalize = normalizer(model).to(device)
     return Features(embed(model, data.train.images, normalize, device),
                     embed(model, data.val.images, normalize, device))
+
+
+def read_features(path: Path) -> Features | None:
+    """Cached features, or None when `path` holds none."""
+    if not path.is_file():
+        return None
+    with np.load(path) as cached:
+        return Features(cached["train"], cached["val"])
+
+
+def write_features(path: Path, features: Features) -> None:
+    with atomic_file(path) as tmp:
+        np.savez(tmp, train=features.train, val=features.val)

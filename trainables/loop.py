@@ -1,8 +1,9 @@
-"""One epoch of training and one pass of evaluation over uint8 tensors already in memory.
+"""The one training loop, and evaluation, over uint8 tensors already on the device.
 
-Shared by the trial trainable and the supervised pretraining stage. Batches are sliced from the
-whole split held on the device, augmented there, normalised, then fed to the model: no
-DataLoader, no worker processes, no decoding.
+Shared by the trials and both training pretraining stages (supervised and colorization), so
+they batch the same way and follow the same device rules: batches are index slices of the whole
+split held on the device, bf16 autocast on a GPU, channels-last inputs, and the running loss
+kept on the device (no host copy per batch). No DataLoader, no worker processes, no decoding.
 """
 
 from __future__ import annotations
@@ -10,14 +11,15 @@ from __future__ import annotations
 import contextlib
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from trainables.augment import Normalize, augment
+from trainables.data.augment import augment
 
 
 def pick_device() -> torch.device:
@@ -44,8 +46,22 @@ def channels_last(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 else x
 
 
+def batch_starts(n: int, batch_size: int) -> range:
+    """Where an epoch's batches start. A last batch of one image is dropped: BatchNorm cannot
+    train on a batch of size 1. The lr schedule's length is counted from this same range."""
+    return range(0, n - 1 if n % batch_size == 1 else n, batch_size)
+
+
 def steps_per_epoch(n: int, batch_size: int) -> int:
-    return (n - 1 if n % batch_size == 1 else n + batch_size - 1) // batch_size
+    return len(batch_starts(n, batch_size))
+
+
+def shuffled_batches(n: int, batch_size: int, generator: torch.Generator,
+                     device: torch.device) -> Iterator[torch.Tensor]:
+    """Index tensors of one epoch's batches, in a fresh random order drawn from `generator`."""
+    order = torch.randperm(n, generator=generator).to(device)
+    for begin in batch_starts(n, batch_size):
+        yield order[begin : begin + batch_size]
 
 
 @dataclass(frozen=True)
@@ -60,53 +76,72 @@ class EpochStats:
         return self.images / max(self.seconds, 1e-9)
 
 
+# A batch's (loss, number of correct predictions) from its indices into the split.
+BatchLoss = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | int]]
+
+
+def run_epoch(optimizer: torch.optim.Optimizer, n: int, batch_loss: BatchLoss, *,
+              batch_size: int, device: torch.device, generator: torch.Generator,
+              scheduler: Any = None, first_update: int = 0) -> EpochStats:
+    """One epoch of optimizer steps over `n` samples; the caller sets the model's train mode.
+
+    `scheduler` is a timm scheduler stepped per update: after this epoch's k-th step it is at
+    update `first_update + k`, so a resumed trial continues the same lr curve.
+    """
+    start = time.perf_counter()
+    total_loss = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    seen = 0
+    for step, idx in enumerate(shuffled_batches(n, batch_size, generator, device), start=1):
+        loss, hits = batch_loss(idx)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step_update(first_update + step)
+        total_loss += loss.detach() * len(idx)
+        correct += hits
+        seen += len(idx)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return EpochStats(total_loss.item() / seen, correct.item() / seen, seen,
+                      time.perf_counter() - start)
+
+
 def train_epoch(
     model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
     labels: torch.Tensor, *, batch_size: int, policy: str, magnitude: int = 9,
-    normalize: Normalize,
-    train_mode: Callable[[nn.Module], None], loss_fn: nn.Module, device: torch.device,
-    generator: torch.Generator, on_step: Callable[[], None] | None = None,
+    normalize: nn.Module, loss_fn: nn.Module, device: torch.device,
+    generator: torch.Generator, scheduler: Any = None, first_update: int = 0,
 ) -> EpochStats:
-    train_mode(model)
-    start = time.perf_counter()
-    order = torch.randperm(len(labels), generator=generator).to(labels.device)
-    total_loss, correct, seen = 0.0, 0, 0
-    # Drop a last batch of one image: BatchNorm cannot train on a batch of size 1.
-    stop = len(order) - 1 if len(order) % batch_size == 1 else len(order)
-    for begin in range(0, stop, batch_size):
-        idx = order[begin : begin + batch_size]
+    """One epoch of classification: augment, normalise, forward, loss, step."""
+
+    def batch_loss(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = channels_last(normalize(augment(images[idx], policy, magnitude)))
         y = labels[idx]
         with autocast(device):
             logits = model(x)
-            loss = loss_fn(logits.float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if on_step is not None:
-            on_step()
-        total_loss += loss.item() * len(y)
-        correct += (logits.argmax(1) == y).sum().item()
-        seen += len(y)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return EpochStats(total_loss / seen, correct / seen, seen, time.perf_counter() - start)
+        return loss_fn(logits.float(), y), (logits.argmax(1) == y).sum()
+
+    return run_epoch(optimizer, len(labels), batch_loss, batch_size=batch_size, device=device,
+                     generator=generator, scheduler=scheduler, first_update=first_update)
 
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, normalize: Normalize,
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, normalize: nn.Module,
     device: torch.device, batch_size: int = 512,
 ) -> EpochStats:
     model.eval()
     start = time.perf_counter()
-    total_loss, correct = 0.0, 0
+    total_loss = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
     for begin in range(0, len(labels), batch_size):
         x = channels_last(normalize(images[begin : begin + batch_size]))
         y = labels[begin : begin + batch_size]
         with autocast(device):
             logits = model(x).float()
-        total_loss += nn.functional.cross_entropy(logits, y, reduction="sum").item()
-        correct += (logits.argmax(1) == y).sum().item()
+        total_loss += nn.functional.cross_entropy(logits, y, reduction="sum")
+        correct += (logits.argmax(1) == y).sum()
     n = len(labels)
-    return EpochStats(total_loss / n, correct / n, n, time.perf_counter() - start)
+    return EpochStats(total_loss.item() / n, correct.item() / n, n, time.perf_counter() - start)

@@ -1,4 +1,5 @@
-"""timm models by name: backbone weights from a stage's state dict, a new head for the classes.
+"""timm models by name: backbone weights from a pretraining stage's state dict, a new head for
+the classes, and the input normaliser from the model's data config.
 
 Backbone state dicts are always stored in timm's `num_classes=0` form (classifier removed), so one
 checkpoint serves any target dataset. The head is found through timm's `get_classifier`, never by
@@ -10,6 +11,8 @@ from __future__ import annotations
 import timm
 import torch
 from torch import nn
+
+from trainables.anatomy import block_modules, head_module
 
 
 def model_kwargs(backbone: str) -> dict:
@@ -42,18 +45,10 @@ def load_backbone_state(model: nn.Module, state: dict[str, torch.Tensor]) -> Non
     model.load_state_dict(state)
 
 
-def head_module(model: nn.Module) -> tuple[str, nn.Module]:
-    """The dotted name and module of the model's classifier, as timm reports it."""
-    classifier = model.get_classifier()
-    for name, module in model.named_modules():
-        if module is classifier:
-            return name, module
-    raise ValueError(f"{type(model).__name__}: get_classifier() is not a submodule")
-
-
 def mlp_head(in_features: int, num_classes: int, hidden: int = 256, dropout: float = 0.0,
              batch_norm: bool = False) -> nn.Sequential:
-    # Optional BatchNorm and dropout between the two layers: the VGG16 study's models 1 to 3.
+    # Optional BatchNorm and dropout between the two layers: the usual ways to regularise a
+    # dense head trained on few images over a frozen convolutional backbone.
     layers = [nn.Linear(in_features, hidden)]
     layers += [nn.BatchNorm1d(hidden)] if batch_norm else []
     layers += [nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(hidden, num_classes)]
@@ -73,18 +68,6 @@ def attach_head(model: nn.Module, num_classes: int, head: str = "linear", hidden
     return model
 
 
-def head_parameter_names(model: nn.Module) -> set[str]:
-    name, module = head_module(model)
-    return {f"{name}.{p}" for p, _ in module.named_parameters()}
-
-
-def split_parameters(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-    """(backbone parameters, head parameters)."""
-    head = head_parameter_names(model)
-    backbone = [p for n, p in model.named_parameters() if n not in head]
-    return backbone, [p for n, p in model.named_parameters() if n in head]
-
-
 def build_model(backbone: str, num_classes: int, head: str = "linear",
                 state: dict[str, torch.Tensor] | None = None, **head_options) -> nn.Module:
     return attach_head(create_backbone(backbone, state), num_classes, head, **head_options)
@@ -96,31 +79,23 @@ def backbone_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if k not in head}
 
 
-def stage_modules(model: nn.Module) -> list[str]:
-    """Names of the feature stages, shallow to deep, as listed by timm's feature_info."""
-    info = getattr(model, "feature_info", None)
-    if not info:
-        raise ValueError(f"{type(model).__name__} has no feature_info: cannot count its stages")
-    return [entry["module"] for entry in info]
+def num_blocks(backbone: str) -> int:
+    return len(block_modules(create_backbone(backbone)))
 
 
-def num_stages(backbone: str) -> int:
-    return len(stage_modules(create_backbone(backbone)))
+class Normalize(nn.Module):
+    """uint8 -> float, normalised with the backbone's pretrained mean and std."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1) * 255)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1) * 255)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.float() - self.mean) / self.std
 
 
-def params_of_first_stages(model: nn.Module, depth: int) -> list[nn.Parameter]:
-    """The parameters of the first `depth` feature stages and of everything before them (stem,
-    embeddings): what "the first `depth` stages stay frozen" freezes. Depth 0 freezes nothing."""
-    stages = stage_modules(model)
-    if not 0 <= depth <= len(stages):
-        raise ValueError(f"freeze depth {depth}: {type(model).__name__} has {len(stages)} stages")
-    if depth == 0:
-        return []
-    order = {name: i for i, (name, _) in enumerate(model.named_modules())}
-    last = stages[depth - 1]
-    frozen = []
-    for name, param in model.named_parameters():
-        owner = name.rpartition(".")[0]
-        if order[owner] <= order[last] or owner.startswith(last + "."):
-            frozen.append(param)
-    return frozen
+def normalizer(model: nn.Module) -> Normalize:
+    """The input normaliser of a timm model: mean and std from its timm data config."""
+    cfg = timm.data.resolve_data_config({}, model=model)
+    return Normalize(tuple(cfg["mean"]), tuple(cfg["std"]))

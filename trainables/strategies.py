@@ -2,22 +2,27 @@
 
 A strategy is one registered function `(model, config) -> Plan` plus one space in `spaces/`;
 the registered name is the string used in the CLI, the results and the exported configs.
+Importing this module loads no torch (the functions only walk the model they are given), so the
+CLI can list the strategies at once.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from torch import nn
-
-from trainables.config import TrialConfig
-from trainables.models import (
-    head_module,
-    params_of_first_stages,
+from trainables.anatomy import (
+    block_modules,
+    modules_of_first_blocks,
+    modules_outside_head,
+    params_of_first_blocks,
     split_parameters,
-    stage_modules,
 )
+from trainables.config import TrialConfig
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 @dataclass(frozen=True)
@@ -86,40 +91,6 @@ def param_groups(params: list[nn.Parameter], lr: float, weight_decay: float) -> 
     return [g for g in groups if g["params"]]
 
 
-def modules_outside_head(model: nn.Module) -> tuple[nn.Module, ...]:
-    """The largest submodules that neither are, contain, nor sit inside the classifier."""
-    head, _ = head_module(model)
-
-    def outside(module: nn.Module, prefix: str) -> list[nn.Module]:
-        found = []
-        for name, child in module.named_children():
-            if prefix + name == head:
-                continue
-            if head.startswith(prefix + name + "."):
-                found += outside(child, prefix + name + ".")
-            else:
-                found.append(child)
-        return found
-
-    return tuple(outside(model, ""))
-
-
-def modules_of_first_stages(model: nn.Module, depth: int) -> tuple[nn.Module, ...]:
-    """The modules of the first `depth` stages and before them, without the containers that
-    also hold later stages (ViT's `blocks`, say): the ones to keep in eval mode."""
-    if depth == 0:
-        return ()
-    order = {name: i for i, (name, _) in enumerate(model.named_modules())}
-    last = stage_modules(model)[depth - 1]
-    later = {id(p) for p in model.parameters()} - {
-        id(p) for p in params_of_first_stages(model, depth)}
-    return tuple(
-        m for name, m in model.named_modules()
-        if name and (order[name] <= order[last] or name.startswith(last + "."))
-        and not any(id(p) in later for p in m.parameters())
-    )
-
-
 def backbone_and_head(model: nn.Module, config: TrialConfig,
                       frozen: list[nn.Parameter] = ()) -> list[dict]:
     """Discriminative learning rates: backbone lr = lr * lr_mult, head lr = lr."""
@@ -130,12 +101,12 @@ def backbone_and_head(model: nn.Module, config: TrialConfig,
             + param_groups(head, config.lr, config.weight_decay))
 
 
-def first_stages_frozen(model: nn.Module, config: TrialConfig) -> Plan:
-    """The first `freeze_depth` stages frozen, the rest fine-tuned with lr * lr_mult."""
-    depth = min(config.freeze_depth, len(stage_modules(model)))
-    frozen = params_of_first_stages(model, depth)
+def first_blocks_frozen(model: nn.Module, config: TrialConfig) -> Plan:
+    """The first `freeze_depth` blocks frozen, the rest fine-tuned with lr * lr_mult."""
+    depth = min(config.freeze_depth, len(block_modules(model)))
+    frozen = params_of_first_blocks(model, depth)
     return Plan(backbone_and_head(model, config, frozen), tuple(frozen),
-                modules_of_first_stages(model, depth))
+                modules_of_first_blocks(model, depth))
 
 
 @register_strategy("scratch", pretrained="none")
@@ -157,12 +128,12 @@ def unfrozen(model: nn.Module, config: TrialConfig) -> Plan:
 
 @register_strategy("colorization", pretrained="colorization")
 def colorization(model: nn.Module, config: TrialConfig) -> Plan:
-    return first_stages_frozen(model, config)
+    return first_blocks_frozen(model, config)
 
 
 @register_strategy("partial", pretrained="imagenet")
 def partial(model: nn.Module, config: TrialConfig) -> Plan:
-    return first_stages_frozen(model, config)
+    return first_blocks_frozen(model, config)
 
 
 @register_strategy("lp_ft", pretrained="imagenet")

@@ -12,18 +12,16 @@ import tempfile
 from pathlib import Path
 
 import ray
-import timm
 import torch
 from ray import tune
 from timm.scheduler import CosineLRScheduler
 from torch import nn
 
-from trainables.augment import Normalize
 from trainables.config import RunSettings, TrialConfig
-from trainables.data import Dataset
+from trainables.data.dataset import Dataset
 from trainables.features import Features
 from trainables.loop import evaluate, pick_device, steps_per_epoch, to_device, train_epoch
-from trainables.models import build_model
+from trainables.models import build_model, normalizer
 from trainables.strategies import get_strategy
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -54,8 +52,7 @@ def train_transfer(config: dict, *, settings: RunSettings, data: Dataset,
         net, normalize = model.get_classifier(), nn.Identity()
         train_x, val_x = to_device(features.train, device), to_device(features.val, device)
     else:
-        data_cfg = timm.data.resolve_data_config({}, model=model)
-        net, normalize = model, Normalize(data_cfg["mean"], data_cfg["std"]).to(device)
+        net, normalize = model, normalizer(model).to(device)
         train_x, val_x = to_device(data.train.images, device), to_device(data.val.images, device)
     train_y, val_y = to_device(data.train.labels, device), to_device(data.val.labels, device)
 
@@ -67,20 +64,15 @@ def train_transfer(config: dict, *, settings: RunSettings, data: Dataset,
                                   warmup_lr_init=0.0, t_in_epochs=False)
     generator = torch.Generator().manual_seed(settings.seed)
     start_epoch = restore(model, optimizer, generator)
-    updates = [start_epoch * steps]
-    scheduler.step_update(updates[0])
-
-    def on_step() -> None:
-        updates[0] += 1
-        scheduler.step_update(updates[0])
+    scheduler.step_update(start_epoch * steps)  # the lr of the first step, also after a resume
 
     loss_fn = nn.CrossEntropyLoss(label_smoothing=hp.label_smoothing)
     for epoch in range(start_epoch, settings.max_epochs):
+        plan.begin_epoch(model, epoch)  # train mode, but frozen blocks keep BatchNorm fixed
         train = train_epoch(
             net, optimizer, train_x, train_y, batch_size=hp.batch_size, policy=hp.augment,
-            magnitude=hp.magnitude, normalize=normalize,
-            train_mode=lambda _net, e=epoch: plan.begin_epoch(model, e),
-            loss_fn=loss_fn, device=device, generator=generator, on_step=on_step)
+            magnitude=hp.magnitude, normalize=normalize, loss_fn=loss_fn, device=device,
+            generator=generator, scheduler=scheduler, first_update=epoch * steps)
         val = evaluate(net, val_x, val_y, normalize=normalize, device=device)
         metrics = {
             "val_acc": val.accuracy, "val_loss": val.loss, "train_loss": train.loss,

@@ -1,15 +1,15 @@
 """Augmentation of uint8 batches on the trial's device, with an independent draw per sample.
 
 Flips and crops are one indexing op for the whole batch; TrivialAugment and RandAugment run
-batched too (`trainables.autoaugment`), each sample with its own operations and magnitudes.
+batched too (`trainables.data.autoaugment`), each sample with its own operations and magnitudes.
 """
 
 from __future__ import annotations
 
 import torch
 
-from trainables.autoaugment import rand_augment, trivial_augment
 from trainables.config import AUGMENTATIONS
+from trainables.data.autoaugment import rand_augment, trivial_augment
 
 
 def random_flip(x: torch.Tensor) -> torch.Tensor:
@@ -46,14 +46,3 @@ def augment(x: torch.Tensor, policy: str, magnitude: int = 9) -> torch.Tensor:
         x = random_crop(x, padding=max(1, x.shape[-1] // 8))  # 4 px at 32 px, as for CIFAR
     return random_flip(x)
 
-
-class Normalize(torch.nn.Module):
-    """uint8 -> float, normalised with the backbone's pretrained mean and std (timm data config)."""
-
-    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]):
-        super().__init__()
-        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1) * 255)
-        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1) * 255)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x.float() - self.mean) / self.std

@@ -1,14 +1,19 @@
 """The built-in `demo` dataset: coloured shapes on noisy, textured backgrounds, made in code.
 
 Target classes are (colour, shape) pairs chosen so that every colour is shared by two or three
-classes and every shape by two, so neither colour nor shape alone solves the task (a prior study
-saw colour-driven models confuse banana, lemon and pineapple). The source classes, used only by
-the `supervised` pretraining stage, are disjoint (colour, shape) pairs.
+classes and every shape by two, so neither colour nor shape alone solves the task: a model that
+leans on colour alone confuses same-coloured classes, as it would with yellow fruit. The source
+classes, used only by the `supervised` pretraining stage, are disjoint (colour, shape) pairs.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+
+from trainables.cache import area, atomic_file, fingerprint
+from trainables.data.dataset import DataError, Dataset, Split
 
 COLOURS = {  # RGB in [0, 1]
     "red": (0.85, 0.12, 0.10),
@@ -110,3 +115,56 @@ def generate(
 
 def class_names(classes: tuple[tuple[str, str], ...]) -> tuple[str, ...]:
     return tuple(f"{colour}_{shape}" for colour, shape in classes)
+
+
+def demo_size(data: str) -> int | None:
+    """`demo` -> the default images per class, `demo:N` -> N, anything else -> None."""
+    if data == "demo":
+        return DEFAULT_TRAIN_PER_CLASS
+    if data.startswith("demo:"):
+        count = data.removeprefix("demo:")
+        if not count.isdigit() or int(count) < 4:
+            raise DataError(f"--data {data}: expected demo:N with N >= 4 images per class")
+        return int(count)
+    return None
+
+
+def load_demo(train_per_class: int = DEFAULT_TRAIN_PER_CLASS, image_size: int = 32,
+              seed: int = 0, cache_dir: Path | None = None) -> Dataset:
+    """The built-in demo for a seed: fixed splits, plus its disjoint source classes.
+
+    With `cache_dir` (the cache root), the generated arrays are kept in one file under `data/`.
+    """
+    held_out = max(2, train_per_class // 4)
+    key = fingerprint("demo", train_per_class, image_size, seed)
+    folder = area(cache_dir, "data")
+    entry = folder / f"{key}.npz" if folder is not None else None
+    cached = dict(np.load(entry)) if entry is not None and entry.is_file() else {}
+
+    def split(classes: tuple, per_class: int, split_id: int) -> Split:
+        if f"x{split_id}" not in cached:
+            cached[f"x{split_id}"], cached[f"y{split_id}"] = generate(
+                classes, per_class, image_size, seed * 1000 + split_id)
+        return Split(cached[f"x{split_id}"], cached[f"y{split_id}"])
+
+    source = Dataset(
+        name="demo-source",
+        classes=class_names(SOURCE_CLASSES),
+        train=split(SOURCE_CLASSES, train_per_class, 3),
+        val=split(SOURCE_CLASSES, held_out, 4),
+        test=None,
+        fingerprint=fingerprint("demo-source", key),
+    )
+    target = Dataset(
+        name="demo" if train_per_class == DEFAULT_TRAIN_PER_CLASS else f"demo:{train_per_class}",
+        classes=class_names(TARGET_CLASSES),
+        train=split(TARGET_CLASSES, train_per_class, 0),
+        val=split(TARGET_CLASSES, held_out, 1),
+        test=split(TARGET_CLASSES, held_out, 2),
+        fingerprint=key,
+        source=source,
+    )
+    if entry is not None and not entry.is_file():
+        with atomic_file(entry) as tmp:
+            np.savez(tmp, **cached)
+    return target

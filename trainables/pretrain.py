@@ -12,21 +12,31 @@ the caller decides where they run (a Ray task with one trial's resources) and wh
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import timm
 import torch
+from PIL import Image
 from torch import nn
 
-from trainables.augment import Normalize
+from trainables.cache import atomic_dir, fingerprint
 from trainables.colorization import train_colorization
-from trainables.data import Dataset, fingerprint
-from trainables.loop import EpochStats, pick_device, to_device, train_epoch
-from trainables.models import backbone_state, create_backbone, load_backbone_state, model_kwargs
+from trainables.config import STAGES
+from trainables.data.dataset import Dataset
+from trainables.loop import pick_device, to_device, train_epoch
+from trainables.models import (
+    backbone_state,
+    create_backbone,
+    load_backbone_state,
+    model_kwargs,
+    normalizer,
+)
 
-STAGES = ("none", "imagenet", "supervised", "colorization")
+WEIGHTS_FILE, RECORD_FILE, SAMPLES_FILE = "backbone.pt", "record.json", "samples.png"
 
 
 class StageError(RuntimeError):
@@ -44,8 +54,10 @@ class StageConfig:
 
 
 @dataclass(frozen=True)
-class StageSpec:
-    stage: str
+class Stage:
+    """One pretraining stage to run or load: its kind (one of `STAGES`) and its inputs."""
+
+    kind: str
     backbone: str
     data_fingerprint: str  # of the images the stage trains on; "" for none and imagenet
     config: StageConfig
@@ -53,26 +65,33 @@ class StageSpec:
 
     @property
     def key(self) -> str:
-        return f"{self.stage}-{self.backbone}-{fingerprint(asdict(self))}"
+        return f"{self.kind}-{self.backbone}-{fingerprint(asdict(self))}"
 
     @property
     def trains(self) -> bool:
-        return self.stage in ("supervised", "colorization") and self.weights_file is None
+        return self.kind in ("supervised", "colorization") and self.weights_file is None
 
 
-def cache_path(cache_dir: Path, spec: StageSpec) -> Path:
-    return cache_dir / spec.key / "backbone.pt"
+def read_stage(entry: Path) -> tuple[dict[str, torch.Tensor], dict] | None:
+    """A cached stage's weights and record, or None when `entry` holds none."""
+    if not (entry / WEIGHTS_FILE).is_file():
+        return None
+    state = torch.load(entry / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+    return state, json.loads((entry / RECORD_FILE).read_text())
 
 
-def load_cached(path: Path) -> dict[str, torch.Tensor]:
-    return torch.load(path, map_location="cpu", weights_only=True)
+def write_stage(entry: Path, state: dict[str, torch.Tensor], record: dict) -> None:
+    """Cache a stage's weights, record and (colorization) sample grid as one entry."""
+    with atomic_dir(entry) as tmp:
+        torch.save(state, tmp / WEIGHTS_FILE)
+        (tmp / RECORD_FILE).write_text(json.dumps(public_record(record), indent=2))
+        if "samples" in record:
+            Image.fromarray(record["samples"]).save(tmp / SAMPLES_FILE)
 
 
-def save_cached(path: Path, state: dict[str, torch.Tensor]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)  # atomic: a crash never leaves a half-written cache entry
+def public_record(record: dict) -> dict:
+    """The record without its arrays (the sample grid): what JSON files hold."""
+    return {k: v for k, v in record.items() if not isinstance(v, np.ndarray)}
 
 
 def imagenet_state(backbone: str, weights_file: str | None) -> dict[str, torch.Tensor]:
@@ -121,7 +140,7 @@ def train_supervised(backbone: str, source: Dataset, config: StageConfig,
     model = timm.create_model(backbone, pretrained=False, num_classes=source.num_classes,
                               **model_kwargs(backbone))
     model = model.to(device, memory_format=torch.channels_last)
-    normalize = Normalize(**_mean_std(model)).to(device)
+    normalize = normalizer(model).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.9,
                                 weight_decay=5e-4, nesterov=True)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
@@ -129,10 +148,11 @@ def train_supervised(backbone: str, source: Dataset, config: StageConfig,
     labels = to_device(source.train.labels, device)
     generator = torch.Generator().manual_seed(config.seed)
     for _ in range(config.epochs):
-        stats: EpochStats = train_epoch(
+        model.train()
+        stats = train_epoch(
             model, optimizer, images, labels, batch_size=config.batch_size, policy="crop_flip",
-            normalize=normalize, train_mode=nn.Module.train, loss_fn=nn.CrossEntropyLoss(),
-            device=device, generator=generator)
+            normalize=normalize, loss_fn=nn.CrossEntropyLoss(), device=device,
+            generator=generator)
         scheduler.step()
         if log is not None:
             log.append(stats.loss)
@@ -140,12 +160,7 @@ def train_supervised(backbone: str, source: Dataset, config: StageConfig,
     return backbone_state(model)
 
 
-def _mean_std(model: nn.Module) -> dict[str, tuple[float, ...]]:
-    cfg = timm.data.resolve_data_config({}, model=model)
-    return {"mean": tuple(cfg["mean"]), "std": tuple(cfg["std"])}
-
-
-def run_stage(spec: StageSpec, data: Dataset | None, threads: int = 0
+def run_stage(stage: Stage, data: Dataset | None, threads: int = 0
               ) -> tuple[dict[str, torch.Tensor] | None, dict]:
     """Compute a stage's backbone weights; returns (state dict or None, a record of the run).
 
@@ -155,20 +170,20 @@ def run_stage(spec: StageSpec, data: Dataset | None, threads: int = 0
     if threads:
         torch.set_num_threads(threads)
     start, losses, record_extra = time.perf_counter(), [], {}
-    if spec.stage == "none":
+    if stage.kind == "none":
         state = None
-    elif spec.stage == "imagenet" or spec.weights_file:
-        state = imagenet_state(spec.backbone, spec.weights_file)
-    elif spec.stage == "supervised":
+    elif stage.kind == "imagenet" or stage.weights_file:
+        state = imagenet_state(stage.backbone, stage.weights_file)
+    elif stage.kind == "supervised":
         if data is None:
             raise StageError("supervised pretraining needs a labeled source set")
-        state = train_supervised(spec.backbone, data, spec.config, losses)
-    elif spec.stage == "colorization":
-        init = imagenet_state(spec.backbone, None) if spec.config.init == "imagenet" else None
+        state = train_supervised(stage.backbone, data, stage.config, losses)
+    elif stage.kind == "colorization":
+        init = imagenet_state(stage.backbone, None) if stage.config.init == "imagenet" else None
         state, record_extra["samples"] = train_colorization(
-            spec.backbone, data.train.images, spec.config, losses, init)
+            stage.backbone, data.train.images, stage.config, losses, init)
     else:
-        raise StageError(f"unknown stage {spec.stage!r}; expected one of {STAGES}")
-    record = {"stage": spec.stage, "key": spec.key, "seconds": time.perf_counter() - start,
+        raise StageError(f"unknown stage {stage.kind!r}; expected one of {STAGES}")
+    record = {"stage": stage.kind, "key": stage.key, "seconds": time.perf_counter() - start,
               "losses": losses, **record_extra}
     return state, record

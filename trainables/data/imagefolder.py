@@ -16,15 +16,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from trainables.data import (
-    DataError,
-    Dataset,
-    Split,
-    assemble,
-    fingerprint,
-    read_cached_split,
-    write_cached_split,
-)
+from trainables.cache import fingerprint
+from trainables.data.dataset import DataError, Dataset, Split, assemble, cached_split
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +86,8 @@ def decode(path: str | Path, image_size: int) -> np.ndarray | None:
         return None
 
 
-def decode_all(files: list[str], labels: list[int], image_size: int) -> tuple[Split, list[str]]:
+def decode_all(files: list[str], labels: list[int], image_size: int) -> tuple[Split, dict]:
+    """Decode every file; returns the split and {"unreadable": paths that failed}."""
     images, kept, bad = [], [], []
     for path, label in zip(files, labels, strict=True):
         array = decode(path, image_size)
@@ -104,25 +98,21 @@ def decode_all(files: list[str], labels: list[int], image_size: int) -> tuple[Sp
             kept.append((label, path))
     stacked = np.stack(images) if images else np.empty((0, 3, image_size, image_size), np.uint8)
     labels_kept = np.asarray([label for label, _ in kept], dtype=np.int64)
-    return Split(stacked, labels_kept, tuple(path for _, path in kept)), bad
+    return Split(stacked, labels_kept, tuple(path for _, path in kept)), {"unreadable": bad}
 
 
-def prepare(files: list[ImageFile], labels: list[int], image_size: int, cache_dir: Path | None
-            ) -> tuple[Split, list[str], str]:
+def prepare_images(files: list[ImageFile], labels: list[int], image_size: int,
+                   cache_dir: Path | None) -> tuple[Split, list[str], str]:
     """Decoded images of `files`, from the cache when the same files were prepared before.
 
     The key covers each file's path, size and mtime, the labels and the image size, so an edited,
-    added or removed file, or another size, prepares anew. Returns (split, unreadable paths).
+    added or removed file, or another size, prepares anew. Returns (split, unreadable paths,
+    cache key).
     """
     key = content_key(files, labels, image_size)
-    cached = read_cached_split(cache_dir / key) if cache_dir else None
-    if cached is not None:
-        split, meta = cached
-        return split, meta["unreadable"], key
-    split, bad = decode_all([f.path for f in files], labels, image_size)
-    if cache_dir:
-        write_cached_split(cache_dir / key, split, unreadable=bad)
-    return split, bad, key
+    split, meta = cached_split(cache_dir, key,
+                               lambda: decode_all([f.path for f in files], labels, image_size))
+    return split, meta["unreadable"], key
 
 
 def content_key(files: list[ImageFile], labels: list[int], image_size: int) -> str:
@@ -161,7 +151,7 @@ def load_image_folder(
     for name, listing in listings.items():
         files = [f for c in classes for f in listing[c]]
         labels = [index[c] for c in classes for _ in listing[c]]
-        parts[name], unreadable, key = prepare(files, labels, image_size, cache_dir)
+        parts[name], unreadable, key = prepare_images(files, labels, image_size, cache_dir)
         bad += unreadable
         keys.append(key)
     warn_unreadable(bad)
@@ -180,7 +170,7 @@ def load_unlabeled(root: Path, image_size: int = 32, cache_dir: Path | None = No
     files = scan_images(root)
     if not files:
         raise DataError(f"{root}: no images")
-    split, bad, key = prepare(files, [0] * len(files), image_size, cache_dir)
+    split, bad, key = prepare_images(files, [0] * len(files), image_size, cache_dir)
     warn_unreadable(bad)
     empty = Split(split.images[:0], split.labels[:0])
     return Dataset(name=root.name, classes=("unlabeled",), train=split, val=empty, test=None,

@@ -3,12 +3,12 @@
 import timm
 import torch
 
-from tests.conftest import TINY_MODEL
+from tests.helpers import TINY_MODEL
 from trainables.models import build_model
-from trainables.stages import (
+from trainables.pretrain import (
+    Stage,
     StageConfig,
     StageError,
-    StageSpec,
     file_state,
     run_stage,
 )
@@ -50,9 +50,9 @@ def test_pickled_objects_are_refused(tmp_path):
 
 
 def test_supervised_stage_learns_the_source_classes(tiny_demo):
-    spec = StageSpec("supervised", TINY_MODEL, tiny_demo.source.fingerprint,
-                     StageConfig(epochs=3, lr=0.05, batch_size=16))
-    state, record = run_stage(spec, tiny_demo)
+    stage = Stage("supervised", TINY_MODEL, tiny_demo.source.fingerprint,
+                  StageConfig(epochs=3, lr=0.05, batch_size=16))
+    state, record = run_stage(stage, tiny_demo)
     assert record["stage"] == "supervised" and len(record["losses"]) == 3
     assert record["losses"][-1] < record["losses"][0]
     assert not any(k.startswith("fc.") for k in state)
@@ -60,8 +60,8 @@ def test_supervised_stage_learns_the_source_classes(tiny_demo):
 
 
 def test_stage_keys_change_with_their_inputs():
-    base = StageSpec("colorization", "resnet18", "abc", StageConfig())
-    assert base.key == StageSpec("colorization", "resnet18", "abc", StageConfig()).key
-    assert base.key != StageSpec("colorization", "resnet18", "abd", StageConfig()).key
-    assert base.key != StageSpec("colorization", "resnet50", "abc", StageConfig()).key
-    assert base.key != StageSpec("colorization", "resnet18", "abc", StageConfig(epochs=3)).key
+    base = Stage("colorization", "resnet18", "abc", StageConfig())
+    assert base.key == Stage("colorization", "resnet18", "abc", StageConfig()).key
+    assert base.key != Stage("colorization", "resnet18", "abd", StageConfig()).key
+    assert base.key != Stage("colorization", "resnet50", "abc", StageConfig()).key
+    assert base.key != Stage("colorization", "resnet18", "abc", StageConfig(epochs=3)).key

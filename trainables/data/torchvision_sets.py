@@ -14,16 +14,9 @@ import numpy as np
 import torchvision
 from PIL import Image
 
-from trainables.data import (
-    DataError,
-    Dataset,
-    Split,
-    assemble,
-    fingerprint,
-    read_cached_split,
-    write_cached_split,
-)
-from trainables.imagefolder import to_array
+from trainables.cache import fingerprint
+from trainables.data.dataset import DataError, Dataset, Split, assemble, cached_split
+from trainables.data.imagefolder import to_array
 
 SPLIT_NAMES = {"train": ("train", "trainval"), "val": ("val", "valid"), "test": ("test",)}
 
@@ -90,16 +83,6 @@ def decode_dataset(dataset, image_size: int) -> Split:
     return Split(np.stack(images), np.asarray(labels, dtype=np.int64))
 
 
-def cached_split(dataset, key: str, image_size: int, cache_dir) -> Split:
-    cached = read_cached_split(cache_dir / key) if cache_dir else None
-    if cached is not None:
-        return cached[0]
-    split = decode_dataset(dataset, image_size)
-    if cache_dir:
-        write_cached_split(cache_dir / key, split)
-    return split
-
-
 def load_torchvision(name: str, root, image_size: int = 32, seed: int = 0,
                      split: tuple[float, float, float] = (0.7, 0.15, 0.15),
                      cache_dir=None) -> Dataset:
@@ -112,7 +95,8 @@ def load_torchvision(name: str, root, image_size: int = 32, seed: int = 0,
     for part, dataset in datasets.items():
         key = fingerprint("torchvision-v1", name, part, len(dataset), repr(dataset), files,
                           image_size)
-        parts[part] = cached_split(dataset, key, image_size, cache_dir)
+        parts[part], _ = cached_split(cache_dir, key,
+                                      lambda d=dataset: (decode_dataset(d, image_size), {}))
         keys.append(key)
     first = next(iter(datasets.values()))
     classes = getattr(first, "classes", None) or [
