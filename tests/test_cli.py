@@ -92,3 +92,44 @@ def test_offline_imagenet_weights_exit_2_naming_both_ways_out(tmp_path):
     assert len(error) == 1 and "--weights FILE" in error[0] and "--data demo" in error[0]
     assert "Traceback" not in result.stderr
     assert not list((tmp_path / "runs").glob("frozen-*"))
+
+
+def test_console_script_and_module_run_the_same_cli(tmp_path):
+    script = Path(sys.executable).parent / "transfer-search"
+    for command, prog in (([str(script)], "transfer-search"),
+                          ([sys.executable, "-m", "search"], "python -m search")):
+        result = subprocess.run([*command, "--strategy", "frozen", "--samples", "0"],
+                                cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.strip() == f"{prog}: error: --samples 0: must be at least 1"
+
+
+def test_help_groups_every_option_with_its_default():
+    from search.spec import build_parser
+
+    parser = build_parser()
+    groups = {g.title: g for g in parser._action_groups}
+    assert ["data", "strategies and weights", "search", "resources and cluster",
+            "output"] == [t for t in groups if t not in ("positional arguments", "options")]
+    for action in parser._actions:
+        if action.dest != "help":
+            assert "(default: " in action.help or "(required)" in action.help, action.dest
+    assert parser.epilog.count("python search/run.py --strategy") == 3
+
+
+def test_help_and_input_errors_load_no_torch():
+    """--help and bad flags answer before torch, timm or Ray are imported."""
+    code = (
+        "import sys\n"
+        "from search.spec import UsageError, parse_spec\n"
+        "try:\n"
+        "    parse_spec(['--strategy', 'unfrozen', '--samples', '0'])\n"
+        "except UsageError:\n"
+        "    pass\n"
+        "heavy = sorted(m for m in ('torch', 'timm', 'ray', 'optuna', 'torchvision')\n"
+        "               if m in sys.modules)\n"
+        "print(heavy)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120)
+    assert result.stdout.strip() == "[]", result.stdout + result.stderr
