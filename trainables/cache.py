@@ -40,18 +40,17 @@ def fingerprint(*parts: object) -> str:
 
 
 def _temporary(final: Path) -> Path:
-    # unique per writer, so two processes (or threads) never share a temporary name
-    return final.with_name(f".{final.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    # unique per writer, so two processes (or threads) never share a temporary name; it keeps
+    # `final`'s suffix, so writers that add one when it is missing (np.savez) add none
+    unique = f"{os.getpid()}.{uuid.uuid4().hex[:8]}"
+    return final.with_name(f".{final.stem}.{unique}.tmp{final.suffix}")
 
 
 @contextlib.contextmanager
 def atomic_file(final: Path) -> Iterator[Path]:
-    """Yield a temporary path to write; on success it replaces `final` in one rename.
-
-    The temporary name keeps `final`'s suffix, so writers that add one (np.savez) add none.
-    """
+    """Yield a temporary path to write; on success it replaces `final` in one rename."""
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temporary(final).with_suffix(f".tmp{final.suffix}")
+    tmp = _temporary(final)
     try:
         yield tmp
         os.replace(tmp, final)
