@@ -6,8 +6,9 @@
 - `colorization`: the encoder of a U-Net trained to predict ab from L on unlabeled images.
 
 Each stage's result is a backbone state dict in timm's `num_classes=0` form, cached on disk under
-a hash of (stage, backbone, source data fingerprint, stage config). The functions here are pure:
-the caller decides where they run (a Ray task with one trial's resources) and where they cache.
+a hash of (stage, backbone, source data fingerprint, stage config). `run_stage` is pure: the
+caller decides where it runs (a Ray task with one trial's resources) and whether to cache its
+result; `read_stage` and `write_stage` define a cache entry (weights, record, sample grid).
 """
 
 from __future__ import annotations
