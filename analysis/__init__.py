@@ -1,12 +1,14 @@
-"""Reading experiment results: tidy DataFrames, leaderboards, exported best configs."""
+"""Reading experiment results: tidy DataFrames, leaderboards, best configs, reports."""
 
 from analysis.results import (
     export_best_configs,
     leaderboard,
+    load_curves,
+    load_eval,
     load_results,
     read_experiment,
     write_leaderboard,
 )
 
-__all__ = ["export_best_configs", "leaderboard", "load_results", "read_experiment",
-           "write_leaderboard"]
+__all__ = ["export_best_configs", "leaderboard", "load_curves", "load_eval", "load_results",
+           "read_experiment", "write_leaderboard"]

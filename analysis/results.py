@@ -1,124 +1,201 @@
-"""Experiment directory -> tidy DataFrame (one row per trial) -> leaderboard and best configs.
+"""Experiment directories -> tidy DataFrames -> leaderboard and best configs.
 
-Reads result files only (experiment.json, and each trial's params.json and result.json as
-written by Ray Tune), so it works on a copy of an experiment directory without Ray or the code
-that produced it.
+Reads result files only (experiment.json, trials.json, each trial's params.json and result.json
+as Ray Tune writes them, and eval/results.csv), so it works on a copy of an experiment without
+Ray or the code that produced it.
+
+"Best" is the epoch with the highest val_acc, the latest such epoch on a tie: the one whose
+checkpoint Tune keeps and whose score the Optuna study records.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
-EXPERIMENT_FILE = "experiment.json"
+from analysis.best_config import best_config, write_best_config
+from analysis.stats import mean_ci
+
+EXPERIMENT_FILE, TRIALS_FILE, EVAL_RESULTS = "experiment.json", "trials.json", "eval/results.csv"
+# per-trial columns that are not sampled hyperparameters
+RESULT_COLUMNS = ("experiment", "strategy", "trial_id", "pretrained", "val_acc", "val_loss",
+                  "best_epoch", "epochs", "stopped_early", "errored", "error", "trial_hours",
+                  "images_per_s", "checkpoint", "trial_dir")
+CURVE_METRICS = ("val_acc", "val_loss", "train_acc", "train_loss", "lr", "time_total_s")
 
 
-def read_experiment(exp_dir: Path) -> dict:
+def read_experiment(exp_dir: str | Path) -> dict:
     path = Path(exp_dir) / EXPERIMENT_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{exp_dir}: not an experiment directory (no {EXPERIMENT_FILE})")
     return json.loads(path.read_text())
 
 
-def _results(trial_dir: Path) -> list[dict]:
+def epoch_rows(trial_dir: Path) -> list[dict]:
+    """The trial's reports in order (result.json: one JSON object per line)."""
     path = trial_dir / "result.json"
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def trial_row(strategy: str, trial_dir: Path, max_epochs: int, pretrained: str) -> dict:
-    params = json.loads((trial_dir / "params.json").read_text())
-    results = _results(trial_dir)
-    best = max(results, key=lambda r: r["val_acc"], default=None)
-    epochs = max((r.get("training_iteration", 0) for r in results), default=0)
+def best_row(rows: list[dict]) -> dict | None:
+    """The report of the best epoch: highest val_acc, the latest one on a tie."""
+    scored = [r for r in rows if isinstance(r.get("val_acc"), (int, float))]
+    return max(reversed(scored), key=lambda r: r["val_acc"], default=None)
+
+
+def trial_statuses(exp_dir: Path) -> dict[str, dict]:
+    """trial_id -> {errored, error, ...} from trials.json (absent if the search was cut short)."""
+    path = exp_dir / TRIALS_FILE
+    if not path.is_file():
+        return {}
+    return {o["trial_id"]: o for outcomes in json.loads(path.read_text()).values()
+            for o in outcomes}
+
+
+def trial_row(exp_dir: Path, strategy: str, trial_dir: Path, meta: dict, status: dict) -> dict:
+    rows = epoch_rows(trial_dir)
+    best = best_row(rows) or {}
+    epochs = max((r.get("training_iteration", 0) for r in rows), default=0)
+    errored = bool(status.get("errored", False))
     return {
+        "experiment": exp_dir.name,
         "strategy": strategy,
-        "trial_id": results[0]["trial_id"] if results else trial_dir.name,
-        "pretrained": pretrained,
-        **params,
-        "val_acc": best["val_acc"] if best else float("nan"),
-        "val_loss": best["val_loss"] if best else float("nan"),
-        "best_epoch": best["training_iteration"] if best else 0,
+        "trial_id": trial_dir.name.removeprefix("trial_"),
+        "pretrained": meta["strategies"][strategy]["pretrained"],
+        **json.loads((trial_dir / "params.json").read_text()),
+        "val_acc": best.get("val_acc", math.nan),
+        "val_loss": best.get("val_loss", math.nan),
+        "best_epoch": best.get("training_iteration", 0),
         "epochs": epochs,
-        "stopped_early": 0 < epochs < max_epochs,
-        "images_per_s": pd.Series([r["images_per_s"] for r in results]).median()
-        if results else float("nan"),
+        "stopped_early": not errored and 0 < epochs < meta["max_epochs"],
+        "errored": errored,
+        "error": status.get("error"),
+        "trial_hours": max((r.get("time_total_s", 0.0) for r in rows), default=0.0) / 3600,
+        "images_per_s": pd.Series([r.get("images_per_s") for r in rows], dtype=float).median(),
+        "checkpoint": best.get("checkpoint_dir_name"),
         "trial_dir": str(trial_dir),
     }
 
 
-def load_results(exp_dir: str | Path) -> pd.DataFrame:
-    """One row per trial: strategy, hyperparameters, best val_acc, epochs run, stopped early."""
-    exp_dir = Path(exp_dir)
-    meta = read_experiment(exp_dir)
+def trial_dirs(exp_dir: Path, strategy: str) -> list[Path]:
+    return sorted(p.parent for p in (exp_dir / strategy).glob("*/params.json"))
+
+
+def load_results(*exp_dirs: str | Path) -> pd.DataFrame:
+    """One row per trial of every experiment: its hyperparameters and how it went."""
     rows = []
-    for strategy, info in meta["strategies"].items():
-        for params in sorted((exp_dir / strategy).glob("*/params.json")):
-            rows.append(trial_row(strategy, params.parent, meta["max_epochs"],
-                                  info["pretrained"]))
-    return pd.DataFrame(rows)
+    for exp_dir in map(Path, exp_dirs):
+        meta, statuses = read_experiment(exp_dir), trial_statuses(Path(exp_dir))
+        for strategy in meta["strategies"]:
+            for trial_dir in trial_dirs(exp_dir, strategy):
+                status = statuses.get(trial_dir.name.removeprefix("trial_"), {})
+                rows.append(trial_row(exp_dir, strategy, trial_dir, meta, status))
+    return pd.DataFrame(rows, columns=None if rows else list(RESULT_COLUMNS))
+
+
+def load_curves(*exp_dirs: str | Path) -> pd.DataFrame:
+    """One row per (trial, epoch): the learning curves, long form."""
+    rows = []
+    for exp_dir in map(Path, exp_dirs):
+        for strategy in read_experiment(exp_dir)["strategies"]:
+            for trial_dir in trial_dirs(exp_dir, strategy):
+                for r in epoch_rows(trial_dir):
+                    rows.append({"experiment": exp_dir.name, "strategy": strategy,
+                                 "trial_id": trial_dir.name.removeprefix("trial_"),
+                                 "epoch": r.get("training_iteration"),
+                                 **{m: r.get(m) for m in CURVE_METRICS}})
+    return pd.DataFrame(rows, columns=["experiment", "strategy", "trial_id", "epoch",
+                                       *CURVE_METRICS])
+
+
+def load_eval(*exp_dirs: str | Path) -> pd.DataFrame:
+    """The final evaluation's test accuracy, one row per (strategy, seed); empty if none ran."""
+    frames = [pd.read_csv(Path(d) / EVAL_RESULTS).assign(experiment=Path(d).name)
+              for d in exp_dirs if (Path(d) / EVAL_RESULTS).is_file()]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
+        columns=["strategy", "seed", "test_acc", "experiment"])
 
 
 def hyperparameters(df: pd.DataFrame, row: pd.Series) -> dict:
     """The sampled hyperparameters of one row: the params columns that are not NaN."""
-    fixed = {"strategy", "trial_id", "pretrained", "val_acc", "val_loss", "best_epoch", "epochs",
-             "stopped_early", "images_per_s", "trial_dir"}
-    return {k: _plain(row[k]) for k in df.columns if k not in fixed and pd.notna(row[k])}
+    return {k: _plain(row[k]) for k in df.columns
+            if k not in RESULT_COLUMNS and pd.notna(row[k])}
 
 
 def _plain(value):
     return value.item() if hasattr(value, "item") else value
 
 
-def leaderboard(df: pd.DataFrame) -> pd.DataFrame:
-    """The best trial per strategy, best strategy first."""
-    if df.empty:
-        return pd.DataFrame(columns=["strategy", "val_acc", "trials", "hyperparameters"])
-    scored = df.dropna(subset=["val_acc"])
-    best = scored.loc[scored.groupby("strategy")["val_acc"].idxmax()]
-    board = pd.DataFrame({
-        "strategy": best["strategy"].values,
-        "val_acc": best["val_acc"].values,
-        "best_epoch": best["best_epoch"].values,
-        "trials": df.groupby("strategy").size().reindex(best["strategy"]).values,
-        "pretrained": best["pretrained"].values,
-        "trial_id": best["trial_id"].values,
-        "hyperparameters": [json.dumps(hyperparameters(df, row)) for _, row in best.iterrows()],
-    })
-    return board.sort_values("val_acc", ascending=False, ignore_index=True)
+def leaderboard(df: pd.DataFrame, top_k: int = 3, evals: pd.DataFrame | None = None
+                ) -> pd.DataFrame:
+    """One row per strategy, best val_acc first; strategies whose every trial failed last.
+
+    Columns: the best trial's val_acc, best_epoch, trial_id and hyperparameters; the mean and
+    std of the top-k trials' val_acc; trials run, errored, stopped early; trial-hours; and, when
+    the final evaluation ran, test accuracy as mean, std and 95% interval over seeds.
+    """
+    rows = []
+    for strategy, group in df.groupby("strategy", sort=False):
+        ok = group[~group["errored"]].dropna(subset=["val_acc"])
+        top = ok.nlargest(top_k, "val_acc")["val_acc"]
+        best = ok.loc[ok["val_acc"].idxmax()] if len(ok) else None
+        rows.append({
+            "strategy": strategy,
+            "val_acc": best["val_acc"] if best is not None else math.nan,
+            f"top{top_k}_mean": top.mean(),
+            f"top{top_k}_std": top.std(ddof=1) if len(top) > 1 else math.nan,
+            "trials": len(group),
+            "errored": int(group["errored"].sum()),
+            "stopped_early": int(group["stopped_early"].sum()),
+            "trial_hours": group["trial_hours"].sum(),
+            "best_epoch": int(best["best_epoch"]) if best is not None else 0,
+            "pretrained": group["pretrained"].iloc[0],
+            "trial_id": best["trial_id"] if best is not None else None,
+            "hyperparameters": json.dumps(hyperparameters(df, best)) if best is not None else "",
+        })
+    board = pd.DataFrame(rows)
+    if evals is not None and len(evals):
+        board = board.merge(test_summary(evals), on="strategy", how="left")
+    return board.sort_values("val_acc", ascending=False, ignore_index=True, na_position="last")
+
+
+def test_summary(evals: pd.DataFrame) -> pd.DataFrame:
+    """Per strategy: test accuracy mean, std and 95% t-interval over the evaluated seeds."""
+    rows = []
+    for strategy, group in evals.groupby("strategy", sort=False):
+        stats = mean_ci(group["test_acc"].to_numpy())
+        rows.append({"strategy": strategy, "test_acc_mean": stats.mean,
+                     "test_acc_std": stats.std, "test_ci_low": stats.low,
+                     "test_ci_high": stats.high, "test_seeds": stats.n})
+    return pd.DataFrame(rows)
 
 
 def export_best_configs(board: pd.DataFrame, exp_dir: str | Path) -> list[Path]:
-    """Write best/<strategy>.yaml: the winning hyperparameters plus the settings to rerun them."""
+    """Write best/<strategy>.yaml for every strategy with a successful trial."""
     exp_dir = Path(exp_dir)
     meta = read_experiment(exp_dir)
     out = exp_dir / "best"
     out.mkdir(exist_ok=True)
     written = []
-    for _, row in board.iterrows():
-        config = {
-            "strategy": row["strategy"],
-            "backbone": meta["backbone"],
-            "data": meta["data"],
-            "pretrained": row["pretrained"],
-            "max_epochs": meta["max_epochs"],
-            "seed": meta["seed"],
-            "hyperparameters": json.loads(row["hyperparameters"]),
-            "val_acc": float(row["val_acc"]),
-            "best_epoch": int(row["best_epoch"]),
-            "trial_id": row["trial_id"],
-        }
+    for _, row in board.dropna(subset=["val_acc"]).iterrows():
+        record = {"best_epoch": int(row["best_epoch"]), "val_acc": float(row["val_acc"]),
+                  "trial_id": row["trial_id"], "experiment": str(exp_dir)}
+        config = best_config(meta, row["strategy"], row["pretrained"],
+                             json.loads(row["hyperparameters"]), record)
         path = out / f"{row['strategy']}.yaml"
-        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        write_best_config(path, config)
         written.append(path)
     return written
 
 
 def write_leaderboard(board: pd.DataFrame, exp_dir: str | Path) -> Path:
+    """leaderboard.csv, and leaderboard.md beside it for reading."""
     path = Path(exp_dir) / "leaderboard.csv"
     board.to_csv(path, index=False)
+    path.with_suffix(".md").write_text(board.to_markdown(index=False, floatfmt=".4g") + "\n")
     return path

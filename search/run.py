@@ -38,10 +38,8 @@ def main(argv: list[str] | None = None, prog: str = "run.py") -> int:
     print(f"data: {data.name}, {data.num_classes} classes, {len(data.train)} train / "
           f"{len(data.val)} val images at {data.image_size} px", flush=True)
 
-    import pandas as pd
     import ray
 
-    from analysis import export_best_configs, leaderboard, load_results, write_leaderboard
     from search.tuning import run_search
     from trainables.pretrain import StageError
 
@@ -53,21 +51,56 @@ def main(argv: list[str] | None = None, prog: str = "run.py") -> int:
         print(f"Ray dashboard: http://{context.dashboard_url} "
               "(token: `ray get-auth-token`)", flush=True)
     try:
-        exp_dir = run_search(spec, data, pretrain)
+        outcomes = run_search(spec, data, pretrain)
     except StageError as error:  # raised in a Ray task: the cause carries the plain message
         print(f"{prog}: error: {getattr(error, 'cause', error)}", file=sys.stderr)
         return 2
     finally:
         ray.shutdown()
+    status = finish(spec)
+    failed = [s for s, trials in outcomes.items() if not any(not t["errored"] for t in trials)]
+    if spec.final_eval and len(failed) < len(spec.strategies):
+        from search.evaluate import evaluate_experiment
 
-    board = leaderboard(load_results(exp_dir))
+        evaluate_experiment(spec.exp_dir, seeds=spec.final_eval, cache_dir=spec.cache_dir)
+        status = finish(spec, prune=False)
+    if failed:
+        print(f"{prog}: error: no successful trial for {', '.join(failed)}; see the errors "
+              "above and each trial's error.txt", file=sys.stderr)
+        return 1
+    return status
+
+
+def finish(spec, prune: bool = True) -> int:
+    """Leaderboard, best configs and checkpoint pruning, from the experiment's files."""
+    import pandas as pd
+
+    from analysis import (
+        export_best_configs,
+        leaderboard,
+        load_eval,
+        load_results,
+        write_leaderboard,
+    )
+    from search.outcomes import disk_use, prune_checkpoints
+
+    exp_dir = spec.exp_dir
+    trials = load_results(exp_dir)
+    board = leaderboard(trials, evals=load_eval(exp_dir))
     write_leaderboard(board, exp_dir)
     export_best_configs(board, exp_dir)
+    if prune:
+        before = disk_use(exp_dir)
+        kept = prune_checkpoints(trials, spec.keep_checkpoints)
+        print(f"\ncheckpoints: kept {len(kept)} (best epoch of the top "
+              f"{spec.keep_checkpoints or 'all'} trials per strategy); experiment on disk "
+              f"{before / 1e9:.2f} GB -> {disk_use(exp_dir) / 1e9:.2f} GB", flush=True)
     with pd.option_context("display.max_colwidth", 200, "display.width", 200):
-        print("\nleaderboard (best val_acc per strategy):")
+        print("\nleaderboard (val_acc of each strategy's best epoch of its best trial):")
         print(board.drop(columns=["trial_id"]).to_string(index=False))
     print(f"\nexperiment: {exp_dir}")
     print(f"  tensorboard --logdir {exp_dir}")
+    print(f"  python analysis/report.py {exp_dir}")
     return 0
 
 

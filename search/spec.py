@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trainables.cache import cache_root
-from trainables.config import STAGES
+from trainables.config import STAGES, TrialConfig
 from trainables.data.dataset import DataError
 from trainables.data.demo import demo_size
 from trainables.strategies import STRATEGIES
@@ -76,6 +76,11 @@ class ExperimentSpec:
     pretrain_data: str | None = None
     pretext_init: str = "scratch"
     pretext_decoder_epochs: int = 0
+    max_failures: int = 2
+    keep_checkpoints: int | None = 3  # top trials per strategy whose best checkpoint stays
+    final_eval: int = 0  # seeds of the final test evaluation after the search; 0: none
+    hyperparameters: dict | None = None  # --config: train these once instead of searching
+    config_file: str | None = None
 
     @property
     def exp_dir(self) -> Path:
@@ -107,9 +112,12 @@ def add_data_options(g: argparse._ArgumentGroup) -> None:
 
 
 def add_strategy_options(g: argparse._ArgumentGroup) -> None:
-    g.add_argument("--strategy", required=True, choices=[*STRATEGIES, "all"],
+    g.add_argument("--strategy", choices=[*STRATEGIES, "all"],
                    help="the strategy to search, or all of them with the same budget each "
-                   "(required)")
+                   "(required, unless --config gives it)")
+    g.add_argument("--config", default=None, metavar="FILE",
+                   help="a best/<strategy>.yaml exported by an earlier search: train exactly "
+                   "that config once, without a search (flags given too override its settings)")
     g.add_argument("--backbone", default="resnet18", metavar="NAME",
                    help="any timm model name: resnet50, vgg16, efficientnet_b0, "
                    "convnext_tiny, vit_tiny_patch16_224, ... (default: %(default)s)")
@@ -145,6 +153,12 @@ def add_search_options(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--seed", type=int, default=0, metavar="N",
                    help="seeds the sampler, the trials, the pretraining stages, the data split "
                    "and the demo's images (default: %(default)s)")
+    g.add_argument("--max-failures", type=int, default=2, metavar="N",
+                   help="times a failed trial is restarted from its last checkpoint before it "
+                   "counts as errored (default: %(default)s)")
+    g.add_argument("--final-eval", type=int, default=0, metavar="SEEDS",
+                   help="after the search, retrain each strategy's best config SEEDS times and "
+                   "report test accuracy (search/evaluate.py; default: 0, no test evaluation)")
 
 
 def add_resource_options(g: argparse._ArgumentGroup) -> None:
@@ -165,6 +179,9 @@ def add_output_options(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--name", default=None, metavar="NAME",
                    help="experiment name: letters, digits, '.', '_' and '-' (default: "
                    "STRATEGY-YYYYMMDD-HHMMSS)")
+    g.add_argument("--keep-checkpoints", default="3", metavar="N|all",
+                   help="after the search, keep the best-epoch checkpoint of each strategy's N "
+                   "best trials and delete the rest, or keep all (default: %(default)s)")
     g.add_argument("--cache-dir", default=None, metavar="DIR",
                    help="prepared data, downloads, pretraining stages and features, shared by "
                    "experiments on this machine (default: $TRANSFER_SEARCH_CACHE, else "
@@ -182,15 +199,29 @@ def check_backbone(name: str) -> None:
 
 
 def parse_spec(argv: list[str] | None = None, prog: str = "run.py") -> ExperimentSpec:
-    args = build_parser(prog).parse_args(argv)
-    for flag, value, low in [("--samples", args.samples, 1), ("--max-epochs", args.max_epochs, 1),
-                             ("--grace-period", args.grace_period, 1),
-                             ("--image-size", args.image_size, 8),
-                             ("--pretrain-epochs", args.pretrain_epochs, 1)]:
-        if value < low:
-            raise UsageError(f"{flag} {value}: must be at least {low}")
-    if args.cpus_per_trial <= 0 or args.gpus_per_trial < 0:
-        raise UsageError("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0")
+    parser = build_parser(prog)
+    args = parser.parse_args(argv)
+    hyperparameters = None
+    if args.config:
+        from analysis.best_config import ConfigError, read_best_config
+
+        try:
+            config = read_best_config(args.config)
+        except ConfigError as error:
+            raise UsageError(str(error)) from None
+        if args.strategy not in (None, config["strategy"]):
+            raise UsageError(f"--strategy {args.strategy} conflicts with --config "
+                             f"{args.config}, which is for {config['strategy']}")
+        hyperparameters = config.pop("hyperparameters")
+        try:
+            TrialConfig.from_dict(hyperparameters)
+        except (TypeError, ValueError) as error:
+            raise UsageError(f"--config {args.config}: bad hyperparameters: {error}") from None
+        parser.set_defaults(**config)
+        args = parser.parse_args(argv)  # flags given on the command line still win
+    if args.strategy is None:
+        raise UsageError("--strategy is required (or --config FILE from an earlier search)")
+    check_numbers(args)
     try:
         is_demo = demo_size(args.data) is not None
     except DataError as error:
@@ -202,24 +233,54 @@ def parse_spec(argv: list[str] | None = None, prog: str = "run.py") -> Experimen
         raise UsageError(f"--weights {args.weights}: no such file")
     check_pretraining(args, is_demo)
     split = parse_split(args.split)
-    name = args.name or f"{args.strategy}-{time.strftime('%Y%m%d-%H%M%S')}"
+    keep = parse_keep(args.keep_checkpoints)
+    default_name = f"{args.strategy}-{'config-' if args.config else ''}"
+    name = args.name or f"{default_name}{time.strftime('%Y%m%d-%H%M%S')}"
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
         raise UsageError(f"--name {name}: use letters, digits, '.', '_' and '-' only")
     storage = Path(args.storage).expanduser().resolve()
     if (storage / name).exists():
         raise UsageError(f"experiment {storage / name} already exists; choose another --name")
+    if args.strategy == "all" and hyperparameters is not None:
+        raise UsageError("--config trains one strategy; it cannot be combined with --strategy all")
     check_backbone(args.backbone)
     strategies = tuple(STRATEGIES) if args.strategy == "all" else (args.strategy,)
     return ExperimentSpec(
-        strategies=strategies, data=args.data, backbone=args.backbone, samples=args.samples,
+        strategies=strategies, data=args.data, backbone=args.backbone,
+        samples=1 if hyperparameters is not None else args.samples,
         max_epochs=args.max_epochs, grace_period=min(args.grace_period, args.max_epochs),
         gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial,
         address=args.address, storage=storage, name=name, seed=args.seed, weights=args.weights,
         image_size=args.image_size, pretrain_epochs=args.pretrain_epochs,
         split=split, cache_dir=cache_root(args.cache_dir), pretrained=args.pretrained,
         pretrain_data=args.pretrain_data, pretext_init=args.pretext_init,
-        pretext_decoder_epochs=args.pretext_decoder_epochs,
+        pretext_decoder_epochs=args.pretext_decoder_epochs, max_failures=args.max_failures,
+        keep_checkpoints=keep, final_eval=args.final_eval, hyperparameters=hyperparameters,
+        config_file=args.config,
     )
+
+
+def check_numbers(args: argparse.Namespace) -> None:
+    for flag, value, low in [("--samples", args.samples, 1), ("--max-epochs", args.max_epochs, 1),
+                             ("--grace-period", args.grace_period, 1),
+                             ("--image-size", args.image_size, 8),
+                             ("--pretrain-epochs", args.pretrain_epochs, 1),
+                             ("--max-failures", args.max_failures, 0),
+                             ("--final-eval", args.final_eval, 0)]:
+        if value < low:
+            raise UsageError(f"{flag} {value}: must be at least {low}")
+    if args.cpus_per_trial <= 0 or args.gpus_per_trial < 0:
+        raise UsageError("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0")
+
+
+def parse_keep(text: str) -> int | None:
+    """--keep-checkpoints: a number of trials per strategy, or all (None)."""
+    if text == "all":
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise UsageError(f"--keep-checkpoints {text}: expected a number of trials (1 or more) "
+                         "or all")
+    return int(text)
 
 
 def check_pretraining(args: argparse.Namespace, is_demo: bool) -> None:

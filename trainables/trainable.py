@@ -1,14 +1,21 @@
-"""The Ray Tune function trainable: one trial of one transfer strategy.
+"""One trial of one transfer strategy: `fit` trains it, `train_transfer` runs it under Ray Tune.
 
-Reads top to bottom: data, model, strategy, optimizer, then per epoch train, evaluate, report
-metrics and a checkpoint. Run settings, data, backbone weights and (for frozen backbones)
-precomputed features arrive through `tune.with_parameters` as object-store references, one copy
-shared by all trials on a node; only the sampled hyperparameters arrive in `config`.
+`fit` reads top to bottom: data, model, strategy, optimizer, then per epoch train, evaluate and
+report. The search calls it through `train_transfer`, which adds Tune's checkpoints; the final
+evaluation (search/evaluate.py) calls it directly, on other splits and seeds. Run settings, data,
+backbone weights and (for frozen backbones) precomputed features arrive through
+`tune.with_parameters` as object-store references, one copy shared by all trials on a node; only
+the sampled hyperparameters arrive in `config`.
+
+"Best" means one thing everywhere: the epoch with the highest val_acc (the latest such epoch on
+a tie, as Tune's checkpoint manager keeps it). Each report carries the running `best_val_acc` and
+`best_epoch`, so the last report of a trial, which Optuna records, holds the trial's best.
 """
 
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import ray
@@ -18,27 +25,51 @@ from timm.scheduler import CosineLRScheduler
 from torch import nn
 
 from trainables.config import RunSettings, TrialConfig
-from trainables.data.dataset import Dataset
+from trainables.data.dataset import Dataset, Split
+from trainables.faults import inject_fault
 from trainables.features import Features
 from trainables.loop import evaluate, pick_device, steps_per_epoch, to_device, train_epoch
 from trainables.models import build_model, normalizer
 from trainables.strategies import get_strategy
 
 CHECKPOINT_FILE = "checkpoint.pt"
+# (metrics of the epoch, a function returning the state to checkpoint)
+Report = Callable[[dict, Callable[[], dict]], None]
 
 
 def train_transfer(config: dict, *, settings: RunSettings, data: Dataset,
                    weights: dict[str, torch.Tensor] | None, features: Features | None = None
                    ) -> None:
+    """The Ray Tune function trainable: `fit` on train/val, a checkpoint every epoch."""
     data, weights, features = (ray.get(x) if isinstance(x, ray.ObjectRef) else x
                                for x in (data, weights, features))
-    hp = TrialConfig.from_dict(config)
+
+    def report(metrics: dict, state: Callable[[], dict]) -> None:
+        inject_fault(settings.strategy, metrics["epoch"])  # only when a test asks for one
+        with tempfile.TemporaryDirectory() as tmp:
+            torch.save(state(), Path(tmp) / CHECKPOINT_FILE)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+
+    fit(settings, TrialConfig.from_dict(config), data.train, data.val, weights, features,
+        num_classes=data.num_classes, report=report, resume=tune_checkpoint())
+
+
+def fit(settings: RunSettings, hp: TrialConfig, train: Split, val: Split | None,
+        weights: dict[str, torch.Tensor] | None, features: Features | None = None, *,
+        num_classes: int, epochs: int | None = None, report: Report | None = None,
+        resume: dict | None = None) -> nn.Module:
+    """Train one config; returns the model after `epochs` (default: settings.max_epochs).
+
+    The lr schedule always spans settings.max_epochs, so stopping after `epochs` reproduces the
+    model a trial had at that epoch. Without `val`, epochs report no validation metrics.
+    """
     torch.manual_seed(settings.seed)
     torch.set_num_threads(max(1, int(settings.cpus_per_trial)))
     device = pick_device()
+    epochs = settings.max_epochs if epochs is None else epochs
 
     # model and strategy
-    model = build_model(settings.backbone, data.num_classes, hp.head, weights,
+    model = build_model(settings.backbone, num_classes, hp.head, weights,
                         hidden=hp.head_hidden, dropout=hp.head_dropout, batch_norm=hp.head_bn)
     strategy = get_strategy(settings.strategy)
     plan = strategy.setup(model, hp)
@@ -53,8 +84,10 @@ def train_transfer(config: dict, *, settings: RunSettings, data: Dataset,
         train_x, val_x = to_device(features.train, device), to_device(features.val, device)
     else:
         net, normalize = model, normalizer(model).to(device)
-        train_x, val_x = to_device(data.train.images, device), to_device(data.val.images, device)
-    train_y, val_y = to_device(data.train.labels, device), to_device(data.val.labels, device)
+        train_x = to_device(train.images, device)
+        val_x = to_device(val.images, device) if val is not None else None
+    train_y = to_device(train.labels, device)
+    val_y = to_device(val.labels, device) if val is not None else None
 
     # optimizer, and a linear warmup (a tenth of the run) into a cosine decay, per step
     optimizer = make_optimizer(hp.optimizer, plan.param_groups, hp.lr)
@@ -63,25 +96,33 @@ def train_transfer(config: dict, *, settings: RunSettings, data: Dataset,
     scheduler = CosineLRScheduler(optimizer, t_initial=total, warmup_t=max(1, total // 10),
                                   warmup_lr_init=0.0, t_in_epochs=False)
     generator = torch.Generator().manual_seed(settings.seed)
-    start_epoch = restore(model, optimizer, generator)
+    best = {"best_val_acc": 0.0, "best_epoch": 0}
+    start_epoch = 0
+    if resume is not None:
+        start_epoch = restore(resume, model, optimizer, generator, best)
     scheduler.step_update(start_epoch * steps)  # the lr of the first step, also after a resume
 
     loss_fn = nn.CrossEntropyLoss(label_smoothing=hp.label_smoothing)
-    for epoch in range(start_epoch, settings.max_epochs):
+    for epoch in range(start_epoch, epochs):
         plan.begin_epoch(model, epoch)  # train mode, but frozen blocks keep BatchNorm fixed
-        train = train_epoch(
+        stats = train_epoch(
             net, optimizer, train_x, train_y, batch_size=hp.batch_size, policy=hp.augment,
             magnitude=hp.magnitude, normalize=normalize, loss_fn=loss_fn, device=device,
             generator=generator, scheduler=scheduler, first_update=epoch * steps)
-        val = evaluate(net, val_x, val_y, normalize=normalize, device=device)
-        metrics = {
-            "val_acc": val.accuracy, "val_loss": val.loss, "train_loss": train.loss,
-            "train_acc": train.accuracy, "images_per_s": train.images_per_s, "epoch": epoch + 1,
-            "lr": optimizer.param_groups[-1]["lr"], "fast_path": fast,
-        }
-        with tempfile.TemporaryDirectory() as tmp:
-            save(Path(tmp), model, optimizer, generator, epoch + 1)
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+        metrics = {"train_loss": stats.loss, "train_acc": stats.accuracy,
+                   "images_per_s": stats.images_per_s, "epoch": epoch + 1,
+                   "lr": optimizer.param_groups[-1]["lr"], "fast_path": fast}
+        if val_y is not None:
+            score = evaluate(net, val_x, val_y, normalize=normalize, device=device)
+            metrics.update(val_acc=score.accuracy, val_loss=score.loss)
+            if score.accuracy >= best["best_val_acc"]:  # a tie goes to the later epoch
+                best = {"best_val_acc": score.accuracy, "best_epoch": epoch + 1}
+            metrics.update(best)
+        if report is not None:
+            report(metrics, lambda e=epoch + 1, b=best: {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "generator": generator.get_state(), "epoch": e, **b})
+    return model
 
 
 def make_optimizer(name: str, groups: list[dict], lr: float) -> torch.optim.Optimizer:
@@ -90,23 +131,25 @@ def make_optimizer(name: str, groups: list[dict], lr: float) -> torch.optim.Opti
     return torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True)
 
 
-def save(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-         generator: torch.Generator, epoch: int) -> None:
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "generator": generator.get_state(), "epoch": epoch},
-               directory / CHECKPOINT_FILE)
-
-
-def restore(model: nn.Module, optimizer: torch.optim.Optimizer,
-            generator: torch.Generator) -> int:
-    """Resume from Tune's checkpoint when the trial restarts; returns the epoch to start at."""
+def tune_checkpoint() -> dict | None:
+    """The state saved in Tune's checkpoint when the trial restarts after a failure."""
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
-        return 0
+        return None
     with checkpoint.as_directory() as directory:
-        state = torch.load(Path(directory) / CHECKPOINT_FILE, map_location="cpu",
-                           weights_only=True)
+        return load_checkpoint(Path(directory))
+
+
+def load_checkpoint(directory: Path) -> dict:
+    return torch.load(Path(directory) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+
+
+def restore(state: dict, model: nn.Module, optimizer: torch.optim.Optimizer,
+            generator: torch.Generator, best: dict) -> int:
+    """Load a checkpoint's state in place; returns the epoch to start at."""
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     generator.set_state(state["generator"])
+    best.update(best_val_acc=float(state.get("best_val_acc", 0.0)),
+                best_epoch=int(state.get("best_epoch", 0)))
     return int(state["epoch"])
