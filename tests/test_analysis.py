@@ -10,8 +10,14 @@ import math
 import pytest
 import yaml
 
-from analysis import export_best_configs, leaderboard, load_curves, load_eval, load_results
-from analysis import write_leaderboard
+from analysis import (
+    export_best_configs,
+    leaderboard,
+    load_curves,
+    load_eval,
+    load_results,
+    write_leaderboard,
+)
 from analysis.stats import gap_ci, mean_ci
 
 
