@@ -23,7 +23,7 @@ EXPERIMENT_FILE, TRIALS_FILE, EVAL_RESULTS = "experiment.json", "trials.json", "
 # per-trial columns that are not sampled hyperparameters
 RESULT_COLUMNS = ("experiment", "strategy", "trial_id", "pretrained", "val_acc", "val_loss",
                   "best_epoch", "epochs", "stopped_early", "errored", "error", "trial_hours",
-                  "images_per_s", "checkpoint", "trial_dir")
+                  "images_per_s", "checkpoint", "trial_dir", "hyperparameters")
 CURVE_METRICS = ("val_acc", "val_loss", "train_acc", "train_loss", "lr", "time_total_s")
 
 
@@ -62,12 +62,13 @@ def trial_row(exp_dir: Path, strategy: str, trial_dir: Path, meta: dict, status:
     best = best_row(rows) or {}
     epochs = max((r.get("training_iteration", 0) for r in rows), default=0)
     errored = bool(status.get("errored", False))
+    params = json.loads((trial_dir / "params.json").read_text())
     return {
         "experiment": exp_dir.name,
         "strategy": strategy,
         "trial_id": trial_dir.name.removeprefix("trial_"),
         "pretrained": meta["strategies"][strategy]["pretrained"],
-        **json.loads((trial_dir / "params.json").read_text()),
+        **params,
         "val_acc": best.get("val_acc", math.nan),
         "val_loss": best.get("val_loss", math.nan),
         "best_epoch": best.get("training_iteration", 0),
@@ -79,6 +80,8 @@ def trial_row(exp_dir: Path, strategy: str, trial_dir: Path, meta: dict, status:
         "images_per_s": pd.Series([r.get("images_per_s") for r in rows], dtype=float).median(),
         "checkpoint": best.get("checkpoint_dir_name"),
         "trial_dir": str(trial_dir),
+        # as sampled: the columns above turn ints into floats where other strategies lack them
+        "hyperparameters": json.dumps(params, sort_keys=True),
     }
 
 
@@ -121,14 +124,9 @@ def load_eval(*exp_dirs: str | Path) -> pd.DataFrame:
         columns=["strategy", "seed", "test_acc", "experiment"])
 
 
-def hyperparameters(df: pd.DataFrame, row: pd.Series) -> dict:
-    """The sampled hyperparameters of one row: the params columns that are not NaN."""
-    return {k: _plain(row[k]) for k in df.columns
-            if k not in RESULT_COLUMNS and pd.notna(row[k])}
-
-
-def _plain(value):
-    return value.item() if hasattr(value, "item") else value
+def hyperparameter_names(df: pd.DataFrame) -> list[str]:
+    """The columns of `load_results` that hold sampled hyperparameters."""
+    return [c for c in df.columns if c not in RESULT_COLUMNS]
 
 
 def leaderboard(df: pd.DataFrame, top_k: int = 3, evals: pd.DataFrame | None = None
@@ -156,7 +154,7 @@ def leaderboard(df: pd.DataFrame, top_k: int = 3, evals: pd.DataFrame | None = N
             "best_epoch": int(best["best_epoch"]) if best is not None else 0,
             "pretrained": group["pretrained"].iloc[0],
             "trial_id": best["trial_id"] if best is not None else None,
-            "hyperparameters": json.dumps(hyperparameters(df, best)) if best is not None else "",
+            "hyperparameters": best["hyperparameters"] if best is not None else "",
         })
     board = pd.DataFrame(rows)
     if evals is not None and len(evals):
@@ -199,3 +197,12 @@ def write_leaderboard(board: pd.DataFrame, exp_dir: str | Path) -> Path:
     board.to_csv(path, index=False)
     path.with_suffix(".md").write_text(board.to_markdown(index=False, floatfmt=".4g") + "\n")
     return path
+
+
+def refresh_leaderboard(exp_dir: str | Path, top_k: int = 3) -> pd.DataFrame:
+    """Recompute the experiment's leaderboard (with test columns once evaluated) and write it,
+    with the best configs."""
+    board = leaderboard(load_results(exp_dir), top_k, evals=load_eval(exp_dir))
+    write_leaderboard(board, exp_dir)
+    export_best_configs(board, exp_dir)
+    return board

@@ -32,6 +32,9 @@ def main(argv: list[str] | None = None, prog: str = "run.py") -> int:
             pretrain = load_pretrain_data(spec.pretrain_data, spec.image_size, spec.seed,
                                           spec.cache_dir)
         check_stage_data(spec, data, pretrain)
+        if spec.final_eval and (data.test is None or len(data.test) == 0):
+            raise DataError(f"--final-eval {spec.final_eval}: {spec.data} has no test split "
+                            "(give --split a test fraction, or a test/ folder)")
     except (UsageError, DataError) as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         return 2
@@ -57,22 +60,35 @@ def main(argv: list[str] | None = None, prog: str = "run.py") -> int:
         return 2
     finally:
         ray.shutdown()
-    status = finish(spec)
-    failed = [s for s, trials in outcomes.items() if not any(not t["errored"] for t in trials)]
+    prune(spec)
+    failed = [s for s, trials in outcomes.items() if all(t["errored"] for t in trials)]
     if spec.final_eval and len(failed) < len(spec.strategies):
         from search.evaluate import evaluate_experiment
 
-        evaluate_experiment(spec.exp_dir, seeds=spec.final_eval, cache_dir=spec.cache_dir)
-        status = finish(spec, prune=False)
+        evaluate_experiment(spec.exp_dir, seeds=spec.final_eval, cache_dir=str(spec.cache_dir),
+                            address=spec.address)
+    show_leaderboard(spec.exp_dir)
     if failed:
         print(f"{prog}: error: no successful trial for {', '.join(failed)}; see the errors "
               "above and each trial's error.txt", file=sys.stderr)
         return 1
-    return status
+    return 0
 
 
-def finish(spec, prune: bool = True) -> int:
-    """Leaderboard, best configs and checkpoint pruning, from the experiment's files."""
+def prune(spec) -> None:
+    """Keep the best-epoch checkpoint of each strategy's top trials; print the disk use."""
+    from analysis import load_results
+    from search.outcomes import disk_use, prune_checkpoints
+
+    before = disk_use(spec.exp_dir)
+    kept = prune_checkpoints(load_results(spec.exp_dir), spec.keep_checkpoints)
+    print(f"\ncheckpoints: kept {len(kept)}, the best epoch of each strategy's top "
+          f"{spec.keep_checkpoints or 'all'} trials; experiment on disk "
+          f"{before / 1e9:.2f} GB -> {disk_use(spec.exp_dir) / 1e9:.2f} GB", flush=True)
+
+
+def show_leaderboard(exp_dir) -> None:
+    """Write leaderboard.csv/.md and best/<strategy>.yaml, and print the leaderboard."""
     import pandas as pd
 
     from analysis import (
@@ -82,26 +98,16 @@ def finish(spec, prune: bool = True) -> int:
         load_results,
         write_leaderboard,
     )
-    from search.outcomes import disk_use, prune_checkpoints
 
-    exp_dir = spec.exp_dir
-    trials = load_results(exp_dir)
-    board = leaderboard(trials, evals=load_eval(exp_dir))
+    board = leaderboard(load_results(exp_dir), evals=load_eval(exp_dir))
     write_leaderboard(board, exp_dir)
     export_best_configs(board, exp_dir)
-    if prune:
-        before = disk_use(exp_dir)
-        kept = prune_checkpoints(trials, spec.keep_checkpoints)
-        print(f"\ncheckpoints: kept {len(kept)} (best epoch of the top "
-              f"{spec.keep_checkpoints or 'all'} trials per strategy); experiment on disk "
-              f"{before / 1e9:.2f} GB -> {disk_use(exp_dir) / 1e9:.2f} GB", flush=True)
     with pd.option_context("display.max_colwidth", 200, "display.width", 200):
         print("\nleaderboard (val_acc of each strategy's best epoch of its best trial):")
         print(board.drop(columns=["trial_id"]).to_string(index=False))
     print(f"\nexperiment: {exp_dir}")
     print(f"  tensorboard --logdir {exp_dir}")
     print(f"  python analysis/report.py {exp_dir}")
-    return 0
 
 
 def console() -> int:

@@ -11,7 +11,7 @@ import argparse
 import difflib
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from trainables.cache import cache_root
@@ -304,3 +304,19 @@ def parse_split(text: str) -> tuple[float, float, float]:
         raise UsageError(f"--split {text}: expected three fractions train,val,test summing to 1 "
                          "(train and val above 0)")
     return parts  # type: ignore[return-value]
+
+
+def spec_from_experiment(meta: dict, exp_dir: Path, cache_dir: str | None = None,
+                         address: str | None = None) -> ExperimentSpec:
+    """The spec an experiment ran with, read back from its experiment.json, located where the
+    experiment now is (it may have been copied) and with this machine's cache."""
+    names = {f.name for f in fields(ExperimentSpec)}
+    values = {k: v for k, v in meta.items() if k in names}
+    values.update(strategies=tuple(meta["strategies"]), split=tuple(meta["split"]),
+                  storage=Path(exp_dir).resolve().parent, name=Path(exp_dir).resolve().name)
+    if cache_dir is None and Path(meta["cache_dir"]).is_dir():
+        cache = Path(meta["cache_dir"])
+    else:
+        cache = cache_root(cache_dir)
+    return replace(ExperimentSpec(**values), cache_dir=cache, address=address)
+

@@ -145,3 +145,23 @@ def evaluate(
         correct += (logits.argmax(1) == y).sum()
     n = len(labels)
     return EpochStats(total_loss.item() / n, correct.item() / n, n, time.perf_counter() - start)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images: torch.Tensor, *, normalize: nn.Module,
+            device: torch.device, batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class probabilities (N, C) and the classifier's input features (N, D), on the CPU.
+
+    timm's `forward_head(pre_logits=True)` is what the classifier sees: pooled, normed, and
+    the same vector the frozen fast path trains on.
+    """
+    model.eval()
+    probs, feats = [], []
+    for begin in range(0, len(images), batch_size):
+        x = channels_last(normalize(images[begin : begin + batch_size].to(device)))
+        with autocast(device):
+            pre = model.forward_head(model.forward_features(x), pre_logits=True)
+            logits = model.get_classifier()(pre)
+        probs.append(logits.float().softmax(1).cpu())
+        feats.append(pre.float().cpu())
+    return torch.cat(probs), torch.cat(feats)
