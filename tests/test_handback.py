@@ -1,0 +1,183 @@
+"""What a finished search hands back: the kept checkpoint, the final evaluation, configs that
+rerun, a model that predicts, and failures that show. Slow: real tiny searches with Ray."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from analysis import load_results
+from tests.helpers import TINY_MODEL
+from trainables.config import TrialConfig
+from trainables.data.dataset import Split
+from trainables.data.load import load_dataset
+from trainables.faults import FAULT_ENV
+from trainables.loop import evaluate
+from trainables.models import build_model, normalizer
+from trainables.trainable import load_checkpoint
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--data", "demo:8", "--backbone", TINY_MODEL, "--max-epochs", "3",
+        "--pretrain-epochs", "1", "--cpus-per-trial", "1"]
+
+
+def run(script: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "search" / script), *args],
+                          capture_output=True, text=True, timeout=900,
+                          env={**os.environ, **(env or {})})
+
+
+class Untouchable:
+    """Stands in for the test split's arrays: any read but its length fails the test."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getattr__(self, name):
+        raise AssertionError(f"the search read the test split ({name})")
+
+    def __getitem__(self, item):
+        raise AssertionError("the search read the test split")
+
+    def __reduce__(self):
+        raise AssertionError("the search sent the test split to a worker")
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory):
+    """A real 3-trial search, in this process so that its test split can be made unreadable:
+    any read of it by the search fails the search."""
+    import trainables.data.load as load
+    from search.run import main
+
+    tmp = tmp_path_factory.mktemp("handback")
+    real = load.load_dataset
+
+    def guarded(*args, **kwargs):
+        data = real(*args, **kwargs)
+        test = Split(Untouchable(len(data.test)), Untouchable(len(data.test)))
+        return type(data)(**{**data.__dict__, "test": test})
+
+    load.load_dataset = guarded
+    try:
+        code = main([*TINY, "--strategy", "unfrozen", "--samples", "3", "--storage",
+                     str(tmp / "exps"), "--name", "search", "--cache-dir", str(tmp / "cache"),
+                     "--keep-checkpoints", "1"])
+    finally:
+        load.load_dataset = real
+    assert code == 0
+    return tmp, tmp / "exps" / "search"
+
+
+def test_the_kept_checkpoint_reproduces_the_leaderboard(experiment):
+    tmp, exp_dir = experiment
+    trials = load_results(exp_dir)
+    board = pd.read_csv(exp_dir / "leaderboard.csv")
+    best = trials.loc[trials["val_acc"].idxmax()]
+    assert best["val_acc"] == pytest.approx(board["val_acc"].iloc[0])
+    kept = sorted(exp_dir.glob("unfrozen/trial_*/checkpoint_*"))
+    assert kept == [Path(best["trial_dir"]) / best["checkpoint"]]  # --keep-checkpoints 1
+
+    state = load_checkpoint(kept[0])
+    assert state["epoch"] == best["best_epoch"] == state["best_epoch"]
+    hp = TrialConfig.from_dict(json.loads(best["hyperparameters"]))
+    data = load_dataset("demo:8", cache_dir=tmp / "cache")
+    model = build_model(TINY_MODEL, data.num_classes, hp.head)
+    model.load_state_dict(state["model"])
+    score = evaluate(model, torch.from_numpy(data.val.images), torch.from_numpy(data.val.labels),
+                     normalize=normalizer(model), device=torch.device("cpu"))
+    assert score.accuracy == pytest.approx(best["val_acc"], abs=1e-9)
+
+
+def test_the_study_records_the_best_epoch_and_marks_stopped_trials(experiment):
+    import optuna
+
+    _, exp_dir = experiment
+    meta = json.loads((exp_dir / "experiment.json").read_text())
+    study = optuna.load_study(study_name=meta["strategies"]["unfrozen"]["study_name"],
+                              storage=f"sqlite:///{exp_dir / 'optuna.db'}")
+    trials = load_results(exp_dir).set_index("trial_id")
+    for t in study.trials:
+        row = trials.loc[t.user_attrs["tune_trial_id"]]
+        assert t.value == pytest.approx(row["val_acc"])  # best epoch, not last epoch
+        assert t.user_attrs["epochs"] == row["epochs"]
+        assert t.user_attrs["stopped_early"] == row["stopped_early"]
+
+
+def test_evaluate_reports_test_accuracy_over_seeds(experiment):
+    tmp, exp_dir = experiment
+    result = run("evaluate.py", str(exp_dir), "--seeds", "2", "--cache-dir", str(tmp / "cache"))
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    results = pd.read_csv(exp_dir / "eval" / "results.csv")
+    assert sorted(results["seed"]) == [0, 1] and (results["strategy"] == "unfrozen").all()
+    assert results["test_acc"].between(0, 1).all()
+    board = pd.read_csv(exp_dir / "leaderboard.csv")
+    assert board["test_acc_mean"].iloc[0] == pytest.approx(results["test_acc"].mean())
+    assert board["test_acc_std"].iloc[0] == pytest.approx(results["test_acc"].std(ddof=1))
+    assert board["test_ci_low"].iloc[0] <= board["test_acc_mean"].iloc[0]
+    # the experiment's own seed retrains the searched model: the same val_acc
+    own = results.set_index("seed").loc[0]
+    assert own["val_acc"] == pytest.approx(board["val_acc"].iloc[0])
+    report = pd.read_csv(exp_dir / "eval" / "classification_report_unfrozen.csv", index_col=0)
+    assert {"precision", "recall", "f1-score"} <= set(report.columns)
+    for png in ("confusion.png", "tsne.png"):
+        assert Image.open(exp_dir / "eval" / "unfrozen" / png).size[0] > 300
+
+
+def test_predict_matches_the_evaluation_and_survives_a_corrupt_file(experiment, tmp_path):
+    tmp, exp_dir = experiment
+    if not (exp_dir / "eval" / "model").exists():
+        run("evaluate.py", str(exp_dir), "--seeds", "1", "--cache-dir", str(tmp / "cache"))
+    data = load_dataset("demo:8", cache_dir=tmp / "cache")
+    paths = []
+    for i in range(6):
+        paths.append(tmp_path / f"test_{i}.png")
+        Image.fromarray(data.test.images[i].transpose(1, 2, 0)).save(paths[-1])
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(b"\xff\xd8\xff not a jpeg")
+    result = run("predict.py", str(exp_dir / "eval" / "model" / "unfrozen"), str(paths[0]),
+                 str(corrupt), *map(str, paths[1:]))
+    assert result.returncode == 1  # one image failed; the others were predicted
+    assert "corrupt.jpg\terror:" in result.stderr
+    predicted = [line.split("\t")[1] for line in result.stdout.splitlines()]
+    expected = pd.read_csv(exp_dir / "eval" / "unfrozen" / "predictions.csv")["predicted"]
+    assert predicted == expected[:6].tolist()
+
+
+def test_a_best_config_reruns_with_the_same_hyperparameters(experiment):
+    tmp, exp_dir = experiment
+    config = exp_dir / "best" / "unfrozen.yaml"
+    result = run("run.py", "--config", str(config), "--storage", str(tmp / "exps"),
+                 "--name", "rerun", "--cache-dir", str(tmp / "cache"))
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    exported = yaml.safe_load(config.read_text())
+    rerun = load_results(tmp / "exps" / "rerun")
+    assert len(rerun) == 1
+    assert json.loads(rerun["hyperparameters"].iloc[0]) == exported["hyperparameters"]
+    assert rerun["val_acc"].iloc[0] == pytest.approx(exported["val_acc"])
+    assert not (tmp / "exps" / "rerun" / "optuna.db").exists()  # no search, no study
+
+
+def test_a_strategy_whose_only_trial_raises_is_shown_and_exits_1(tmp_path):
+    result = run("run.py", *TINY, "--strategy", "scratch", "--samples", "1",
+                 "--max-failures", "1", "--storage", str(tmp_path), "--name", "broken",
+                 "--cache-dir", str(tmp_path / "cache"), env={FAULT_ENV: "scratch:1"})
+    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-3000:]
+    assert "scratch: 1 of 1 trials errored; first:" in result.stdout
+    assert "no successful trial for scratch" in result.stderr
+    board = pd.read_csv(tmp_path / "broken" / "leaderboard.csv")
+    assert board[["strategy", "trials", "errored"]].values.tolist() == [["scratch", 1, 1]]
+    assert np.isnan(board["val_acc"].iloc[0])
+    assert not (tmp_path / "broken" / "best" / "scratch.yaml").exists()
