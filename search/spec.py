@@ -219,6 +219,7 @@ def parse_spec(argv: list[str] | None = None, prog: str = "run.py") -> Experimen
             raise UsageError(f"--config {args.config}: bad hyperparameters: {error}") from None
         parser.set_defaults(**config)
         args = parser.parse_args(argv)  # flags given on the command line still win
+        check_config_choices(parser, args, args.config)
     if args.strategy is None:
         raise UsageError("--strategy is required (or --config FILE from an earlier search)")
     check_numbers(args)
@@ -258,6 +259,16 @@ def parse_spec(argv: list[str] | None = None, prog: str = "run.py") -> Experimen
         keep_checkpoints=keep, final_eval=args.final_eval, hyperparameters=hyperparameters,
         config_file=args.config,
     )
+
+
+def check_config_choices(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                         path: str) -> None:
+    """Defaults skip argparse's choices check, so values from a config file get it here."""
+    for action in parser._actions:  # argparse has no public list of its options
+        value = getattr(args, action.dest, None)
+        if action.choices is not None and value is not None and value not in action.choices:
+            raise UsageError(f"--config {path}: {action.dest} {value!r}: invalid choice (choose "
+                             f"from {', '.join(map(str, action.choices))})")
 
 
 def check_numbers(args: argparse.Namespace) -> None:

@@ -27,7 +27,13 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
         (["--strategy", "frozen", "--backbone", "resnet18x"], "close matches: resnet18"),
         (["--strategy", "frozen", "--weights", "missing.pt"], "--weights missing.pt: no such file"),
         (["--strategy", "scratch", "--data", "demo:x"], "expected demo:N"),
-        (["--samples", "2"], "the following arguments are required: --strategy"),
+        (["--samples", "2"], "--strategy is required (or --config FILE"),
+        (["--strategy", "unfrozen", "--keep-checkpoints", "some"],
+         "--keep-checkpoints some: expected a number of trials (1 or more) or all"),
+        (["--strategy", "unfrozen", "--final-eval", "-1"], "--final-eval -1: must be at least 0"),
+        (["--strategy", "unfrozen", "--max-failures", "-2"],
+         "--max-failures -2: must be at least 0"),
+        (["--config", "missing.yaml"], "--config missing.yaml: cannot read"),
         (["--strategy", "frozen", "--data", ".", "--pretrained", "supervised"],
          "--pretrained supervised needs --pretrain-data"),
         (["--strategy", "colorization", "--pretrain-data", "nowhere"],
@@ -44,6 +50,54 @@ def test_bad_input_exits_2_with_one_message_and_writes_nothing(tmp_path, args, m
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert not storage.exists()
     assert list(tmp_path.iterdir()) == []
+
+
+GOOD_CONFIG = {"transfer_search_config": 1, "strategy": "scratch", "data": "demo:8",
+               "max_epochs": 2, "hyperparameters": {"lr": 0.1, "batch_size": 32,
+                                                    "augment": "flip", "weight_decay": 0.0}}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"colour": "red"}, "unknown keys ['colour']"),
+        ({"transfer_search_config": 7}, "written by config version 7, this version reads 1"),
+        ({"transfer_search_config": None}, "written by config version None"),
+        ({"hyperparameters": {"lr": 0.1}}, "bad hyperparameters"),
+        ({"hyperparameters": {"lr": 0.1, "batch_size": 32, "augment": "flip",
+                              "weight_decay": 0.0, "momentum": 0.9}}, "unknown trial config keys"),
+        ({"hyperparameters": {"lr": -1.0, "batch_size": 32, "augment": "flip",
+                              "weight_decay": 0.0}}, "out-of-range hyperparameters"),
+        ({"strategy": "nope"}, "strategy 'nope': invalid choice"),
+        ("strategy: [unclosed", "not valid YAML"),
+        ("just a string", "not a best config"),
+    ],
+)
+def test_bad_config_files_exit_2(tmp_path, change, message):
+    import yaml
+
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    text = change if isinstance(change, str) else yaml.safe_dump({**GOOD_CONFIG, **change})
+    (configs / "best.yaml").write_text(text)
+    storage = tmp_path / "experiments"
+    result = run_cli("--config", str(configs / "best.yaml"), "--storage", str(storage),
+                     "--name", "x", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not storage.exists()
+
+
+def test_config_and_another_strategy_conflict(tmp_path):
+    import yaml
+
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(GOOD_CONFIG))
+    result = run_cli("--config", str(tmp_path / "c.yaml"), "--strategy", "frozen",
+                     "--storage", str(tmp_path / "e"), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "--strategy frozen conflicts with --config" in result.stderr
 
 
 def test_existing_experiment_name_is_refused(tmp_path):
