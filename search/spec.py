@@ -114,10 +114,11 @@ def add_data_options(g: argparse._ArgumentGroup) -> None:
 def add_strategy_options(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--strategy", choices=[*STRATEGIES, "all"],
                    help="the strategy to search, or all of them with the same budget each "
-                   "(required, unless --config gives it)")
+                   "(required; or from --config)")
     g.add_argument("--config", default=None, metavar="FILE",
                    help="a best/<strategy>.yaml exported by an earlier search: train exactly "
-                   "that config once, without a search (flags given too override its settings)")
+                   "that config once, without a search; flags given too override its settings "
+                   "(default: none, search)")
     g.add_argument("--backbone", default="resnet18", metavar="NAME",
                    help="any timm model name: resnet50, vgg16, efficientnet_b0, "
                    "convnext_tiny, vit_tiny_patch16_224, ... (default: %(default)s)")
@@ -158,7 +159,7 @@ def add_search_options(g: argparse._ArgumentGroup) -> None:
                    "counts as errored (default: %(default)s)")
     g.add_argument("--final-eval", type=int, default=0, metavar="SEEDS",
                    help="after the search, retrain each strategy's best config SEEDS times and "
-                   "report test accuracy (search/evaluate.py; default: 0, no test evaluation)")
+                   "report test accuracy (search/evaluate.py) (default: 0, no test evaluation)")
 
 
 def add_resource_options(g: argparse._ArgumentGroup) -> None:

@@ -167,7 +167,7 @@ def test_help_groups_every_option_with_its_default():
             "output"] == [t for t in groups if t not in ("positional arguments", "options")]
     for action in parser._actions:
         if action.dest != "help":
-            assert "(default: " in action.help or "(required)" in action.help, action.dest
+            assert "(default: " in action.help or "(required" in action.help, action.dest
     assert parser.epilog.count("python search/run.py --strategy") == 3
 
 
