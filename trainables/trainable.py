@@ -68,26 +68,16 @@ def fit(settings: RunSettings, hp: TrialConfig, train: Split, val: Split | None,
     device = pick_device()
     epochs = settings.max_epochs if epochs is None else epochs
 
-    # model and strategy
+    # model, strategy, and the data on the device (the head alone on cached features when the
+    # backbone is frozen and nothing augments)
     model = build_model(settings.backbone, num_classes, hp.head, weights,
                         hidden=hp.head_hidden, dropout=hp.head_dropout, batch_norm=hp.head_bn)
     strategy = get_strategy(settings.strategy)
     plan = strategy.setup(model, hp)
     model = model.to(device, memory_format=torch.channels_last)
-
-    # data: uint8 images on the device once, sliced, augmented and normalised there per batch;
-    # a frozen backbone without augmentation sees the same images every epoch, so its head
-    # trains on the backbone's precomputed features instead (identical outputs, no backbone).
     fast = features is not None and strategy.frozen_backbone and hp.augment == "none"
-    if fast:
-        net, normalize = model.get_classifier(), nn.Identity()
-        train_x, val_x = to_device(features.train, device), to_device(features.val, device)
-    else:
-        net, normalize = model, normalizer(model).to(device)
-        train_x = to_device(train.images, device)
-        val_x = to_device(val.images, device) if val is not None else None
-    train_y = to_device(train.labels, device)
-    val_y = to_device(val.labels, device) if val is not None else None
+    net, normalize, (train_x, train_y), (val_x, val_y) = place_data(
+        model, features if fast else None, train, val, device)
 
     # optimizer, and a linear warmup (a tenth of the run) into a cosine decay, per step
     optimizer = make_optimizer(hp.optimizer, plan.param_groups, hp.lr)
@@ -97,9 +87,7 @@ def fit(settings: RunSettings, hp: TrialConfig, train: Split, val: Split | None,
                                   warmup_lr_init=0.0, t_in_epochs=False)
     generator = torch.Generator().manual_seed(settings.seed)
     best = {"best_val_acc": 0.0, "best_epoch": 0}
-    start_epoch = 0
-    if resume is not None:
-        start_epoch = restore(resume, model, optimizer, generator, best)
+    start_epoch = restore(resume, model, optimizer, generator, best) if resume else 0
     scheduler.step_update(start_epoch * steps)  # the lr of the first step, also after a resume
 
     loss_fn = nn.CrossEntropyLoss(label_smoothing=hp.label_smoothing)
@@ -123,6 +111,25 @@ def fit(settings: RunSettings, hp: TrialConfig, train: Split, val: Split | None,
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "generator": generator.get_state(), "epoch": e, **b})
     return model
+
+
+def place_data(model: nn.Module, features: Features | None, train: Split, val: Split | None,
+               device: torch.device) -> tuple[nn.Module, nn.Module, tuple, tuple]:
+    """(network to train, its input normaliser, (train x, y), (val x, y)) on the device.
+
+    uint8 images go to the device once; batches are sliced, augmented and normalised there. A
+    frozen backbone without augmentation sees the same images every epoch, so with `features`
+    its head trains on the backbone's precomputed outputs instead (identical, no backbone).
+    """
+    if features is not None:
+        net, normalize = model.get_classifier(), nn.Identity()
+        train_x, val_x = to_device(features.train, device), to_device(features.val, device)
+    else:
+        net, normalize = model, normalizer(model).to(device)
+        train_x = to_device(train.images, device)
+        val_x = to_device(val.images, device) if val is not None else None
+    val_y = to_device(val.labels, device) if val is not None else None
+    return net, normalize, (train_x, to_device(train.labels, device)), (val_x, val_y)
 
 
 def make_optimizer(name: str, groups: list[dict], lr: float) -> torch.optim.Optimizer:
