@@ -204,23 +204,7 @@ def parse_spec(argv: list[str] | None = None, prog: str = "run.py") -> Experimen
     args = parser.parse_args(argv)
     hyperparameters = None
     if args.config:
-        from analysis.best_config import ConfigError, read_best_config
-
-        try:
-            config = read_best_config(args.config)
-        except ConfigError as error:
-            raise UsageError(str(error)) from None
-        if args.strategy not in (None, config["strategy"]):
-            raise UsageError(f"--strategy {args.strategy} conflicts with --config "
-                             f"{args.config}, which is for {config['strategy']}")
-        hyperparameters = config.pop("hyperparameters")
-        try:
-            TrialConfig.from_dict(hyperparameters)
-        except (TypeError, ValueError) as error:
-            raise UsageError(f"--config {args.config}: bad hyperparameters: {error}") from None
-        parser.set_defaults(**config)
-        args = parser.parse_args(argv)  # flags given on the command line still win
-        check_config_choices(parser, args, args.config)
+        args, hyperparameters = apply_config(parser, args, argv)
     if args.strategy is None:
         raise UsageError("--strategy is required (or --config FILE from an earlier search)")
     check_numbers(args)
@@ -260,6 +244,29 @@ def parse_spec(argv: list[str] | None = None, prog: str = "run.py") -> Experimen
         keep_checkpoints=keep, final_eval=args.final_eval, hyperparameters=hyperparameters,
         config_file=args.config,
     )
+
+
+def apply_config(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                 argv: list[str] | None) -> tuple[argparse.Namespace, dict]:
+    """--config: its run settings become the CLI's defaults, so flags given too still win."""
+    from analysis.best_config import ConfigError, read_best_config
+
+    try:
+        config = read_best_config(args.config)
+    except ConfigError as error:
+        raise UsageError(str(error)) from None
+    if args.strategy not in (None, config["strategy"]):
+        raise UsageError(f"--strategy {args.strategy} conflicts with --config {args.config}, "
+                         f"which is for {config['strategy']}")
+    hyperparameters = config.pop("hyperparameters")
+    try:
+        TrialConfig.from_dict(hyperparameters)
+    except (TypeError, ValueError) as error:
+        raise UsageError(f"--config {args.config}: bad hyperparameters: {error}") from None
+    parser.set_defaults(**config)
+    args = parser.parse_args(argv)
+    check_config_choices(parser, args, args.config)
+    return args, hyperparameters
 
 
 def check_config_choices(parser: argparse.ArgumentParser, args: argparse.Namespace,
