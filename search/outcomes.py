@@ -44,14 +44,13 @@ def write_outcomes(exp_dir: Path, strategy: str, outcomes: list[dict]) -> None:
         tmp.write_text(json.dumps(every, indent=2))
 
 
-def summarise_errors(strategy: str, outcomes: list[dict]) -> str | None:
-    """'scratch: 2 of 8 trials errored; first: ... (log: ...)', or None when none did."""
+def summarise_errors(strategy: str, outcomes: list[dict]) -> str:
+    """'scratch: 8 trials, 2 errored; first: ... (log: ...)'."""
     errored = [o for o in outcomes if o["errored"]]
-    if not errored:
-        return None
-    first = errored[0]
-    return (f"{strategy}: {len(errored)} of {len(outcomes)} trials errored; first: "
-            f"{first['error']} (log: {first['error_file']})")
+    line = f"{strategy}: {len(outcomes)} trials, {len(errored)} errored"
+    if errored:
+        line += f"; first: {errored[0]['error']} (log: {errored[0]['error_file']})"
+    return line
 
 
 def prune_checkpoints(trials: pd.DataFrame, keep: int | None) -> list[Path]:

@@ -154,7 +154,5 @@ def run_search(spec: ExperimentSpec, data: Dataset, pretrain: Dataset | None = N
         grid = make_tuner(spec, strategy, data_ref, stages, storage_url).fit()
         outcomes[strategy] = trial_outcomes(grid)
         write_outcomes(spec.exp_dir, strategy, outcomes[strategy])
-        summary = summarise_errors(strategy, outcomes[strategy])
-        if summary:
-            print(summary, flush=True)
+        print(summarise_errors(strategy, outcomes[strategy]), flush=True)
     return outcomes

@@ -175,8 +175,10 @@ def test_a_strategy_whose_only_trial_raises_is_shown_and_exits_1(tmp_path):
                  "--max-failures", "1", "--storage", str(tmp_path), "--name", "broken",
                  "--cache-dir", str(tmp_path / "cache"), env={FAULT_ENV: "scratch:1"})
     assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-3000:]
-    assert "scratch: 1 of 1 trials errored; first:" in result.stdout
+    assert "scratch: 1 trials, 1 errored; first: trainables.faults.InjectedFault" in result.stdout
     assert "no successful trial for scratch" in result.stderr
+    log = result.stdout.split("(log: ")[1].split(")")[0]
+    assert "InjectedFault" in Path(log).read_text()  # the log the message points to exists
     board = pd.read_csv(tmp_path / "broken" / "leaderboard.csv")
     assert board[["strategy", "trials", "errored"]].values.tolist() == [["scratch", 1, 1]]
     assert np.isnan(board["val_acc"].iloc[0])
