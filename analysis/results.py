@@ -133,6 +133,8 @@ def leaderboard(df: pd.DataFrame, top_k: int = 3, evals: pd.DataFrame | None = N
                 ) -> pd.DataFrame:
     """One row per strategy, best val_acc first; strategies whose every trial failed last.
 
+    Trials of the same strategy from several experiments are pooled into one row.
+
     Columns: the best trial's val_acc, best_epoch, trial_id and hyperparameters; the mean and
     std of the top-k trials' val_acc; trials run, errored, stopped early; trial-hours; and, when
     the final evaluation ran, test accuracy as mean, std and 95% interval over seeds.
@@ -151,12 +153,12 @@ def leaderboard(df: pd.DataFrame, top_k: int = 3, evals: pd.DataFrame | None = N
             "errored": int(group["errored"].sum()),
             "stopped_early": int(group["stopped_early"].sum()),
             "trial_hours": group["trial_hours"].sum(),
-            "best_epoch": int(best["best_epoch"]) if best is not None else 0,
+            "best_epoch": int(best["best_epoch"]) if best is not None else math.nan,
             "pretrained": group["pretrained"].iloc[0],
             "trial_id": best["trial_id"] if best is not None else None,
             "hyperparameters": best["hyperparameters"] if best is not None else "",
         })
-    board = pd.DataFrame(rows)
+    board = pd.DataFrame(rows, columns=None if rows else ["strategy", "val_acc"])
     if evals is not None and len(evals):
         board = board.merge(test_summary(evals), on="strategy", how="left")
     return board.sort_values("val_acc", ascending=False, ignore_index=True, na_position="last")

@@ -90,11 +90,13 @@ def test_frozen_search_from_a_local_weights_file(tmp_path):
     assert best["hyperparameters"]["head"] in ("linear", "mlp")
 
 
-def test_all_registered_strategies_search_with_the_same_budget(tmp_path):
-    exp_dir = search(tmp_path, "all", "--strategy", "all", "--samples", "1")
+def test_all_registered_strategies_search_with_the_same_budget(all_strategies_search):
+    exp_dir, stdout = all_strategies_search
     board = pd.read_csv(exp_dir / "leaderboard.csv")
     assert set(board["strategy"]) == set(STRATEGIES)
-    assert (board["trials"] == 1).all()
+    assert (board["trials"] == 2).all()
+    for strategy in STRATEGIES:
+        assert f"{strategy}: 2 trials, 0 errored" in stdout
     # each strategy's default stage, with the demo's offline supervised stand-in for imagenet
     offline = {"imagenet": "supervised"}
     assert dict(zip(board["strategy"], board["pretrained"], strict=True)) == {
@@ -104,3 +106,8 @@ def test_all_registered_strategies_search_with_the_same_budget(tmp_path):
     assert sorted(s["stage"] for s in stages) == sorted(trained)
     for strategy in board["strategy"]:
         assert (exp_dir / "best" / f"{strategy}.yaml").is_file()
+    # --final-eval 2: every strategy tested over 2 seeds, the winner's model kept
+    results = pd.read_csv(exp_dir / "eval" / "results.csv")
+    assert results.groupby("strategy")["seed"].apply(sorted).tolist() == [[0, 1]] * 6
+    assert (board["test_seeds"] == 2).all() and board["test_acc_mean"].between(0, 1).all()
+    assert [p.name for p in (exp_dir / "eval" / "model").iterdir()] == [board["strategy"][0]]
