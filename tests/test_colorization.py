@@ -1,19 +1,25 @@
 """The colorization pretext task: Lab conversion, the U-Net, and the encoder handed to trials."""
 
+import json
+import math
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from tests.helpers import TINY_MODEL
 from trainables.colorization import (
     ColorizationUNet,
+    ab_error,
     backbone_to_encoder,
     encoder_to_backbone,
     lab_to_rgb,
     rgb_to_lab,
 )
 from trainables.models import build_model, create_backbone, head_module
-from trainables.pretrain import StageConfig, train_colorization
+from trainables.pretrain import Stage, StageConfig, public_record, run_stage, train_colorization
 
 # sRGB -> CIELAB (D65) reference values, as published by colour-science tools.
 REFERENCE = [
@@ -93,3 +99,58 @@ def test_pretext_init_loads_backbone_weights_into_the_encoder():
     backbone_to_encoder(source, unet.encoder)
     back = encoder_to_backbone(unet.encoder.state_dict(), create_backbone(TINY_MODEL))
     assert all(torch.equal(back[k], source[k]) for k in source)
+
+
+class _Grey(nn.Module):
+    """Predicts no colour at all (a = b = 0) whatever the input."""
+
+    def forward(self, grey: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(grey[:, :2])
+
+
+def test_ab_error_is_in_lab_units():
+    red = torch.zeros(3, 3, 8, 8, dtype=torch.uint8)
+    red[:, 0] = 255
+    grey = torch.full((2, 3, 8, 8), 128, dtype=torch.uint8)
+    # predicting grey for pure red misses a = 80.09 and b = 67.20 (the reference values above)
+    assert ab_error(_Grey(), red) == pytest.approx((80.0925 + 67.2032) / 2, abs=0.05)
+    assert ab_error(_Grey(), grey) == pytest.approx(0, abs=0.05)
+    assert ab_error(_Grey(), torch.cat([red, grey]), batch_size=2) == pytest.approx(
+        3 * (80.0925 + 67.2032) / 2 / 5, abs=0.05)
+
+
+def test_held_out_error_per_epoch_and_without_side_effects(tiny_demo):
+    """Measuring held-out images runs in eval mode without gradients: the trained weights,
+    BatchNorm statistics included, are the same as without measuring."""
+    config = StageConfig(epochs=2, lr=0.5, batch_size=16)
+    plain, _ = train_colorization(TINY_MODEL, tiny_demo.train.images, config)
+    errors = []
+    measured, _ = train_colorization(TINY_MODEL, tiny_demo.train.images, config,
+                                     val_images=tiny_demo.val.images[:40], val_log=errors)
+    assert len(errors) == 2 and all(0 <= e < 110 for e in errors), errors
+    assert all(torch.equal(plain[k], measured[k]) for k in plain)
+
+
+def test_colorization_record_holds_its_data_and_held_out_error(tiny_demo):
+    data = tiny_demo.for_search()
+    data = replace(data, val=data.val.take(np.arange(40)))
+    stage = Stage("colorization", TINY_MODEL, data.fingerprint,
+                  StageConfig(epochs=2, lr=0.5, batch_size=16))
+    _, record = run_stage(stage, data)
+    assert len(record["val_l1"]) == 2 and len(record["losses"]) == 2
+    assert all(isinstance(e, float) and math.isfinite(e) and e >= 0 for e in record["val_l1"])
+    assert (record["epochs"], record["data"], record["images"], record["val_images"]) == (
+        2, data.name, len(data.train), 40)
+    assert "val_acc" not in record
+    assert isinstance(record["samples"], np.ndarray)
+    json.dumps(public_record(record))
+
+
+def test_images_without_a_val_split_train_and_say_so(tiny_demo):
+    """A flat folder of images (--pretrain-data) has no val split: nothing is measured."""
+    data = tiny_demo.for_search()
+    data = replace(data, val=data.val.take(np.arange(0)))
+    stage = Stage("colorization", TINY_MODEL, data.fingerprint,
+                  StageConfig(epochs=1, lr=0.5, batch_size=16))
+    _, record = run_stage(stage, data)
+    assert record["val_l1"] == [] and record["val_images"] == 0

@@ -1,5 +1,11 @@
-"""Pretraining stages: imagenet weights from a local file or the hub, supervised on the demo."""
+"""Pretraining stages: imagenet weights from a local file or the hub, supervised on the demo,
+and the record each stage leaves: what it trained on and how well, per epoch, on held-out data."""
 
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
 import timm
 import torch
 
@@ -10,8 +16,25 @@ from trainables.pretrain import (
     StageConfig,
     StageError,
     file_state,
+    read_stage,
     run_stage,
+    train_supervised,
+    write_stage,
 )
+
+
+@pytest.fixture(scope="module")
+def small_source(tiny_demo):
+    """A slice of the demo's source set: 8 training and 3 val images per class, so a stage
+    trains in a second."""
+    source = tiny_demo.source
+
+    def per_class(split, n):
+        idx = np.concatenate([np.flatnonzero(split.labels == c)[:n]
+                              for c in range(source.num_classes)])
+        return split.take(np.sort(idx))
+
+    return replace(source, train=per_class(source.train, 8), val=per_class(source.val, 3))
 
 
 def test_weights_file_loads_the_backbone_and_drops_the_classifier(tmp_path):
@@ -49,14 +72,41 @@ def test_pickled_objects_are_refused(tmp_path):
         raise AssertionError("weights_only loading must refuse arbitrary objects")
 
 
-def test_supervised_stage_learns_the_source_classes(tiny_demo):
-    stage = Stage("supervised", TINY_MODEL, tiny_demo.source.fingerprint,
+def test_supervised_stage_learns_the_source_classes(small_source):
+    stage = Stage("supervised", TINY_MODEL, small_source.fingerprint,
                   StageConfig(epochs=3, lr=0.05, batch_size=16))
-    state, record = run_stage(stage, tiny_demo)
+    state, record = run_stage(stage, small_source)
     assert record["stage"] == "supervised" and len(record["losses"]) == 3
     assert record["losses"][-1] < record["losses"][0]
     assert not any(k.startswith("fc.") for k in state)
-    build_model(TINY_MODEL, tiny_demo.num_classes, state=state)  # loads strictly
+    build_model(TINY_MODEL, small_source.num_classes, state=state)  # loads strictly
+
+
+def test_supervised_record_says_what_it_trained_on_and_its_held_out_accuracy(small_source,
+                                                                             tmp_path):
+    stage = Stage("supervised", TINY_MODEL, small_source.fingerprint,
+                  StageConfig(epochs=2, lr=0.05, batch_size=16))
+    state, record = run_stage(stage, small_source)
+    assert len(record["val_acc"]) == 2
+    assert all(isinstance(a, float) and 0 <= a <= 1 for a in record["val_acc"])
+    assert (record["epochs"], record["data"]) == (2, "demo-source")
+    assert (record["images"], record["val_images"]) == (len(small_source.train),
+                                                        len(small_source.val))
+    assert "val_l1" not in record
+    json.dumps(record)  # the whole record is JSON: nothing for public_record to drop
+    write_stage(tmp_path / "entry", state, record)
+    assert read_stage(tmp_path / "entry")[1] == json.loads(json.dumps(record))
+
+
+def test_measuring_the_held_out_set_changes_nothing_the_stage_learns(small_source):
+    """Evaluation runs in eval mode without gradients: no BatchNorm statistic, weight or random
+    draw of training may change because val accuracy is measured."""
+    config = StageConfig(epochs=2, lr=0.05, batch_size=16)
+    plain = train_supervised(TINY_MODEL, small_source, config)
+    accuracies = []
+    measured = train_supervised(TINY_MODEL, small_source, config, val_log=accuracies)
+    assert len(accuracies) == 2
+    assert all(torch.equal(plain[k], measured[k]) for k in plain)
 
 
 def test_stage_keys_change_with_their_inputs():

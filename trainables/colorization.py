@@ -142,13 +142,32 @@ def sample_grid(unet: ColorizationUNet, images: torch.Tensor) -> np.ndarray:
     return (grid.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
 
 
+@torch.no_grad()
+def ab_error(unet: ColorizationUNet, images: torch.Tensor, batch_size: int = 256) -> float:
+    """Mean absolute error of the predicted a and b channels on `images`, in Lab units: a
+    measure of the pretext task on held-out images, comparable across runs (the loss is in
+    units of AB_SCALE). Eval mode, so BatchNorm uses its running statistics."""
+    unet.eval()
+    total = torch.zeros((), dtype=torch.float64, device=images.device)
+    for begin in range(0, len(images), batch_size):
+        grey, ab = lab_inputs(images[begin : begin + batch_size])
+        with autocast(images.device):
+            predicted = unet(channels_last(grey))
+        total += (predicted.float() - ab).abs().sum(dtype=torch.float64)
+    return total.item() * AB_SCALE / (2 * images[:, 0].numel())
+
+
 def train_colorization(backbone: str, images_np: np.ndarray, config, log: list[float] | None = None,
-                       init: dict[str, torch.Tensor] | None = None
+                       init: dict[str, torch.Tensor] | None = None, *,
+                       val_images: np.ndarray | None = None, val_log: list[float] | None = None
                        ) -> tuple[dict[str, torch.Tensor], np.ndarray]:
     """Train the U-Net (L1 on ab) on unlabeled images; return its encoder as backbone weights,
     and a sample grid. With `config.decoder_epochs`, the decoder trains alone first (encoder
     frozen, its BatchNorm statistics too), then everything: a new decoder on a pretrained
-    encoder would otherwise send large, random gradients into the encoder."""
+    encoder would otherwise send large, random gradients into the encoder.
+
+    Appends each epoch's training loss to `log` and, given held-out `val_images`, their ab error
+    in Lab units (`ab_error`) to `val_log`."""
     torch.manual_seed(config.seed)
     device = pick_device()
     unet = ColorizationUNet(backbone)
@@ -157,6 +176,7 @@ def train_colorization(backbone: str, images_np: np.ndarray, config, log: list[f
     unet = unet.to(device, memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(unet.parameters(), lr=config.lr / 50)
     images = to_device(images_np, device)
+    held_out = to_device(val_images, device) if val_images is not None else images[:0]
     generator = torch.Generator().manual_seed(config.seed)
 
     def batch_loss(idx: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -175,5 +195,7 @@ def train_colorization(backbone: str, images_np: np.ndarray, config, log: list[f
                           device=device, generator=generator)
         if log is not None:
             log.append(stats.loss)
+        if val_log is not None and len(held_out):
+            val_log.append(ab_error(unet, held_out))
     grid = sample_grid(unet, images[:8])
     return encoder_to_backbone(unet.encoder.state_dict(), create_backbone(backbone)), grid

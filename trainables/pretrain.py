@@ -28,7 +28,7 @@ from trainables.cache import atomic_dir, fingerprint
 from trainables.colorization import train_colorization
 from trainables.config import STAGES
 from trainables.data.dataset import Dataset
-from trainables.loop import pick_device, to_device, train_epoch
+from trainables.loop import evaluate, pick_device, to_device, train_epoch
 from trainables.models import (
     backbone_state,
     create_backbone,
@@ -134,8 +134,13 @@ def file_state(backbone: str, weights_file: str) -> dict[str, torch.Tensor]:
 
 
 def train_supervised(backbone: str, source: Dataset, config: StageConfig,
-                     log: list[float] | None = None) -> dict[str, torch.Tensor]:
-    """Train the whole backbone on the labeled source set; return it without classifier."""
+                     log: list[float] | None = None, val_log: list[float] | None = None
+                     ) -> dict[str, torch.Tensor]:
+    """Train the whole backbone on the labeled source set; return it without classifier.
+
+    Appends each epoch's training loss to `log`, and its accuracy on `source.val` (held out,
+    when there is one) to `val_log`: how well the stage learned, which a loss cannot say.
+    """
     torch.manual_seed(config.seed)
     device = pick_device()
     model = timm.create_model(backbone, pretrained=False, num_classes=source.num_classes,
@@ -147,6 +152,8 @@ def train_supervised(backbone: str, source: Dataset, config: StageConfig,
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
     images = to_device(source.train.images, device)
     labels = to_device(source.train.labels, device)
+    val_images = to_device(source.val.images, device)
+    val_labels = to_device(source.val.labels, device)
     generator = torch.Generator().manual_seed(config.seed)
     for _ in range(config.epochs):
         model.train()
@@ -157,6 +164,9 @@ def train_supervised(backbone: str, source: Dataset, config: StageConfig,
         scheduler.step()
         if log is not None:
             log.append(stats.loss)
+        if val_log is not None and len(val_labels):
+            val_log.append(evaluate(model, val_images, val_labels, normalize=normalize,
+                                    device=device).accuracy)
     model.reset_classifier(0)
     return backbone_state(model)
 
@@ -166,11 +176,12 @@ def run_stage(stage: Stage, data: Dataset | None, threads: int = 0
     """Compute a stage's backbone weights; returns (state dict or None, a record of the run).
 
     `data` is what the stage trains on: the labeled source set for `supervised`, the images
-    (train split, labels ignored) for `colorization`.
+    (train split, labels ignored) for `colorization`. A stage that trains measures itself on
+    `data.val` every epoch (`val_acc`, `val_l1`); its record also says what it trained on.
     """
     if threads:
         torch.set_num_threads(threads)
-    start, losses, record_extra = time.perf_counter(), [], {}
+    start, losses, extra = time.perf_counter(), [], {}
     if stage.kind == "none":
         state = None
     elif stage.kind == "imagenet" or stage.weights_file:
@@ -178,13 +189,19 @@ def run_stage(stage: Stage, data: Dataset | None, threads: int = 0
     elif stage.kind == "supervised":
         if data is None:
             raise StageError("supervised pretraining needs a labeled source set")
-        state = train_supervised(stage.backbone, data, stage.config, losses)
+        extra["val_acc"] = []
+        state = train_supervised(stage.backbone, data, stage.config, losses, extra["val_acc"])
     elif stage.kind == "colorization":
         init = imagenet_state(stage.backbone, None) if stage.config.init == "imagenet" else None
-        state, record_extra["samples"] = train_colorization(
-            stage.backbone, data.train.images, stage.config, losses, init)
+        extra["val_l1"] = []
+        state, extra["samples"] = train_colorization(
+            stage.backbone, data.train.images, stage.config, losses, init,
+            val_images=data.val.images, val_log=extra["val_l1"])
     else:
         raise StageError(f"unknown stage {stage.kind!r}; expected one of {STAGES}")
+    if stage.trains:
+        extra.update(epochs=stage.config.epochs, data=data.name, images=len(data.train),
+                     val_images=len(data.val))
     record = {"stage": stage.kind, "key": stage.key, "seconds": time.perf_counter() - start,
-              "losses": losses, **record_extra}
+              "losses": losses, **extra}
     return state, record
