@@ -86,7 +86,9 @@ def test_frozen_search_from_a_local_weights_file(tmp_path):
     exp_dir = search(tmp_path, "file", "--strategy", "frozen", "--samples", "1",
                      "--weights", str(weights))
     best = yaml.safe_load((exp_dir / "best" / "frozen.yaml").read_text())
-    assert best["pretrained"] == f"file:{weights}"
+    assert best["weights"] == str(weights) and best["pretrained"] is None
+    board = pd.read_csv(exp_dir / "leaderboard.csv")
+    assert board["pretrained"].iloc[0] == f"file:{weights}"
     assert best["hyperparameters"]["head"] in ("linear", "mlp")
 
 
