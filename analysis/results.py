@@ -124,11 +124,6 @@ def load_eval(*exp_dirs: str | Path) -> pd.DataFrame:
         columns=["strategy", "seed", "test_acc", "experiment"])
 
 
-def hyperparameter_names(df: pd.DataFrame) -> list[str]:
-    """The columns of `load_results` that hold sampled hyperparameters."""
-    return [c for c in df.columns if c not in RESULT_COLUMNS]
-
-
 def leaderboard(df: pd.DataFrame, top_k: int = 3, evals: pd.DataFrame | None = None
                 ) -> pd.DataFrame:
     """One row per strategy, best val_acc first; strategies whose every trial failed last.

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -57,6 +56,3 @@ def load_model(directory: str | Path) -> tuple[nn.Module, Normalize, dict]:
     norm = Normalize(tuple(meta["normalize"]["mean"]), tuple(meta["normalize"]["std"]))
     return model.eval(), norm, meta
 
-
-def model_device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
