@@ -91,17 +91,9 @@ def show_leaderboard(exp_dir) -> None:
     """Write leaderboard.csv/.md and best/<strategy>.yaml, and print the leaderboard."""
     import pandas as pd
 
-    from analysis import (
-        export_best_configs,
-        leaderboard,
-        load_eval,
-        load_results,
-        write_leaderboard,
-    )
+    from analysis.results import refresh_leaderboard
 
-    board = leaderboard(load_results(exp_dir), evals=load_eval(exp_dir))
-    write_leaderboard(board, exp_dir)
-    export_best_configs(board, exp_dir)
+    board = refresh_leaderboard(exp_dir)
     with pd.option_context("display.max_colwidth", 200, "display.width", 200):
         print("\nleaderboard (val_acc of each strategy's best epoch of its best trial):")
         print(board.drop(columns=["trial_id"]).to_string(index=False))
