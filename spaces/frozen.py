@@ -1,14 +1,13 @@
 """Head-only training on a frozen backbone: a linear probe or an MLP head."""
 
-import optuna
-
+from spaces.dims import Dims
 from spaces.registry import SpaceContext, common, register_space
 
 
 @register_space("frozen")
-def frozen(trial: optuna.Trial, context: SpaceContext) -> None:
-    common(trial)
-    if trial.suggest_categorical("head", ["linear", "mlp"]) == "mlp":
-        trial.suggest_categorical("head_hidden", [128, 256, 512])
-        trial.suggest_float("head_dropout", 0.0, 0.5)
-        trial.suggest_categorical("head_bn", [False, True])
+def frozen(dims: Dims, context: SpaceContext) -> None:
+    common(dims)
+    if dims.categorical("head", ["linear", "mlp"]) == "mlp":
+        dims.categorical("head_hidden", [128, 256, 512])
+        dims.float("head_dropout", 0.0, 0.5)
+        dims.categorical("head_bn", [False, True])

@@ -1,12 +1,11 @@
 """LP-FT: linear-probe epochs before fine-tuning everything (Kumar et al., 2022)."""
 
-import optuna
-
+from spaces.dims import Dims
 from spaces.registry import SpaceContext, common, lr_mult, register_space
 
 
 @register_space("lp_ft")
-def lp_ft(trial: optuna.Trial, context: SpaceContext) -> None:
-    common(trial)
-    lr_mult(trial)
-    trial.suggest_int("probe_epochs", 1, max(1, context.max_epochs // 2))
+def lp_ft(dims: Dims, context: SpaceContext) -> None:
+    common(dims)
+    lr_mult(dims)
+    dims.int("probe_epochs", 1, max(1, context.max_epochs // 2))

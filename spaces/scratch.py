@@ -1,10 +1,9 @@
 """Training from random initialisation: every weight is new."""
 
-import optuna
-
+from spaces.dims import Dims
 from spaces.registry import SpaceContext, common, register_space
 
 
 @register_space("scratch")
-def scratch(trial: optuna.Trial, context: SpaceContext) -> None:
-    common(trial)
+def scratch(dims: Dims, context: SpaceContext) -> None:
+    common(dims)

@@ -1,11 +1,10 @@
 """Full fine-tuning with a searched backbone lr multiplier."""
 
-import optuna
-
+from spaces.dims import Dims
 from spaces.registry import SpaceContext, common, lr_mult, register_space
 
 
 @register_space("unfrozen")
-def unfrozen(trial: optuna.Trial, context: SpaceContext) -> None:
-    common(trial)
-    lr_mult(trial)
+def unfrozen(dims: Dims, context: SpaceContext) -> None:
+    common(dims)
+    lr_mult(dims)

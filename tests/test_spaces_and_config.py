@@ -5,7 +5,7 @@ from dataclasses import fields
 import optuna
 import pytest
 
-from spaces import SPACES, get_space
+from spaces import SPACES, get_space, to_trial_values
 from trainables.config import AUGMENTATIONS, TrialConfig
 from trainables.strategies import STRATEGIES
 
@@ -20,14 +20,15 @@ def test_space_samples_build_a_valid_trial_config(strategy):
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     for _ in range(20):
         trial = study.ask()
-        assert get_space(strategy)(trial) is None  # define-by-run: suggest only
-        config = TrialConfig.from_dict(trial.params)
+        assert get_space(strategy)(trial) == {}  # define-by-run: no constants without --space
+        config = TrialConfig.from_dict(to_trial_values(trial.params))
         assert config.augment in AUGMENTATIONS
         study.tell(trial, 0.0)
-    names = set(study.trials[0].params)
+    first = study.trials[0]
+    names = set(to_trial_values(first.params))
     assert {"lr", "batch_size", "augment", "weight_decay"} <= names
     assert names <= {f.name for f in fields(TrialConfig)}
-    assert study.trials[0].distributions["lr"].log
+    assert first.distributions[f"lr_{first.params['optimizer']}"].log  # lr per optimizer
     assert study.trials[0].distributions["weight_decay"].log
 
 
