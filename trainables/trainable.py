@@ -87,6 +87,8 @@ def fit(settings: RunSettings, hp: TrialConfig, train: Split, val: Split | None,
                                   warmup_lr_init=0.0, t_in_epochs=False)
     generator = torch.Generator().manual_seed(settings.seed)
     best = {"best_val_acc": 0.0, "best_epoch": 0}
+    # the checkpoint may be another trial's (PBT's exploit): it brings the weights and the
+    # optimizer's state, this config its hyperparameters
     start_epoch = restore(resume, model, optimizer, generator, best) if resume else 0
     scheduler.step_update(start_epoch * steps)  # the lr of the first step, also after a resume
 
@@ -155,8 +157,23 @@ def restore(state: dict, model: nn.Module, optimizer: torch.optim.Optimizer,
             generator: torch.Generator, best: dict) -> int:
     """Load a checkpoint's state in place; returns the epoch to start at."""
     model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
+    load_optimizer_state(optimizer, state["optimizer"])
     generator.set_state(state["generator"])
     best.update(best_val_acc=float(state.get("best_val_acc", 0.0)),
                 best_epoch=int(state.get("best_epoch", 0)))
     return int(state["epoch"])
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Load momentum buffers and Adam moments, but keep the groups' hyperparameters.
+
+    `load_state_dict` also brings back each group's lr, initial_lr and weight_decay as saved.
+    After PBT's exploit the checkpoint is another trial's and this config perturbs lr and
+    weight_decay: keep what the optimizer was built with. timm's CosineLRScheduler took its
+    base lrs from `initial_lr` when it was built, before this, and sets `lr` on every step.
+    """
+    built = [{k: v for k, v in group.items() if k != "params"}
+             for group in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, values in zip(optimizer.param_groups, built, strict=True):
+        group.update(values)
