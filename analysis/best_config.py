@@ -18,8 +18,8 @@ VERSION_KEY, VERSION = "transfer_search_config", 1
 # run settings, by their CLI option names (dashes as underscores): the data, the model and its
 # starting weights, the trial's epoch budget (its lr schedule spans it) and the seed
 RUN_KEYS = ("strategy", "data", "split", "image_size", "backbone", "pretrained",
-            "pretrain_data", "pretrain_epochs", "pretext_init", "pretext_decoder_epochs",
-            "weights", "max_epochs", "seed")
+            "pretrain_data", "pretext_data", "pretrain_epochs", "pretext_init",
+            "pretext_decoder_epochs", "weights", "max_epochs", "seed")
 # what the search measured, for the reader; not read back
 RECORD_KEYS = ("best_epoch", "val_acc", "trial_id", "experiment")
 
@@ -42,8 +42,10 @@ def best_config(meta: dict, strategy: str, weights_label: str, hyperparameters: 
         "split": ",".join(f"{x:g}" for x in split),
         "image_size": meta["image_size"],
         "backbone": meta["backbone"],
-        "pretrained": pretrained,
+        # STRATEGY=STAGE: a bare stage would not reach colorization or scratch
+        "pretrained": f"{strategy}={pretrained}" if pretrained else None,
         "pretrain_data": meta.get("pretrain_data"),
+        "pretext_data": meta.get("pretext_data"),
         "pretrain_epochs": meta["pretrain_epochs"],
         "pretext_init": meta.get("pretext_init", "scratch"),
         "pretext_decoder_epochs": meta.get("pretext_decoder_epochs", 0),

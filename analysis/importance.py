@@ -7,12 +7,13 @@ into an in-memory study, which is the one the evaluator sees. The result is a ti
 (strategy, parameter, importance, trials), importances summing to 1 per strategy.
 
 The evaluator is PED-ANOVA (`PedAnovaImportanceEvaluator`), not fANOVA, because our spaces are
-conditional: `lr` has one range under SGD and another under AdamW, `magnitude` exists only with
-RandAugment and the `head_*` parameters only with an MLP head. fANOVA (like mean decrease in
-impurity) scores only parameters whose distribution is the same in every trial, so it would
-silently drop `lr`, the parameter that matters most; PED-ANOVA in Optuna 5 scores each
-parameter per regime (conditional PED-ANOVA). It is also closed-form (Parzen estimators, no
-random forest to seed) and takes milliseconds on the 8 to 50 trials of a study.
+conditional: the lr is `lr_sgd` under SGD and `lr_adamw` under AdamW, `magnitude` exists only
+with RandAugment and the `head_*` parameters only with an MLP head. fANOVA (like mean decrease in
+impurity) scores only parameters present in every trial, so it would silently drop the lr, the
+parameter that matters most; PED-ANOVA in Optuna 5 scores each parameter per regime
+(conditional PED-ANOVA). It is also closed-form (Parzen estimators, no random forest to seed)
+and takes milliseconds on the 8 to 50 trials of a study. A two-objective study
+(`--objective acc+time`) is ranked on val_acc.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ def storage_url(exp_dir: Path, meta: dict) -> str | None:
     """
     url = meta.get("optuna_storage")
     prefix = "sqlite:///"
+    if url and url.startswith("journal:"):
+        return url if Path(url.removeprefix("journal:")).is_file() else None
     if url and not url.startswith(prefix):
         return url  # a database server: nothing on disk to check
     recorded = Path(url.removeprefix(prefix)) if url else None
@@ -65,7 +68,7 @@ def usable_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     by versions that recorded it otherwise.
     """
     return [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if t.value is not None and math.isfinite(t.value)
+            if t.values and math.isfinite(t.values[0])
             and not t.user_attrs.get("errored", False)]
 
 
@@ -75,8 +78,10 @@ def study_importance(study: optuna.Study) -> dict[str, float]:
     params = {name for t in trials for name in t.params}
     if len(trials) < 2 or len(params) < 2:  # one parameter would get 1.0 whatever the data
         return {}
-    copy = optuna.create_study(directions=study.directions)  # in memory; the original stays
-    copy.add_trials(trials)
+    # in memory, the original untouched; val_acc alone (the first objective) when there are two
+    copy = optuna.create_study(direction=study.directions[0])
+    copy.add_trials([optuna.trial.create_trial(params=t.params, distributions=t.distributions,
+                                               value=t.values[0]) for t in trials])
     evaluator = optuna.importance.PedAnovaImportanceEvaluator(target_quantile=TARGET_QUANTILE)
     with warnings.catch_warnings():
         # Small studies make PED-ANOVA warn about regimes with one trial (say, the one AdamW
@@ -93,7 +98,11 @@ def study_importance(study: optuna.Study) -> dict[str, float]:
 
 def load_study(url: str, name: str) -> optuna.Study | None:
     """The named study, without creating tables or studies; None if it is not there."""
-    storage = optuna.storages.RDBStorage(url, skip_table_creation=True)
+    if url.startswith("journal:"):  # Optuna's JournalStorage on a file (--optuna-storage)
+        backend = optuna.storages.journal.JournalFileBackend(url.removeprefix("journal:"))
+        storage = optuna.storages.JournalStorage(backend)
+    else:
+        storage = optuna.storages.RDBStorage(url, skip_table_creation=True)
     try:
         return optuna.load_study(study_name=name, storage=storage)
     except KeyError:  # no study of that name

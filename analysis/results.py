@@ -17,12 +17,14 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.best_config import best_config, write_best_config
+from analysis.pareto import full_budget_seconds, pareto_front
 from analysis.stats import mean_ci
 
 EXPERIMENT_FILE, TRIALS_FILE, EVAL_RESULTS = "experiment.json", "trials.json", "eval/results.csv"
 # per-trial columns that are not sampled hyperparameters
 RESULT_COLUMNS = ("experiment", "strategy", "trial_id", "pretrained", "val_acc", "val_loss",
                   "best_epoch", "epochs", "stopped_early", "errored", "error", "trial_hours",
+                  "trial_seconds",
                   "images_per_s", "checkpoint", "trial_dir", "hyperparameters")
 CURVE_METRICS = ("val_acc", "val_loss", "train_acc", "train_loss", "lr", "time_total_s")
 
@@ -62,6 +64,7 @@ def trial_row(exp_dir: Path, strategy: str, trial_dir: Path, meta: dict, status:
     best = best_row(rows) or {}
     epochs = max((r.get("training_iteration", 0) for r in rows), default=0)
     errored = bool(status.get("errored", False))
+    seconds = max((r.get("time_total_s", 0.0) for r in rows), default=0.0)
     params = json.loads((trial_dir / "params.json").read_text())
     return {
         "experiment": exp_dir.name,
@@ -76,7 +79,10 @@ def trial_row(exp_dir: Path, strategy: str, trial_dir: Path, meta: dict, status:
         "stopped_early": not errored and 0 < epochs < meta["max_epochs"],
         "errored": errored,
         "error": status.get("error"),
-        "trial_hours": max((r.get("time_total_s", 0.0) for r in rows), default=0.0) / 3600,
+        "trial_hours": seconds / 3600,
+        # the time objective of --objective acc+time: at the full epoch budget
+        "trial_seconds": full_budget_seconds(seconds, epochs, meta["max_epochs"]) if epochs
+        else math.nan,
         "images_per_s": pd.Series([r.get("images_per_s") for r in rows], dtype=float).median(),
         "checkpoint": best.get("checkpoint_dir_name"),
         "trial_dir": str(trial_dir),
@@ -188,18 +194,37 @@ def export_best_configs(board: pd.DataFrame, exp_dir: str | Path) -> list[Path]:
     return written
 
 
-def write_leaderboard(board: pd.DataFrame, exp_dir: str | Path) -> Path:
-    """leaderboard.csv, and leaderboard.md beside it for reading."""
+def write_leaderboard(board: pd.DataFrame, exp_dir: str | Path,
+                      front: pd.DataFrame | None = None) -> Path:
+    """leaderboard.csv, and leaderboard.md beside it for reading; with `front`, pareto.csv and
+    the front as a second table in leaderboard.md."""
     path = Path(exp_dir) / "leaderboard.csv"
     board.to_csv(path, index=False)
-    path.with_suffix(".md").write_text(board.to_markdown(index=False, floatfmt=".4g") + "\n")
+    text = board.to_markdown(index=False, floatfmt=".4g") + "\n"
+    if front is not None:
+        front.to_csv(path.with_name("pareto.csv"), index=False)
+        text += ("\n## Pareto front: val_acc against training time at the full budget (s)\n\n"
+                 + front.to_markdown(index=False, floatfmt=".4g") + "\n")
+    path.with_suffix(".md").write_text(text)
     return path
+
+
+PARETO_COLUMNS = ("strategy", "trial_id", "val_acc", "trial_seconds", "best_epoch", "epochs",
+                  "hyperparameters")
+
+
+def pareto_trials(df: pd.DataFrame) -> pd.DataFrame:
+    """The trials of every strategy that no other trial beats on both val_acc and time."""
+    ok = df[~df["errored"]] if len(df) else df
+    return pareto_front(ok).loc[:, list(PARETO_COLUMNS)].reset_index(drop=True)
 
 
 def refresh_leaderboard(exp_dir: str | Path, top_k: int = 3) -> pd.DataFrame:
     """Recompute the experiment's leaderboard (with test columns once evaluated) and write it,
-    with the best configs."""
-    board = leaderboard(load_results(exp_dir), top_k, evals=load_eval(exp_dir))
-    write_leaderboard(board, exp_dir)
+    with the best configs, and the Pareto front when the study had two objectives."""
+    results = load_results(exp_dir)
+    board = leaderboard(results, top_k, evals=load_eval(exp_dir))
+    multi = read_experiment(exp_dir).get("objective") == "acc+time"
+    write_leaderboard(board, exp_dir, pareto_trials(results) if multi else None)
     export_best_configs(board, exp_dir)
     return board

@@ -73,9 +73,9 @@ def evaluate_experiment(exp_dir: Path, seeds: int = 3, strategies: tuple[str, ..
                         train_on: str = "train", keep_all: bool = False,
                         cache_dir: str | None = None, address: str | None = None) -> Path:
     """Evaluate, write `<exp>/eval/`, return its path. Starts Ray unless it is running."""
-    from search.pretraining import run_stages
+    from search.pretraining import load_stage_data, run_stages
     from search.spec import spec_from_experiment
-    from trainables.data.load import load_dataset, load_pretrain_data
+    from trainables.data.load import load_dataset
 
     exp_dir = Path(exp_dir)
     meta = read_experiment(exp_dir)
@@ -96,13 +96,12 @@ def evaluate_experiment(exp_dir: Path, seeds: int = 3, strategies: tuple[str, ..
     if data.test is None or len(data.test) == 0:
         raise DataError(f"{spec.data}: no test split to evaluate on (its --split gave the test "
                         "part 0 images)")
-    pretrain = (load_pretrain_data(spec.pretrain_data, spec.image_size, spec.seed,
-                                   spec.cache_dir) if spec.pretrain_data else None)
+    sources = load_stage_data(spec)
     started = not ray.is_initialized()
     if started:
         ray.init(address=address, logging_level=logging.WARNING, include_dashboard=False)
     try:
-        stages = run_stages(spec, data, ray.put(data.for_search()), pretrain)
+        stages = run_stages(spec, data, ray.put(data.for_search()), sources)
         outputs = run_seeds(spec, board, data, stages.weights, seeds, train_on, keep_all)
     finally:
         if started:

@@ -42,44 +42,70 @@ class StageOutputs:
     records: list[dict]
 
 
-def stage_for(spec: ExperimentSpec, strategy: str, data: Dataset,
-              pretrain: Dataset | None) -> Stage:
-    """The stage a strategy's weights come from: --weights, else --pretrained, else its default
-    (on the demo, `imagenet` means the demo's own supervised pretraining)."""
+@dataclass(frozen=True)
+class StageData:
+    """The stages' own data: the supervised stage's labeled source (--pretrain-data) and the
+    colorization stage's unlabeled images (--pretext-data); None: the default for each."""
+
+    pretrain: Dataset | None = None
+    pretext: Dataset | None = None
+
+
+def load_stage_data(spec: ExperimentSpec) -> StageData:
+    from trainables.data.load import load_pretrain_data
+
+    def load(name: str | None) -> Dataset | None:
+        return load_pretrain_data(name, spec.image_size, spec.seed, spec.cache_dir) \
+            if name else None
+
+    return StageData(load(spec.pretrain_data), load(spec.pretext_data))
+
+
+def stage_kind(spec: ExperimentSpec, strategy: str, data: Dataset) -> str:
+    """--pretrained for this strategy, else its default (on the demo, `imagenet` means the
+    demo's own supervised pretraining, offline)."""
     default = get_strategy(strategy).pretrained
-    if default == "none":
+    kind = spec.pretrained.get(strategy, default)
+    if kind == "imagenet" and strategy not in spec.pretrained and data.source is not None:
+        return "supervised"
+    return kind
+
+
+def stage_for(spec: ExperimentSpec, strategy: str, data: Dataset,
+              sources: StageData = StageData()) -> Stage:
+    """The stage a strategy's weights come from: --weights, else its stage_kind."""
+    if get_strategy(strategy).pretrained == "none":
         return Stage("none", spec.backbone, "", StageConfig())
     if spec.weights:
         return Stage("imagenet", spec.backbone, "", StageConfig(), str(spec.weights))
-    kind = spec.pretrained or default
-    if kind == "imagenet" and not spec.pretrained and data.source is not None:
-        kind = "supervised"
+    kind = stage_kind(spec, strategy, data)
     if kind not in ("supervised", "colorization"):
         return Stage(kind, spec.backbone, "", StageConfig())
     config = StageConfig(epochs=spec.pretrain_epochs, seed=spec.seed, init=spec.pretext_init,
                          decoder_epochs=spec.pretext_decoder_epochs)
-    return Stage(kind, spec.backbone, stage_data(kind, data, pretrain).fingerprint, config)
+    return Stage(kind, spec.backbone, stage_data(kind, data, sources).fingerprint, config)
 
 
-def stage_data(kind: str, data: Dataset, pretrain: Dataset | None) -> Dataset:
-    """What a stage trains on: --pretrain-data; else the demo's source classes (supervised) or
-    the target's own training images (colorization)."""
-    if pretrain is not None:
-        return pretrain
+def stage_data(kind: str, data: Dataset, sources: StageData) -> Dataset:
+    """What a stage trains on: supervised, --pretrain-data or else the demo's source classes;
+    colorization, --pretext-data or else the target's own training images."""
     if kind == "supervised":
+        if sources.pretrain is not None:
+            return sources.pretrain
         if data.source is None:
             raise DataError("supervised pretraining needs --pretrain-data off the demo")
         return data.source
-    return data.for_search()
+    return sources.pretext if sources.pretext is not None else data.for_search()
 
 
-def check_stage_data(spec: ExperimentSpec, data: Dataset, pretrain: Dataset | None) -> None:
+def check_stage_data(spec: ExperimentSpec, data: Dataset, sources: StageData) -> None:
     """Before anything starts: every stage the strategies need has data it can train on."""
     for strategy in spec.strategies:
-        kind = stage_for(spec, strategy, data, pretrain).kind
-        if kind == "supervised" and stage_data(kind, data, pretrain).num_classes < 2:
+        kind = stage_for(spec, strategy, data, sources).kind
+        if kind == "supervised" and stage_data(kind, data, sources).num_classes < 2:
             raise DataError("supervised pretraining needs a labeled --pretrain-data with two or "
-                            "more classes (a flat folder of images only serves colorization)")
+                            "more classes (a flat folder of images only serves colorization; "
+                            "pass it as --pretext-data)")
 
 
 def weights_label(stage: Stage) -> str:
@@ -87,10 +113,10 @@ def weights_label(stage: Stage) -> str:
 
 
 def run_stages(spec: ExperimentSpec, data: Dataset, data_ref: ray.ObjectRef,
-               pretrain: Dataset | None) -> StageOutputs:
+               sources: StageData = StageData()) -> StageOutputs:
     """Run or load every stage, then the frozen-backbone features. `data_ref` is the search
     data already in the object store: stages and trials that use it share that one copy."""
-    stages = {s: stage_for(spec, s, data, pretrain) for s in spec.strategies}
+    stages = {s: stage_for(spec, s, data, sources) for s in spec.strategies}
     cache = area(spec.cache_dir, "stages")
     # two returns: the weights stay in the object store where the task put them, for the trials,
     # while the driver fetches a copy to cache
@@ -109,8 +135,8 @@ def run_stages(spec: ExperimentSpec, data: Dataset, data_ref: ray.ObjectRef,
             print(f"pretraining stage {stage.kind} ({stage.backbone}) ...", flush=True)
             source = None
             if stage.trains:  # a Ray task resolves a reference argument to its value
-                own = stage.kind == "colorization" and pretrain is None
-                source = data_ref if own else stage_data(stage.kind, data, pretrain)
+                own = stage.kind == "colorization" and sources.pretext is None
+                source = data_ref if own else stage_data(stage.kind, data, sources)
             running[stage] = task.remote(stage, source, int(spec.cpus_per_trial))
     for stage, (state_ref, record_ref) in running.items():  # started together: side by side
         state, record = ray.get([state_ref, record_ref])

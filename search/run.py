@@ -4,7 +4,8 @@
 
 Checks the input and loads the data before anything starts (bad input: one message, exit code
 2, nothing written), runs each pretraining stage once, searches each strategy with its own Tuner,
-and writes leaderboard.csv and best/<strategy>.yaml into the experiment directory.
+and writes leaderboard.csv and best/<strategy>.yaml into the experiment directory. Ctrl-C stops
+cleanly and prints the `--resume` command that continues the search.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from pathlib import Path
 
 from search.spec import UsageError, parse_spec
 from trainables.data.dataset import DataError
@@ -22,44 +24,88 @@ def main(argv: list[str] | None = None, prog: str = "run.py") -> int:
     # once the input has passed every check that needs none of them.
     try:
         spec = parse_spec(argv, prog)
-        from search.pretraining import check_stage_data
-        from trainables.data.load import load_dataset, load_pretrain_data
+        if spec.show_space:
+            from spaces.overrides import show_spaces
 
-        data = load_dataset(spec.data, image_size=spec.image_size, seed=spec.seed,
-                            split=spec.split, cache_dir=spec.cache_dir)
-        pretrain = None
-        if spec.pretrain_data:
-            pretrain = load_pretrain_data(spec.pretrain_data, spec.image_size, spec.seed,
-                                          spec.cache_dir)
-        check_stage_data(spec, data, pretrain)
-        if spec.final_eval and (data.test is None or len(data.test) == 0):
-            raise DataError(f"--final-eval {spec.final_eval}: {spec.data} has no test split "
-                            "(give --split a test fraction, or a test/ folder)")
+            print(show_spaces(spec), end="")
+            return 0
+        data, sources = load_inputs(spec)
     except (UsageError, DataError) as error:
-        print(f"{prog}: error: {error}", file=sys.stderr)
-        return 2
+        return fail(prog, error)
     print(f"data: {data.name}, {data.num_classes} classes, {len(data.train)} train / "
           f"{len(data.val)} val images at {data.image_size} px", flush=True)
+    try:
+        search = search_on_ray(spec, data, sources, prog)
+    except KeyboardInterrupt:  # before the Tuner, which handles Ctrl-C itself
+        return interrupted(spec, prog, None)
+    if isinstance(search, int):
+        return search
+    if search.interrupted:
+        return interrupted(spec, prog, search.interrupted)
+    return finish(spec, search.outcomes, prog)
 
+
+def load_inputs(spec):
+    """The data and the stages' data, loaded and checked; the study's server reached."""
+    from search.pretraining import check_stage_data, load_stage_data
+    from trainables.data.load import load_dataset
+
+    data = load_dataset(spec.data, image_size=spec.image_size, seed=spec.seed,
+                        split=spec.split, cache_dir=spec.cache_dir)
+    sources = load_stage_data(spec)
+    check_stage_data(spec, data, sources)
+    if spec.final_eval and (data.test is None or len(data.test) == 0):
+        raise DataError(f"--final-eval {spec.final_eval}: {spec.data} has no test split "
+                        "(give --split a test fraction, or a test/ folder)")
+    if spec.optuna_storage:  # a server that cannot be reached fails now, within seconds
+        from search.study import StorageError, open_storage
+
+        try:
+            open_storage(spec.optuna_storage, spec.exp_dir)
+        except StorageError as error:
+            raise UsageError(str(error)) from None
+    return data, sources
+
+
+def search_on_ray(spec, data, sources, prog: str):
+    """Ray up, resources checked, the search; returns its Search, or an exit code."""
     import ray
 
-    from search.tuning import run_search
+    from search.driver import run_search
+    from search.progress import quiet_ray_output
+    from search.resources import ResourceError, check_resources, node_resources
     from trainables.pretrain import StageError
 
     # A checkpoint every epoch triggers Tune's experiment snapshots often; on small demo runs
     # that is cheap and the warning it prints every few seconds is noise.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    context = ray.init(address=spec.address, logging_level=logging.WARNING)
-    if context.dashboard_url:
-        print(f"Ray dashboard: http://{context.dashboard_url} "
-              "(token: `ray get-auth-token`)", flush=True)
+    quiet_ray_output(spec.verbosity)  # Ray's own status tables off: the progress table replaces
+    local = {} if spec.address else {"dashboard_host": "127.0.0.1"}  # never on the network
+    # workers' INFO lines (a "Checkpoint successfully created" per epoch) only with --verbose
+    level = "INFO" if spec.verbosity == "verbose" else "WARNING"
+    context = ray.init(address=spec.address, logging_level=logging.WARNING,
+                       logging_config=ray.LoggingConfig(log_level=level), **local)
     try:
-        outcomes = run_search(spec, data, pretrain)
-    except StageError as error:  # raised in a Ray task: the cause carries the plain message
-        print(f"{prog}: error: {getattr(error, 'cause', error)}", file=sys.stderr)
-        return 2
+        check_resources(spec.cpus_per_trial, spec.gpus_per_trial, node_resources())
+        show_dashboards(spec, context.dashboard_url)
+        return run_search(spec, data, sources)
+    except (StageError, ResourceError) as error:  # a stage's cause carries the plain message
+        return fail(prog, getattr(error, "cause", error))
     finally:
         ray.shutdown()
+
+
+def show_dashboards(spec, dashboard_url: str | None) -> None:
+    from search.progress import dashboard_lines
+    from search.study import dashboard_command
+
+    for line in dashboard_lines(spec.exp_dir, dashboard_url,
+                                dashboard_command(spec.optuna_storage, spec.exp_dir)):
+        print(line, flush=True)
+
+
+def finish(spec, outcomes: dict[str, list[dict]], prog: str) -> int:
+    """Prune checkpoints, evaluate on test if asked, write and print the leaderboard."""
     prune(spec)
     failed = [s for s, trials in outcomes.items() if all(t["errored"] for t in trials)]
     if spec.final_eval and len(failed) < len(spec.strategies):
@@ -73,6 +119,33 @@ def main(argv: list[str] | None = None, prog: str = "run.py") -> int:
               "above and each trial's error.txt", file=sys.stderr)
         return 1
     return 0
+
+
+def interrupted(spec, prog: str, strategy: str | None) -> int:
+    """Ctrl-C: say what was kept and how to go on; exit code 130, as for SIGINT."""
+    if not (spec.exp_dir / "experiment.json").is_file():
+        print(f"\n{prog}: interrupted before the search started; nothing was written",
+              file=sys.stderr)
+        return 130
+    where = f" during {strategy}" if strategy else ""
+    print(f"\n{prog}: search interrupted{where}; its state is saved in {spec.exp_dir}.\n"
+          f"Resume it with:\n  {resume_command(spec, prog)}", file=sys.stderr)
+    return 130
+
+
+def resume_command(spec, prog: str) -> str:
+    import shlex
+
+    command = "transfer-search" if prog == "transfer-search" else "python search/run.py"
+    parts = ["--resume", spec.name, "--storage", str(spec.storage)]
+    if spec.address:
+        parts += ["--address", spec.address]
+    return f"{command} {shlex.join(parts)}"
+
+
+def fail(prog: str, error: BaseException) -> int:
+    print(f"{prog}: error: {error}", file=sys.stderr)
+    return 2
 
 
 def prune(spec) -> None:
@@ -97,6 +170,10 @@ def show_leaderboard(exp_dir) -> None:
     with pd.option_context("display.max_colwidth", 200, "display.width", 200):
         print("\nleaderboard (val_acc of each strategy's best epoch of its best trial):")
         print(board.drop(columns=["trial_id"]).to_string(index=False))
+        pareto = Path(exp_dir) / "pareto.csv"
+        if pareto.is_file():
+            print("\nPareto front (val_acc against training time at the full budget, s):")
+            print(pd.read_csv(pareto).drop(columns=["hyperparameters"]).to_string(index=False))
     print(f"\nexperiment: {exp_dir}")
     print(f"  tensorboard --logdir {exp_dir}")
     print(f"  python analysis/report.py {exp_dir}")

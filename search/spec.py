@@ -11,46 +11,15 @@ import argparse
 import difflib
 import re
 import time
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
+from search.options import ArgumentParser, UsageError, build_parser  # noqa: F401 (re-exported)
 from trainables.cache import cache_root
 from trainables.config import STAGES, TrialConfig
 from trainables.data.dataset import DataError
 from trainables.data.demo import demo_size
 from trainables.strategies import STRATEGIES
-
-DESCRIPTION = """\
-Search transfer-learning strategies for an image-classification dataset with Ray Tune and
-Optuna: every strategy gets the same number of trials, ASHA stops the poor ones early, and the
-leaderboard and best configs land in the experiment directory. Bad input exits with code 2
-before anything is written.
-"""
-
-EPILOG = """\
-examples:
-  # every default: the offline demo data, ResNet-18, 8 trials of up to 6 epochs
-  python search/run.py --strategy unfrozen
-
-  # every strategy on your own ImageFolder tree at 64 px, with a bigger budget
-  python search/run.py --strategy all --data ~/photos --image-size 64 --samples 24 \\
-      --max-epochs 12 --name photos-all
-
-  # join a running Ray cluster, half a GPU per trial, a local ImageNet checkpoint
-  python search/run.py --strategy frozen --data torchvision:CIFAR10 \\
-      --weights resnet18.safetensors --address auto --gpus-per-trial 0.5
-
-The same command runs as `transfer-search ...` and `python -m search ...`.
-"""
-
-
-class UsageError(ValueError):
-    """Bad command-line input; run.py prints the message and exits with code 2."""
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, exit code 2, no usage dump
-        raise UsageError(f"{message} (see --help)")
 
 
 @dataclass(frozen=True)
@@ -72,8 +41,10 @@ class ExperimentSpec:
     pretrain_epochs: int
     split: tuple[float, float, float]
     cache_dir: Path
-    pretrained: str | None = None  # None: each strategy's default stage
-    pretrain_data: str | None = None
+    # the stage of each strategy whose weights do not come from its default stage
+    pretrained: dict[str, str] = field(default_factory=dict)
+    pretrain_data: str | None = None  # the supervised stage's labeled source
+    pretext_data: str | None = None  # the colorization stage's unlabeled images
     pretext_init: str = "scratch"
     pretext_decoder_epochs: int = 0
     max_failures: int = 2
@@ -81,112 +52,21 @@ class ExperimentSpec:
     final_eval: int = 0  # seeds of the final test evaluation after the search; 0: none
     hyperparameters: dict | None = None  # --config: train these once instead of searching
     config_file: str | None = None
+    searcher: str = "tpe"
+    scheduler: str = "asha"
+    reduction_factor: int = 2
+    objective: str = "acc"
+    space_file: str | None = None  # --space overrides (a copy is kept in the experiment)
+    warm_start: dict[str, list[dict]] | None = None  # per strategy, configs to try first
+    optuna_storage: str | None = None  # None: SQLite in the experiment directory
+    max_concurrent: int | None = None
+    verbosity: str = "normal"
+    resume: bool = False
+    show_space: bool = False
 
     @property
     def exp_dir(self) -> Path:
         return self.storage / self.name
-
-
-def build_parser(prog: str = "run.py") -> ArgumentParser:
-    p = ArgumentParser(prog=prog, description=DESCRIPTION, epilog=EPILOG,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_data_options(p.add_argument_group("data"))
-    add_strategy_options(p.add_argument_group("strategies and weights"))
-    add_search_options(p.add_argument_group("search"))
-    add_resource_options(p.add_argument_group("resources and cluster"))
-    add_output_options(p.add_argument_group("output"))
-    return p
-
-
-def add_data_options(g: argparse._ArgumentGroup) -> None:
-    g.add_argument("--data", default="demo", metavar="DATA",
-                   help="demo (built in, offline), demo:N (N train images per class), "
-                   "torchvision:NAME (e.g. CIFAR10), or an ImageFolder directory: class "
-                   "folders, or train/ val/ test/ folders of class folders (default: demo)")
-    g.add_argument("--split", default="0.7,0.15,0.15", metavar="TRAIN,VAL,TEST",
-                   help="fractions for data without given splits, stratified by --seed "
-                   "(default: %(default)s)")
-    g.add_argument("--image-size", type=int, default=32, metavar="PX",
-                   help="pixels per side: the shorter side is resized to this, then "
-                   "centre-cropped (default: %(default)s)")
-
-
-def add_strategy_options(g: argparse._ArgumentGroup) -> None:
-    g.add_argument("--strategy", choices=[*STRATEGIES, "all"],
-                   help="the strategy to search, or all of them with the same budget each "
-                   "(required; or from --config)")
-    g.add_argument("--config", default=None, metavar="FILE",
-                   help="a best/<strategy>.yaml exported by an earlier search: train exactly "
-                   "that config once, without a search; flags given too override its settings "
-                   "(default: none, search)")
-    g.add_argument("--backbone", default="resnet18", metavar="NAME",
-                   help="any timm model name: resnet50, vgg16, efficientnet_b0, "
-                   "convnext_tiny, vit_tiny_patch16_224, ... (default: %(default)s)")
-    g.add_argument("--pretrained", choices=STAGES, default=None,
-                   help="where the pretrained strategies' weights come from (default: per "
-                   "strategy: scratch none, colorization colorization, the others imagenet, "
-                   "or supervised on the demo)")
-    g.add_argument("--pretrain-data", default=None, metavar="DATA",
-                   help="what a pretraining stage trains on: a labeled set for supervised "
-                   "(ImageFolder, torchvision:NAME, demo), any images for colorization, also "
-                   "a flat folder (default: the demo's source classes for supervised, the "
-                   "target's training images for colorization)")
-    g.add_argument("--pretrain-epochs", type=int, default=10, metavar="N",
-                   help="epochs of a pretraining stage (default: %(default)s)")
-    g.add_argument("--pretext-init", choices=("scratch", "imagenet"), default="scratch",
-                   help="how the colorization encoder starts (default: %(default)s)")
-    g.add_argument("--pretext-decoder-epochs", type=int, default=0, metavar="N",
-                   help="colorization: the first N pretraining epochs train the decoder "
-                   "alone, the encoder frozen (default: %(default)s)")
-    g.add_argument("--weights", default=None, metavar="FILE",
-                   help="a local backbone checkpoint (.pt, .pth, .safetensors) for every "
-                   "pretrained strategy, instead of its stage (default: none)")
-
-
-def add_search_options(g: argparse._ArgumentGroup) -> None:
-    g.add_argument("--samples", type=int, default=8, metavar="N",
-                   help="trials per strategy (default: %(default)s)")
-    g.add_argument("--max-epochs", type=int, default=6, metavar="N",
-                   help="epoch budget of one trial (default: %(default)s)")
-    g.add_argument("--grace-period", type=int, default=2, metavar="N",
-                   help="ASHA's first rung: epochs every trial runs before it can be stopped "
-                   "(default: %(default)s)")
-    g.add_argument("--seed", type=int, default=0, metavar="N",
-                   help="seeds the sampler, the trials, the pretraining stages, the data split "
-                   "and the demo's images (default: %(default)s)")
-    g.add_argument("--max-failures", type=int, default=2, metavar="N",
-                   help="times a failed trial is restarted from its last checkpoint before it "
-                   "counts as errored (default: %(default)s)")
-    g.add_argument("--final-eval", type=int, default=0, metavar="SEEDS",
-                   help="after the search, retrain each strategy's best config SEEDS times and "
-                   "report test accuracy (search/evaluate.py) (default: 0, no test evaluation)")
-
-
-def add_resource_options(g: argparse._ArgumentGroup) -> None:
-    g.add_argument("--cpus-per-trial", type=float, default=1.0, metavar="N",
-                   help="CPU cores per trial and per pretraining task; also its torch threads "
-                   "(default: %(default)s)")
-    g.add_argument("--gpus-per-trial", type=float, default=0.0, metavar="N",
-                   help="GPUs per trial; a fraction such as 0.5 packs trials onto one GPU "
-                   "(default: %(default)s)")
-    g.add_argument("--address", default=None, metavar="ADDR",
-                   help="a Ray cluster to join: auto for the one `ray up` started, or "
-                   "HOST:PORT (default: start a local Ray instance)")
-
-
-def add_output_options(g: argparse._ArgumentGroup) -> None:
-    g.add_argument("--storage", default="experiments", metavar="DIR",
-                   help="folder for experiments (default: ./%(default)s)")
-    g.add_argument("--name", default=None, metavar="NAME",
-                   help="experiment name: letters, digits, '.', '_' and '-' (default: "
-                   "STRATEGY-YYYYMMDD-HHMMSS)")
-    g.add_argument("--keep-checkpoints", default="3", metavar="N|all",
-                   help="after the search, keep the best-epoch checkpoint of each strategy's N "
-                   "best trials and delete the rest, or keep all (default: %(default)s)")
-    g.add_argument("--cache-dir", default=None, metavar="DIR",
-                   help="prepared data, downloads, pretraining stages and features, shared by "
-                   "experiments on this machine (default: $TRANSFER_SEARCH_CACHE, else "
-                   "~/.cache/transfer-search)")
 
 
 def check_backbone(name: str) -> None:
@@ -202,12 +82,128 @@ def check_backbone(name: str) -> None:
 def parse_spec(argv: list[str] | None = None, prog: str = "run.py") -> ExperimentSpec:
     parser = build_parser(prog)
     args = parser.parse_args(argv)
+    if args.resume:
+        return resume_spec(parser, args, argv)
     hyperparameters = None
     if args.config:
         args, hyperparameters = apply_config(parser, args, argv)
-    if args.strategy is None:
-        raise UsageError("--strategy is required (or --config FILE from an earlier search)")
+    strategies = parse_strategies(args.strategy)
+    if hyperparameters is not None and len(strategies) > 1:
+        raise UsageError("--config trains one strategy; it cannot be combined with several "
+                         "--strategy names")
     check_numbers(args)
+    is_demo = check_data(args)
+    pretrained = parse_pretrained(args.pretrained, strategies)
+    check_pretraining(args, is_demo, pretrained, strategies)
+    check_search(args)
+    name = args.name or (f"{'-'.join(strategies) if args.strategy != 'all' else 'all'}-"
+                         f"{'config-' if args.config else ''}{time.strftime('%Y%m%d-%H%M%S')}")
+    storage = experiment_storage(args.storage, name)
+    if (storage / name).exists():
+        raise UsageError(f"experiment {storage / name} already exists; choose another --name, "
+                         f"or continue it with --resume {name}")
+    space_file = check_space(args.space, strategies)
+    warm_start = check_warm_start(args.warm_start, strategies)
+    check_backbone(args.backbone)
+    return ExperimentSpec(
+        strategies=strategies, data=args.data, backbone=args.backbone,
+        samples=1 if hyperparameters is not None else args.samples,
+        max_epochs=args.max_epochs, grace_period=min(args.grace_period, args.max_epochs),
+        gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial,
+        address=args.address, storage=storage, name=name, seed=args.seed, weights=args.weights,
+        image_size=args.image_size, pretrain_epochs=args.pretrain_epochs,
+        split=parse_split(args.split), cache_dir=cache_root(args.cache_dir),
+        pretrained=pretrained, pretrain_data=args.pretrain_data,
+        pretext_data=args.pretext_data, pretext_init=args.pretext_init,
+        pretext_decoder_epochs=args.pretext_decoder_epochs, max_failures=args.max_failures,
+        keep_checkpoints=parse_keep(args.keep_checkpoints), final_eval=args.final_eval,
+        hyperparameters=hyperparameters, config_file=args.config, searcher=args.searcher,
+        scheduler=args.scheduler, reduction_factor=args.reduction_factor,
+        objective=args.objective, space_file=space_file, warm_start=warm_start,
+        optuna_storage=check_storage(args.optuna_storage), max_concurrent=args.max_concurrent,
+        verbosity=args.verbosity, show_space=args.show_space,
+    )
+
+
+# what --resume may change: where things are and how much is printed, never what runs
+RESUME_FLAGS = ("resume", "storage", "address", "cache_dir", "verbosity", "max_concurrent",
+                "keep_checkpoints")
+
+
+def resume_spec(parser: ArgumentParser, args: argparse.Namespace,
+                argv: list[str] | None) -> ExperimentSpec:
+    """--resume NAME: the experiment's own spec from its experiment.json."""
+    import json
+
+    defaults = vars(parser.parse_args([]))
+    changed = sorted(k for k, v in vars(args).items()
+                     if k not in RESUME_FLAGS and v != defaults[k])
+    if changed:
+        flags = ", ".join("--" + k.replace("_", "-") for k in changed)
+        raise UsageError(f"--resume {args.resume} continues with the experiment's own settings; "
+                         f"drop {flags}")
+    storage = experiment_storage(args.storage, args.resume)
+    meta_file = storage / args.resume / "experiment.json"
+    if not meta_file.is_file():
+        raise UsageError(f"--resume {args.resume}: no experiment {storage / args.resume} (its "
+                         "experiment.json is missing); check --name and --storage")
+    meta = json.loads(meta_file.read_text())
+    spec = spec_from_experiment(meta, storage / args.resume, args.cache_dir, args.address)
+    keep = (parse_keep(args.keep_checkpoints) if args.keep_checkpoints != "3"
+            else spec.keep_checkpoints)
+    return replace(spec, resume=True, verbosity=args.verbosity, keep_checkpoints=keep,
+                   max_concurrent=args.max_concurrent or spec.max_concurrent)
+
+
+def experiment_storage(text: str, name: str) -> Path:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) or ".." in name:
+        raise UsageError(f"--name {name}: use letters, digits, '.', '_' and '-' only")
+    return Path(text).expanduser().resolve()
+
+
+def parse_strategies(text: str | None) -> tuple[str, ...]:
+    """--strategy: `all`, or names separated by commas, each registered, in the given order."""
+    if text is None:
+        raise UsageError("--strategy is required (or --config FILE from an earlier search)")
+    if text == "all":
+        return tuple(STRATEGIES)
+    names = tuple(dict.fromkeys(n.strip() for n in text.split(",")))
+    for name in names:
+        if name not in STRATEGIES:
+            close = difflib.get_close_matches(name, STRATEGIES, n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            raise UsageError(f"--strategy: invalid choice: {name!r} (choose from "
+                             f"{', '.join(STRATEGIES)}, or all){hint}")
+    return names
+
+
+def parse_pretrained(text: str | None, strategies: tuple[str, ...]) -> dict[str, str]:
+    """--pretrained: the stage of each strategy whose weights it changes.
+
+    A bare stage applies to the strategies that default to imagenet, so colorization keeps its
+    pretext stage and scratch its random start; STRATEGY=STAGE sets one strategy's stage."""
+    if not text:
+        return {}
+    chosen: dict[str, str] = {}
+    for part in (p.strip() for p in text.split(",")):
+        strategy, _, stage = part.rpartition("=")
+        if stage not in STAGES:
+            raise UsageError(f"--pretrained {text}: unknown stage {stage!r}; choose from "
+                             f"{', '.join(STAGES)}, as STAGE or STRATEGY=STAGE")
+        if strategy and strategy not in STRATEGIES:
+            raise UsageError(f"--pretrained {text}: unknown strategy {strategy!r}; choose from "
+                             f"{', '.join(STRATEGIES)}")
+        if strategy and STRATEGIES[strategy].pretrained == "none" and stage != "none":
+            raise UsageError(f"--pretrained {text}: {strategy} always starts from random "
+                             "weights; search unfrozen for pretrained weights")
+        targets = [strategy] if strategy else [
+            s for s in strategies if STRATEGIES[s].pretrained == "imagenet"]
+        chosen.update({s: stage for s in targets if s in strategies})
+    return chosen
+
+
+def check_data(args: argparse.Namespace) -> bool:
+    """The --data and --weights paths exist; returns whether --data is the demo."""
     try:
         is_demo = demo_size(args.data) is not None
     except DataError as error:
@@ -217,33 +213,56 @@ def parse_spec(argv: list[str] | None = None, prog: str = "run.py") -> Experimen
         raise UsageError(f"--data {args.data}: no such file or directory")
     if args.weights and not Path(args.weights).is_file():
         raise UsageError(f"--weights {args.weights}: no such file")
-    check_pretraining(args, is_demo)
-    split = parse_split(args.split)
-    keep = parse_keep(args.keep_checkpoints)
-    default_name = f"{args.strategy}-{'config-' if args.config else ''}"
-    name = args.name or f"{default_name}{time.strftime('%Y%m%d-%H%M%S')}"
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
-        raise UsageError(f"--name {name}: use letters, digits, '.', '_' and '-' only")
-    storage = Path(args.storage).expanduser().resolve()
-    if (storage / name).exists():
-        raise UsageError(f"experiment {storage / name} already exists; choose another --name")
-    if args.strategy == "all" and hyperparameters is not None:
-        raise UsageError("--config trains one strategy; it cannot be combined with --strategy all")
-    check_backbone(args.backbone)
-    strategies = tuple(STRATEGIES) if args.strategy == "all" else (args.strategy,)
-    return ExperimentSpec(
-        strategies=strategies, data=args.data, backbone=args.backbone,
-        samples=1 if hyperparameters is not None else args.samples,
-        max_epochs=args.max_epochs, grace_period=min(args.grace_period, args.max_epochs),
-        gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial,
-        address=args.address, storage=storage, name=name, seed=args.seed, weights=args.weights,
-        image_size=args.image_size, pretrain_epochs=args.pretrain_epochs,
-        split=split, cache_dir=cache_root(args.cache_dir), pretrained=args.pretrained,
-        pretrain_data=args.pretrain_data, pretext_init=args.pretext_init,
-        pretext_decoder_epochs=args.pretext_decoder_epochs, max_failures=args.max_failures,
-        keep_checkpoints=keep, final_eval=args.final_eval, hyperparameters=hyperparameters,
-        config_file=args.config,
-    )
+    return is_demo
+
+
+def check_search(args: argparse.Namespace) -> None:
+    """Sampler, scheduler and objective fit together."""
+    if args.reduction_factor < 2:
+        raise UsageError(f"--reduction-factor {args.reduction_factor}: must be at least 2")
+    if args.objective != "acc" and args.searcher in ("cmaes",):
+        raise UsageError(f"--objective {args.objective} needs a multi-objective sampler; "
+                         f"--searcher {args.searcher} has one objective (use tpe, random, qmc "
+                         "or gp)")
+    if args.scheduler == "pbt" and args.objective != "acc":
+        raise UsageError("--scheduler pbt has no study to hold a Pareto front (its configs change "
+                         "during a trial); use --objective acc, or another scheduler")
+    if args.scheduler == "pbt" and args.grace_period >= args.max_epochs:
+        raise UsageError(f"--scheduler pbt perturbs every --grace-period epochs "
+                         f"({args.grace_period}); --max-epochs {args.max_epochs} leaves no "
+                         "room for a perturbation: raise --max-epochs or lower --grace-period")
+    if args.scheduler == "pbt" and args.samples < 2:
+        raise UsageError("--scheduler pbt needs a population: --samples 2 or more")
+
+
+def check_storage(url: str | None) -> str | None:
+    if url is None:
+        return None
+    from search.study import check_storage_url
+
+    return check_storage_url(url)
+
+
+def check_space(path: str | None, strategies: tuple[str, ...]) -> str | None:
+    """--space: read and checked now, so a bad file costs one message and nothing else."""
+    if path is None:
+        return None
+    from spaces.overrides import SpaceFileError, load_space_file
+
+    try:
+        load_space_file(path, strategies)
+    except SpaceFileError as error:
+        raise UsageError(str(error)) from None
+    return str(Path(path).expanduser().resolve())
+
+
+def check_warm_start(path: str | None, strategies: tuple[str, ...]
+                     ) -> dict[str, list[dict]] | None:
+    if path is None:
+        return None
+    from search.warm_start import load_warm_start
+
+    return load_warm_start(path, strategies)
 
 
 def apply_config(parser: argparse.ArgumentParser, args: argparse.Namespace,
@@ -255,6 +274,9 @@ def apply_config(parser: argparse.ArgumentParser, args: argparse.Namespace,
         config = read_best_config(args.config)
     except ConfigError as error:
         raise UsageError(str(error)) from None
+    if config["strategy"] not in STRATEGIES:
+        raise UsageError(f"--config {args.config}: strategy {config['strategy']!r}: invalid "
+                         f"choice (choose from {', '.join(STRATEGIES)})")
     if args.strategy not in (None, config["strategy"]):
         raise UsageError(f"--strategy {args.strategy} conflicts with --config {args.config}, "
                          f"which is for {config['strategy']}")
@@ -285,11 +307,28 @@ def check_numbers(args: argparse.Namespace) -> None:
                              ("--image-size", args.image_size, 8),
                              ("--pretrain-epochs", args.pretrain_epochs, 1),
                              ("--max-failures", args.max_failures, 0),
-                             ("--final-eval", args.final_eval, 0)]:
+                             ("--final-eval", args.final_eval, 0),
+                             ("--max-concurrent",
+                              1 if args.max_concurrent is None else args.max_concurrent, 1)]:
         if value < low:
             raise UsageError(f"{flag} {value}: must be at least {low}")
-    if args.cpus_per_trial <= 0 or args.gpus_per_trial < 0:
-        raise UsageError("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0")
+    if args.cpus_per_trial <= 0:
+        raise UsageError(f"--cpus-per-trial {args.cpus_per_trial:g}: must be above 0")
+    check_gpus(args.gpus_per_trial)
+
+
+def check_gpus(gpus: float) -> None:
+    """Whole GPUs, or 1/k of one: Ray packs k such trials onto a GPU, and a share like 0.3
+    would leave a tenth of every GPU idle."""
+    if gpus < 0 or gpus != gpus:
+        raise UsageError(f"--gpus-per-trial {gpus:g}: must be 0 or more")
+    whole = gpus >= 1 and gpus == int(gpus)
+    share = 0 < gpus < 1 and abs(1 / gpus - round(1 / gpus)) < 1e-6
+    if gpus and not (whole or share):
+        k = max(1, round(1 / gpus)) if gpus < 1 else None
+        fix = f"e.g. {1 / k:g}" if k else f"e.g. {int(gpus)}"
+        raise UsageError(f"--gpus-per-trial {gpus:g}: use a whole number, or a fraction 1/k "
+                         f"such as 0.5 or 0.25 ({fix})")
 
 
 def parse_keep(text: str) -> int | None:
@@ -302,13 +341,31 @@ def parse_keep(text: str) -> int | None:
     return int(text)
 
 
-def check_pretraining(args: argparse.Namespace, is_demo: bool) -> None:
-    if args.pretrained == "supervised" and not is_demo and not args.pretrain_data:
+def check_pretraining(args: argparse.Namespace, is_demo: bool, pretrained: dict[str, str],
+                      strategies: tuple[str, ...]) -> None:
+    """Every stage has its data, and every stage's data flag is used by some strategy."""
+    kinds = {pretrained.get(s, STRATEGIES[s].pretrained) for s in strategies}
+    if is_demo and "imagenet" in kinds and not any(v == "imagenet" for v in pretrained.values()):
+        kinds.add("supervised")  # the demo's offline stand-in for imagenet
+    if args.weights:
+        kinds = {"none"} if kinds <= {"none"} else {"file"}
+    named = ", ".join(strategies)
+    if "supervised" in kinds and not is_demo and not args.pretrain_data:
         raise UsageError("--pretrained supervised needs --pretrain-data (a labeled source set) "
                          "unless --data is the demo, which has its own source classes")
-    if args.pretrain_data and not args.pretrain_data.startswith(("demo", "torchvision:")) \
-            and not Path(args.pretrain_data).expanduser().is_dir():
-        raise UsageError(f"--pretrain-data {args.pretrain_data}: no such directory")
+    if args.pretrain_data and "supervised" not in kinds:
+        raise UsageError(f"--pretrain-data is the supervised stage's labeled source, and none of "
+                         f"{named} starts from it; add --pretrained supervised, or use "
+                         "--pretext-data for colorization's unlabeled images")
+    if args.pretext_data and "colorization" not in kinds:
+        raise UsageError(f"--pretext-data is the colorization stage's images, and none of "
+                         f"{named} starts from it; add colorization to --strategy or "
+                         "--pretrained")
+    for flag, value in (("--pretrain-data", args.pretrain_data),
+                        ("--pretext-data", args.pretext_data)):
+        if value and not value.startswith(("demo", "torchvision:")) \
+                and not Path(value).expanduser().is_dir():
+            raise UsageError(f"{flag} {value}: no such directory")
     if not 0 <= args.pretext_decoder_epochs <= args.pretrain_epochs:
         raise UsageError("--pretext-decoder-epochs must be between 0 and --pretrain-epochs")
 
@@ -331,7 +388,12 @@ def spec_from_experiment(meta: dict, exp_dir: Path, cache_dir: str | None = None
     experiment now is (it may have been copied) and with this machine's cache."""
     names = {f.name for f in fields(ExperimentSpec)}
     values = {k: v for k, v in meta.items() if k in names}
-    values.update(strategies=tuple(meta["strategies"]), split=tuple(meta["split"]),
+    strategies = tuple(meta["strategies"])
+    pretrained = meta.get("pretrained") or {}
+    if isinstance(pretrained, str):  # written before stages were chosen per strategy
+        pretrained = parse_pretrained(pretrained, strategies)
+    values.update(strategies=strategies, split=tuple(meta["split"]), pretrained=pretrained,
+                  optuna_storage=meta.get("optuna_storage_flag"),
                   storage=Path(exp_dir).resolve().parent, name=Path(exp_dir).resolve().name)
     if cache_dir is None and Path(meta["cache_dir"]).is_dir():
         cache = Path(meta["cache_dir"])

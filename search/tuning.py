@@ -1,116 +1,183 @@
-"""Wiring: pretraining stages once (search.pretraining), then one Ray Tune `Tuner` per strategy.
+"""Tuner wiring: one Ray Tune `Tuner` per strategy, built new or restored from its directory.
 
-Each Tuner gets OptunaSearch (TPE, the strategy's define-by-run space, the study persisted in the
-experiment's SQLite file), the ASHA scheduler, per-trial resources, checkpoints and retries, and
-TensorBoard logging. Search, scheduler, leaderboard and kept checkpoint all rank by one number:
-the trial's best epoch's val_acc (`best_val_acc`, see trainables.trainable). With `--config`, one
-Tuner trains the given hyperparameters once, without a search.
+Each Tuner gets OptunaSearch (the sampler of `--searcher`, the strategy's define-by-run space
+with any `--space` overrides, warm-start configs enqueued first, the study in `--optuna-storage`),
+the scheduler of `--scheduler`, per-trial resources, checkpoints and retries, TensorBoard
+logging and the progress table. Search, scheduler, leaderboard and kept checkpoint all rank by
+one number: the trial's best epoch's val_acc (`best_val_acc`, see trainables.trainable). With
+`--objective acc+time` the study also minimises the trial's training time at its full budget;
+the scheduler still ranks by val_acc. With `--config`, one Tuner trains the given
+hyperparameters once, without a search; with `--scheduler pbt`, the population is drawn from
+the same space, since Ray runs PBT without a searcher.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-from dataclasses import asdict
-from pathlib import Path
 
 import optuna
 import ray
 from ray import tune
 from ray.tune.logger import TBXLoggerCallback
-from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from search.outcomes import summarise_errors, trial_outcomes, write_outcomes
-from search.pretraining import StageOutputs, run_stages, write_stage_outputs
+from analysis.pareto import full_budget_seconds
+from search.pretraining import StageOutputs
+from search.progress import progress_callbacks, tune_verbosity
+from search.samplers import make_sampler, proposed_by
+from search.schedulers import initial_population, make_scheduler, population_search
 from search.spec import ExperimentSpec
-from spaces import SpaceContext, get_space
+from search.warm_start import study_points
+from spaces import SpaceContext, get_space, to_trial_values
+from spaces.overrides import load_space_file
 from trainables.config import RunSettings
-from trainables.data.dataset import Dataset
 from trainables.models import num_blocks
 from trainables.trainable import train_transfer
 
 log = logging.getLogger(__name__)
 METRIC = "best_val_acc"
+TIME_METRIC = "trial_seconds"  # --objective acc+time: training time at the full budget (s)
 
 
 class MarkedOptunaSearch(OptunaSearch):
-    """OptunaSearch that marks each study trial with how it ended.
+    """OptunaSearch that gives trials TrialConfig names and marks how each study trial ended.
 
-    Optuna records a trial that ASHA stopped as COMPLETE with its truncated score; the user
-    attributes `epochs` and `stopped_early` tell it from a full-budget trial, and an errored
-    trial is recorded as FAIL, never with the partial score of its last report.
+    The space names a parameter by its condition (lr_sgd, lr_adamw), so TPE never models one
+    parameter from two ranges; the trainable gets TrialConfig's `lr`. Optuna records a trial
+    that ASHA stopped as COMPLETE with its truncated score; the user attributes `epochs` and
+    `stopped_early` tell it from a full-budget trial, and an errored trial is recorded as FAIL,
+    never with the partial score of its last report.
     """
 
     def __init__(self, *args, max_epochs: int, **kwargs):
         super().__init__(*args, **kwargs)
         self.max_epochs = max_epochs
 
+    def suggest(self, trial_id: str) -> dict | None:
+        params = super().suggest(trial_id)
+        return None if params is None else to_trial_values(params)
+
     def on_trial_complete(self, trial_id: str, result: dict | None = None,
                           error: bool = False) -> None:
         study_trial = self._ot_trials.get(trial_id)  # OptunaSearch's own map of live trials
+        result = dict(result or {})
+        epochs = int(result.get("training_iteration", 0))
+        if epochs:
+            result[TIME_METRIC] = full_budget_seconds(result.get("time_total_s", 0.0), epochs,
+                                                      self.max_epochs)
         if study_trial is not None and trial_id not in self._completed_trials:
-            epochs = int((result or {}).get("training_iteration", 0))
             study_trial.set_user_attr("tune_trial_id", trial_id)
             study_trial.set_user_attr("epochs", epochs)
             study_trial.set_user_attr("stopped_early", 0 < epochs < self.max_epochs)
-            study_trial.set_user_attr("best_epoch", (result or {}).get("best_epoch"))
+            study_trial.set_user_attr("best_epoch", result.get("best_epoch"))
             study_trial.set_user_attr("errored", bool(error))
+            frozen = self._ot_study._storage.get_trial(study_trial._trial_id)  # no public getter
+            study_trial.set_user_attr("proposed_by", proposed_by(frozen))
         super().on_trial_complete(trial_id, None if error else result, error)
 
 
-def make_tuner(spec: ExperimentSpec, strategy: str, data_ref: ray.ObjectRef,
-               stages: StageOutputs, storage_url: str) -> tune.Tuner:
+def make_trainable(spec: ExperimentSpec, strategy: str, data_ref: ray.ObjectRef,
+                   stages: StageOutputs):
     settings = RunSettings(strategy=strategy, backbone=spec.backbone, max_epochs=spec.max_epochs,
                            seed=spec.seed, cpus_per_trial=spec.cpus_per_trial)
-    trainable = tune.with_resources(
+    return tune.with_resources(
         tune.with_parameters(train_transfer, settings=settings, data=data_ref,
                              weights=stages.weights[strategy],
                              features=stages.features[strategy]),
         {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial},
     )
-    if spec.hyperparameters is not None:  # --config: these values, once, no search
-        tune_config = tune.TuneConfig(metric=METRIC, mode="max", num_samples=1,
-                                      trial_dirname_creator=trial_dirname)
-        return tune.Tuner(trainable, param_space=dict(spec.hyperparameters),
-                          tune_config=tune_config, run_config=run_config(spec, strategy))
+
+
+def strategy_space(spec: ExperimentSpec, strategy: str):
+    """The strategy's define-by-run space, with the experiment's --space overrides."""
+    overrides = load_space_file(spec.space_file, spec.strategies) if spec.space_file else {}
     context = SpaceContext(num_blocks=num_blocks(spec.backbone), max_epochs=spec.max_epochs)
-    searcher = MarkedOptunaSearch(
-        space=get_space(strategy, context),
-        metric=METRIC,
-        mode="max",
-        sampler=optuna.samplers.TPESampler(seed=spec.seed),
+    return get_space(strategy, context, overrides.get(strategy))
+
+
+def make_searcher(spec: ExperimentSpec, strategy: str, storage: optuna.storages.BaseStorage
+                  ) -> MarkedOptunaSearch:
+    multi = spec.objective == "acc+time"
+    warm = (spec.warm_start or {}).get(strategy, [])
+    space = strategy_space(spec, strategy)
+    return MarkedOptunaSearch(
+        space=space,
+        metric=[METRIC, TIME_METRIC] if multi else METRIC,
+        mode=["max", "min"] if multi else "max",
+        points_to_evaluate=study_points(warm, space) or None,
+        sampler=make_sampler(spec.searcher, spec.samples, spec.seed),
         study_name=study_name(spec, strategy),
-        storage=optuna.storages.RDBStorage(storage_url),
-        seed=spec.seed,
+        storage=storage,
         max_epochs=spec.max_epochs,
     )
-    # ASHA rungs at grace_period * 2^k epochs: a trial runs at least grace_period epochs, and
-    # only the better half at each rung goes on to the next.
-    scheduler = ASHAScheduler(time_attr="training_iteration", max_t=spec.max_epochs,
-                              grace_period=spec.grace_period, reduction_factor=2)
+
+
+def make_tuner(spec: ExperimentSpec, strategy: str, data_ref: ray.ObjectRef,
+               stages: StageOutputs, storage: optuna.storages.BaseStorage) -> tune.Tuner:
+    trainable = make_trainable(spec, strategy, data_ref, stages)
+    common = {"metric": METRIC, "mode": "max", "trial_dirname_creator": trial_dirname,
+              "max_concurrent_trials": spec.max_concurrent}
+    if spec.hyperparameters is not None:  # --config: these values, once, no search
+        return tune.Tuner(trainable, param_space=dict(spec.hyperparameters),
+                          tune_config=tune.TuneConfig(num_samples=1, **common),
+                          run_config=run_config(spec, strategy))
+    scheduler = make_scheduler(spec.scheduler, max_epochs=spec.max_epochs,
+                               grace_period=spec.grace_period,
+                               reduction_factor=spec.reduction_factor, seed=spec.seed)
+    param_space = None
+    if spec.scheduler == "pbt":  # Ray runs PBT without a searcher: the population comes first
+        population = population_configs(spec, strategy)
+        search_alg, param_space = population_search(population)
+        num_samples = len(population)
+    else:
+        search_alg, num_samples = make_searcher(spec, strategy, storage), spec.samples
     return tune.Tuner(
         trainable,
-        tune_config=tune.TuneConfig(metric=METRIC, mode="max", search_alg=searcher,
-                                    scheduler=scheduler, num_samples=spec.samples,
-                                    trial_dirname_creator=trial_dirname,
-                                    reuse_actors=True),  # no torch import per trial
+        param_space=param_space,
+        tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=scheduler,
+                                    num_samples=num_samples,
+                                    reuse_actors=True,  # no torch import per trial
+                                    **common),
         run_config=run_config(spec, strategy),
     )
 
 
+def population_configs(spec: ExperimentSpec, strategy: str) -> list[dict]:
+    """PBT's first generation: warm-start configs, then draws of the sampler from the space."""
+    warm = list((spec.warm_start or {}).get(strategy, []))[: spec.samples]
+    drawn = initial_population(strategy_space(spec, strategy), spec.samples - len(warm),
+                               make_sampler(spec.searcher, spec.samples, spec.seed),
+                               to_trial_values)
+    return warm + drawn
+
+
+def restore_tuner(spec: ExperimentSpec, strategy: str, data_ref: ray.ObjectRef,
+                  stages: StageOutputs) -> tune.Tuner:
+    """The strategy's interrupted Tuner, from its directory: trials resume from their latest
+    checkpoints, and the searcher (with its study) from its saved state. The trainable is built
+    again, since its data and weights live in this Ray session's object store."""
+    return tune.Tuner.restore(str(spec.exp_dir / strategy),
+                              trainable=make_trainable(spec, strategy, data_ref, stages),
+                              resume_unfinished=True, resume_errored=False,
+                              restart_errored=False)
+
+
 def run_config(spec: ExperimentSpec, strategy: str) -> tune.RunConfig:
     # Tune keeps the best-val_acc epoch's checkpoint (the one the leaderboard's number comes
-    # from) and, apart from it, always the latest, which a failed trial resumes from.
+    # from) and, apart from it, always the latest, which a failed trial resumes from. PBT keeps
+    # all until the search ends: a trial it exploits copies another's checkpoint, which must
+    # still exist (run.py prunes them afterwards).
+    keep = None if spec.scheduler == "pbt" and spec.hyperparameters is None else 1
     return tune.RunConfig(
         name=strategy,
         storage_path=str(spec.exp_dir),
-        callbacks=[TBXLoggerCallback()],
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=1,
+        callbacks=[TBXLoggerCallback(),
+                   *progress_callbacks(spec.verbosity, strategy, spec.max_epochs)],
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=keep,
                                                 checkpoint_score_attribute="val_acc",
                                                 checkpoint_score_order="max"),
         failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-        verbose=1,
+        verbose=tune_verbosity(spec.verbosity),
     )
 
 
@@ -122,37 +189,26 @@ def study_name(spec: ExperimentSpec, strategy: str) -> str:
     return f"{spec.name}/{strategy}"
 
 
-def write_experiment(spec: ExperimentSpec, data: Dataset, stages: StageOutputs,
-                     storage_url: str) -> None:
-    meta = {
-        **{k: str(v) if isinstance(v, Path) else v for k, v in asdict(spec).items()},
-        "strategies": {s: {"pretrained": stages.labels[s],
-                           "study_name": None if spec.hyperparameters else study_name(spec, s)}
-                       for s in spec.strategies},
-        "optuna_storage": storage_url,
-        "dataset": {"name": data.name, "classes": list(data.classes),
-                    "fingerprint": data.fingerprint, "train": len(data.train),
-                    "val": len(data.val), "test": len(data.test) if data.test else 0},
-        "stages": stages.records,
-    }
-    (spec.exp_dir / "experiment.json").write_text(json.dumps(meta, indent=2))
+def close_orphans(storage: optuna.storages.BaseStorage, name: str) -> int:
+    """Mark FAIL the study trials still RUNNING once their Tuner has finished: a driver killed
+    between asking the study and saving Tune's state leaves one behind, which no Tune trial will
+    ever tell. Returns how many were closed."""
+    try:
+        study = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:  # no study: --config, or PBT
+        return 0
+    orphans = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    for trial in orphans:
+        storage.set_trial_user_attr(trial._trial_id, "orphaned", True)
+        storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+    return len(orphans)
 
 
-def run_search(spec: ExperimentSpec, data: Dataset, pretrain: Dataset | None = None
-               ) -> dict[str, list[dict]]:
-    """Stages, then every strategy's Tuner in turn; returns each strategy's trial outcomes."""
-    data_ref = ray.put(data.for_search())  # one copy in the object store for stages and trials
-    stages = run_stages(spec, data, data_ref, pretrain)
-    spec.exp_dir.mkdir(parents=True)
-    storage_url = f"sqlite:///{spec.exp_dir / 'optuna.db'}"
-    write_experiment(spec, data, stages, storage_url)
-    write_stage_outputs(spec.exp_dir, stages.records)
-    outcomes = {}
-    for strategy in spec.strategies:
-        print(f"searching {strategy}: {spec.samples} trials x up to {spec.max_epochs} epochs",
-              flush=True)
-        grid = make_tuner(spec, strategy, data_ref, stages, storage_url).fit()
-        outcomes[strategy] = trial_outcomes(grid)
-        write_outcomes(spec.exp_dir, strategy, outcomes[strategy])
-        print(summarise_errors(strategy, outcomes[strategy]), flush=True)
-    return outcomes
+def planned_trials(spec: ExperimentSpec) -> int:
+    return 1 if spec.hyperparameters is not None else spec.samples
+
+
+def finished(grid: tune.ResultGrid, spec: ExperimentSpec) -> bool:
+    """Whether every planned trial ended (done or errored); False after Ctrl-C."""
+    return len(grid) >= planned_trials(spec) and \
+        grid.num_terminated + grid.num_errors == len(grid)

@@ -93,7 +93,7 @@ def test_leaderboard_files_and_best_configs(exp_dir):
     assert sorted(p.stem for p in written) == ["frozen", "scratch"]  # none for unfrozen
     frozen = yaml.safe_load((exp_dir / "best" / "frozen.yaml").read_text())
     assert frozen["hyperparameters"] == {"lr": 0.1, "head": "mlp"}
-    assert frozen["pretrained"] == "supervised" and frozen["backbone"] == "resnet18"
+    assert frozen["pretrained"] == "frozen=supervised" and frozen["backbone"] == "resnet18"
     assert frozen["val_acc"] == 0.5 and frozen["best_epoch"] == 4
     assert (frozen["data"], frozen["image_size"], frozen["split"]) == ("demo", 32, "0.7,0.15,0.15")
     assert frozen["max_epochs"] == 4 and frozen["seed"] == 0

@@ -36,8 +36,11 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
         (["--config", "missing.yaml"], "--config missing.yaml: cannot read"),
         (["--strategy", "frozen", "--data", ".", "--pretrained", "supervised"],
          "--pretrained supervised needs --pretrain-data"),
-        (["--strategy", "colorization", "--pretrain-data", "nowhere"],
-         "--pretrain-data nowhere: no such directory"),
+        (["--strategy", "colorization", "--pretext-data", "nowhere"],
+         "--pretext-data nowhere: no such directory"),
+        (["--strategy", "frozen,unfrozn"], "invalid choice: 'unfrozn'"),
+        (["--strategy", "frozen", "--gpus-per-trial", "0.3"], "a fraction 1/k"),
+        (["--strategy", "frozen", "--optuna-storage", "redis://x"], "--optuna-storage"),
         (["--strategy", "unfrozen", "--split", "0.5,0.5"], "--split 0.5,0.5: expected three"),
     ],
 )
@@ -163,12 +166,12 @@ def test_help_groups_every_option_with_its_default():
 
     parser = build_parser()
     groups = {g.title: g for g in parser._action_groups}
-    assert ["data", "strategies and weights", "search", "resources and cluster",
+    assert ["data", "strategies and weights", "search", "search space", "resources and cluster",
             "output"] == [t for t in groups if t not in ("positional arguments", "options")]
     for action in parser._actions:
         if action.dest != "help":
             assert "(default: " in action.help or "(required" in action.help, action.dest
-    assert parser.epilog.count("python search/run.py --strategy") == 3
+    assert parser.epilog.count("python search/run.py --strategy") >= 3
 
 
 def test_help_and_input_errors_load_no_torch():

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from search.pretraining import check_stage_data, stage_for
+from search.pretraining import StageData, check_stage_data, stage_for
 from search.spec import parse_spec
 from trainables.data.dataset import DataError
 from trainables.data.load import load_pretrain_data
@@ -27,7 +27,7 @@ def images(folder, n=6, classes=None):
 
 def test_defaults_per_strategy_on_the_demo(tmp_path, tiny_demo):
     s = spec(tmp_path)
-    stages = {name: stage_for(s, name, tiny_demo, None) for name in s.strategies}
+    stages = {name: stage_for(s, name, tiny_demo, StageData()) for name in s.strategies}
     assert stages["scratch"].kind == "none"
     assert stages["colorization"].kind == "colorization"
     assert stages["colorization"].data_fingerprint == tiny_demo.for_search().fingerprint
@@ -39,15 +39,15 @@ def test_defaults_per_strategy_on_the_demo(tmp_path, tiny_demo):
 
 def test_flags_override_the_defaults(tmp_path, tiny_demo):
     explicit = spec(tmp_path, "--pretrained", "imagenet")
-    assert stage_for(explicit, "frozen", tiny_demo, None).kind == "imagenet"
-    assert stage_for(explicit, "scratch", tiny_demo, None).kind == "none"
+    assert stage_for(explicit, "frozen", tiny_demo, StageData()).kind == "imagenet"
+    assert stage_for(explicit, "scratch", tiny_demo, StageData()).kind == "none"
     weights = tmp_path / "w.pt"
     weights.write_bytes(b"x")
     from_file = spec(tmp_path, "--weights", str(weights))
-    stage = stage_for(from_file, "colorization", tiny_demo, None)
+    stage = stage_for(from_file, "colorization", tiny_demo, StageData())
     assert stage.weights_file == str(weights)
     colour = spec(tmp_path, "--pretrained", "colorization", "--pretext-init", "imagenet")
-    stage = stage_for(colour, "unfrozen", tiny_demo, None)
+    stage = stage_for(colour, "unfrozen", tiny_demo, StageData())
     assert stage.kind == "colorization" and stage.config.init == "imagenet"
 
 
@@ -55,8 +55,8 @@ def test_pretrain_data_changes_the_stage_key(tmp_path, tiny_demo):
     flat = load_pretrain_data(str(images(tmp_path / "flat")), image_size=16)
     assert flat.classes == ("unlabeled",) and len(flat.train) == 6
     s = spec(tmp_path)
-    own = stage_for(s, "colorization", tiny_demo, None)
-    other = stage_for(s, "colorization", tiny_demo, flat)
+    own = stage_for(s, "colorization", tiny_demo, StageData())
+    other = stage_for(s, "colorization", tiny_demo, StageData(pretext=flat))
     assert own.key != other.key and other.data_fingerprint == flat.fingerprint
     labeled = load_pretrain_data(str(images(tmp_path / "tree", classes=["a", "b"])),
                                  image_size=16)
@@ -67,5 +67,7 @@ def test_pretrain_data_changes_the_stage_key(tmp_path, tiny_demo):
 def test_supervised_pretraining_needs_labels(tmp_path, tiny_demo):
     flat = load_pretrain_data(str(images(tmp_path / "flat")), image_size=16)
     with pytest.raises(DataError, match="two or more classes"):
-        check_stage_data(spec(tmp_path, "--pretrained", "supervised"), tiny_demo, flat)
-    check_stage_data(spec(tmp_path, "--pretrained", "colorization"), tiny_demo, flat)
+        check_stage_data(spec(tmp_path, "--pretrained", "supervised"), tiny_demo,
+                         StageData(pretrain=flat))
+    check_stage_data(spec(tmp_path, "--pretrained", "colorization"), tiny_demo,
+                     StageData(pretext=flat))

@@ -44,7 +44,7 @@ def test_unfrozen_search_writes_leaderboard_best_config_study_and_tensorboard(tm
     assert board["trials"].iloc[0] == 2
 
     best = yaml.safe_load((exp_dir / "best" / "unfrozen.yaml").read_text())
-    assert best["strategy"] == "unfrozen" and best["pretrained"] == "supervised"
+    assert best["strategy"] == "unfrozen" and best["pretrained"] == "unfrozen=supervised"
     sampled = {"optimizer", "lr", "batch_size", "augment", "weight_decay", "label_smoothing",
                "lr_mult"}
     assert sampled <= set(best["hyperparameters"]) <= sampled | {"magnitude"}

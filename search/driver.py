@@ -1,0 +1,118 @@
+"""The search, start to end: data into the object store, the stages once, then each strategy's
+Tuner in turn; on `--resume`, finished strategies are kept and the interrupted one restored.
+
+Each strategy's outcomes go to trials.json as soon as its Tuner ends, so a driver that dies
+loses at most the strategy it was running, and that one continues from its trials' checkpoints
+and its searcher's saved state.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import optuna
+import ray
+from ray import tune
+
+from search.outcomes import TRIALS_FILE, summarise_errors, trial_outcomes, write_outcomes
+from search.pretraining import StageData, StageOutputs, run_stages, write_stage_outputs
+from search.spec import ExperimentSpec
+from search.study import open_storage, storage_label
+from search.tuning import (
+    close_orphans,
+    finished,
+    make_tuner,
+    planned_trials,
+    restore_tuner,
+    study_name,
+)
+from trainables.cache import atomic_file
+from trainables.data.dataset import Dataset
+
+SPACE_COPY = "space.yaml"
+
+
+@dataclass
+class Search:
+    """What the search did: each finished strategy's trial outcomes, and the strategy it was
+    running when it was interrupted (Ctrl-C), if any."""
+
+    outcomes: dict[str, list[dict]] = field(default_factory=dict)
+    interrupted: str | None = None
+
+
+def run_search(spec: ExperimentSpec, data: Dataset, sources: StageData) -> Search:
+    if spec.verbosity != "verbose":  # not "A new study created in RDB ..." per strategy
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+    data_ref = ray.put(data.for_search())  # one copy in the object store for stages and trials
+    stages = run_stages(spec, data, data_ref, sources)
+    if not spec.resume:
+        spec = start_experiment(spec, data, stages)
+    storage = open_storage(spec.optuna_storage, spec.exp_dir)
+    search = Search(outcomes=read_outcomes(spec.exp_dir) if spec.resume else {})
+    for strategy in spec.strategies:
+        if strategy in search.outcomes:
+            print(f"{strategy}: already searched, kept", flush=True)
+            continue
+        restored = spec.resume and tune.Tuner.can_restore(str(spec.exp_dir / strategy))
+        print(f"{'resuming' if restored else 'searching'} {strategy}: {planned_trials(spec)} "
+              f"trials x up to {spec.max_epochs} epochs", flush=True)
+        tuner = (restore_tuner(spec, strategy, data_ref, stages) if restored
+                 else make_tuner(spec, strategy, data_ref, stages, storage))
+        grid = tuner.fit()
+        if not finished(grid, spec):
+            search.interrupted = strategy
+            return search
+        if spec.hyperparameters is None and spec.scheduler != "pbt":
+            orphans = close_orphans(storage, study_name(spec, strategy))
+            if orphans:
+                print(f"{strategy}: {orphans} study trial(s) of a killed driver marked failed",
+                      flush=True)
+        search.outcomes[strategy] = trial_outcomes(grid)
+        write_outcomes(spec.exp_dir, strategy, search.outcomes[strategy])
+        print(summarise_errors(strategy, search.outcomes[strategy]), flush=True)
+    return search
+
+
+def start_experiment(spec: ExperimentSpec, data: Dataset, stages: StageOutputs
+                     ) -> ExperimentSpec:
+    """Create the experiment directory: experiment.json (the spec, which --resume and the
+    analysis read), a copy of the --space file, and the stages' records."""
+    from dataclasses import replace
+
+    spec.exp_dir.mkdir(parents=True)
+    if spec.space_file:  # the copy is what a resume reads, even if the user's file changes
+        shutil.copy(spec.space_file, spec.exp_dir / SPACE_COPY)
+        spec = replace(spec, space_file=str(spec.exp_dir / SPACE_COPY))
+    write_experiment(spec, data, stages)
+    write_stage_outputs(spec.exp_dir, stages.records)
+    return spec
+
+
+def write_experiment(spec: ExperimentSpec, data: Dataset, stages: StageOutputs) -> None:
+    searched = spec.hyperparameters is None and spec.scheduler != "pbt"
+    meta = {
+        **{k: str(v) if isinstance(v, Path) else v for k, v in asdict(spec).items()
+           if k not in ("resume", "show_space", "optuna_storage")},
+        "strategies": {s: {"pretrained": stages.labels[s],
+                           "study_name": study_name(spec, s) if searched else None}
+                       for s in spec.strategies},
+        # the study's URL for the analysis (a password masked), and the flag for --resume
+        "optuna_storage": storage_label(spec.optuna_storage, spec.exp_dir),
+        "optuna_storage_flag": (storage_label(spec.optuna_storage, spec.exp_dir)
+                                if spec.optuna_storage else None),
+        "dataset": {"name": data.name, "classes": list(data.classes),
+                    "fingerprint": data.fingerprint, "train": len(data.train),
+                    "val": len(data.val), "test": len(data.test) if data.test else 0},
+        "stages": stages.records,
+    }
+    with atomic_file(spec.exp_dir / "experiment.json") as tmp:
+        tmp.write_text(json.dumps(meta, indent=2))
+
+
+def read_outcomes(exp_dir: Path) -> dict[str, list[dict]]:
+    path = exp_dir / TRIALS_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}

@@ -1,0 +1,126 @@
+"""Strategies as a list, weights per strategy, data per stage, samplers that learn within the
+budget, GPU shares and what a cluster can hold: parsing and the pieces behind it."""
+
+import optuna
+import pytest
+
+from search.pretraining import StageData, stage_for
+from search.resources import ResourceError, check_resources
+from search.samplers import make_sampler, proposed_by, startup_trials
+from search.spec import UsageError, parse_pretrained, parse_spec, parse_strategies
+from spaces import SpaceContext, get_space, to_trial_values
+from trainables.config import TrialConfig
+from trainables.data.load import load_pretrain_data
+from trainables.strategies import STRATEGIES
+
+SEARCHERS = ("tpe", "random", "cmaes", "qmc", "gp")
+
+
+def spec(tmp_path, *args):
+    return parse_spec(["--storage", str(tmp_path / "runs"), *args])
+
+
+def test_a_list_of_strategies_keeps_its_order_and_checks_each_name():
+    assert parse_strategies("frozen,unfrozen") == ("frozen", "unfrozen")
+    assert parse_strategies("unfrozen, frozen,unfrozen") == ("unfrozen", "frozen")
+    assert parse_strategies("all") == tuple(STRATEGIES)
+    with pytest.raises(UsageError, match="'unfrozn'.*did you mean unfrozen"):
+        parse_strategies("frozen,unfrozn")
+
+
+def test_a_bare_pretrained_stage_leaves_colorization_and_scratch_alone():
+    everything = tuple(STRATEGIES)
+    bare = parse_pretrained("supervised", everything)
+    imagenet_default = {s for s, v in STRATEGIES.items() if v.pretrained == "imagenet"}
+    assert set(bare) == imagenet_default and set(bare.values()) == {"supervised"}
+    assert "colorization" not in bare and "scratch" not in bare
+    both = parse_pretrained("imagenet,colorization=supervised", everything)
+    assert both["colorization"] == "supervised" and both["unfrozen"] == "imagenet"
+    assert parse_pretrained("colorization=supervised", ("frozen",)) == {}  # not in the run
+    with pytest.raises(UsageError, match="unknown stage 'imagnet'"):
+        parse_pretrained("imagnet", everything)
+    with pytest.raises(UsageError, match="scratch always starts from random weights"):
+        parse_pretrained("scratch=imagenet", everything)
+
+
+def test_pretrain_data_feeds_supervised_and_pretext_data_feeds_colorization(
+        tmp_path, tiny_demo):
+    from tests.test_pretraining_choice import images
+
+    labeled = load_pretrain_data(str(images(tmp_path / "tree", classes=["a", "b"])),
+                                 image_size=16)
+    flat = load_pretrain_data(str(images(tmp_path / "flat")), image_size=16)
+    s = spec(tmp_path, "--strategy", "all", "--pretrained", "supervised", "--pretrain-data",
+             str(tmp_path / "tree"), "--pretext-data", str(tmp_path / "flat"))
+    sources = StageData(pretrain=labeled, pretext=flat)
+    unfrozen = stage_for(s, "unfrozen", tiny_demo, sources)
+    colour = stage_for(s, "colorization", tiny_demo, sources)
+    assert unfrozen.kind == "supervised" and unfrozen.data_fingerprint == labeled.fingerprint
+    assert colour.kind == "colorization" and colour.data_fingerprint == flat.fingerprint
+    assert stage_for(s, "scratch", tiny_demo, sources).kind == "none"
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--strategy", "unfrozen", "--pretext-data", "."], "none of unfrozen starts from it"),
+    (["--strategy", "colorization", "--pretrain-data", "."], "add --pretrained supervised"),
+    (["--strategy", "frozen", "--gpus-per-trial", "0.3"], "a fraction 1/k such as 0.5"),
+    (["--strategy", "frozen", "--gpus-per-trial", "1.5"], "use a whole number"),
+    (["--strategy", "frozen", "--max-concurrent", "0"], "--max-concurrent 0: must be at least"),
+    (["--strategy", "frozen", "--reduction-factor", "1"], "--reduction-factor 1: must be at"),
+    (["--strategy", "frozen", "--scheduler", "pbt", "--objective", "acc+time"],
+     "--scheduler pbt has no study"),
+    (["--strategy", "frozen", "--searcher", "cmaes", "--objective", "acc+time"],
+     "needs a multi-objective sampler"),
+    (["--resume", "nothing-here"], "--resume nothing-here: no experiment"),
+])
+def test_bad_option_combinations_are_refused(tmp_path, args, message):
+    with pytest.raises(UsageError, match=message.replace("(", r"\(")):
+        spec(tmp_path, *args)
+
+
+@pytest.mark.parametrize("gpus", ["0", "0.5", "0.25", "0.125", "1", "2"])
+def test_whole_gpus_and_unit_fractions_are_accepted(tmp_path, gpus):
+    assert spec(tmp_path, "--strategy", "frozen", "--gpus-per-trial", gpus).gpus_per_trial == \
+        float(gpus)
+
+
+def test_a_request_no_node_can_hold_is_refused_naming_the_largest_node():
+    nodes = [{"CPU": 2.0, "GPU": 0.0}, {"CPU": 8.0, "GPU": 1.0}]
+    check_resources(8, 1, nodes)
+    check_resources(1, 0.25, nodes)
+    with pytest.raises(ResourceError, match="largest node: 8 CPUs, 1 GPUs"):
+        check_resources(1, 2, nodes)
+    with pytest.raises(ResourceError):
+        check_resources(4, 0.5, [{"CPU": 2.0, "GPU": 1.0}, {"CPU": 8.0, "GPU": 0.0}])
+
+
+def test_the_startup_phase_is_a_third_of_the_budget_at_least_three():
+    assert [startup_trials(n) for n in (1, 8, 9, 24, 100)] == [3, 3, 3, 8, 33]
+
+
+def run_study(sampler, strategy="unfrozen", n=10):
+    """The strategy's space under `sampler`, scored by a smooth function of lr and batch."""
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    space = get_space(strategy, SpaceContext())
+    for _ in range(n):
+        trial = study.ask()
+        values = to_trial_values({**trial.params, **(space(trial) or {}), **trial.params})
+        config = TrialConfig.from_dict(values)
+        study.tell(trial, -abs(config.lr - 0.01) - config.batch_size / 1e4)
+    return study
+
+
+@pytest.mark.parametrize("name", SEARCHERS)
+def test_every_searcher_is_seeded(name):
+    first = [t.params for t in run_study(make_sampler(name, 8, seed=3), n=5).trials]
+    again = [t.params for t in run_study(make_sampler(name, 8, seed=3), n=5).trials]
+    other = [t.params for t in run_study(make_sampler(name, 8, seed=4), n=5).trials]
+    assert first == again and first != other
+
+
+def test_tpe_proposes_every_trial_after_the_startup_ones():
+    samples = 9
+    study = run_study(make_sampler("tpe", samples, seed=0), n=samples)
+    by = [proposed_by(t) for t in study.trials]
+    start = startup_trials(samples)
+    assert by == ["sampler"] * start + ["model"] * (samples - start)
