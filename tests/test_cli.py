@@ -190,3 +190,49 @@ def test_help_and_input_errors_load_no_torch():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=120)
     assert result.stdout.strip() == "[]", result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("unfrozen:\n  lr: {low: 0.1, high: 0.01}\n", "low"),
+    ("unfrozen:\n  colour: [red]\n", "colour"),
+    ("unfrozn:\n  lr: 0.1\n", "unfrozn"),
+    ("unfrozen:\n  batch_size: []\n", "empty"),
+    ("unfrozen:\n  lr: [unclosed\n", "line"),
+])
+def test_every_bad_space_file_exits_2_and_writes_nothing(tmp_path, text, message):
+    space = tmp_path / "space.yaml"
+    space.write_text(text)
+    storage = tmp_path / "runs"
+    result = run_cli("--strategy", "unfrozen", "--space", str(space), "--storage", str(storage),
+                     "--name", "x", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "--space" in result.stderr and message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert not storage.exists()
+
+
+def test_a_space_round_trips_through_show_space(tmp_path):
+    first = tmp_path / "space.yaml"
+    first.write_text("all:\n  batch_size: [32, 64]\nunfrozen:\n  lr: {low: 1.0e-4, high: 0.1, "
+                     "log: true}\n  augment: flip\n")
+    shown = run_cli("--strategy", "unfrozen,frozen", "--space", str(first), "--show-space",
+                    "--storage", str(tmp_path / "runs"), cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert "batch_size: [32, 64]" in shown.stdout and "augment: flip" in shown.stdout
+    again = tmp_path / "shown.yaml"
+    again.write_text(shown.stdout)
+    reshown = run_cli("--strategy", "unfrozen,frozen", "--space", str(again), "--show-space",
+                      "--storage", str(tmp_path / "runs"), cwd=tmp_path)
+    assert reshown.returncode == 0 and reshown.stdout == shown.stdout
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
+def test_a_request_no_node_can_hold_fails_before_the_search(tmp_path):
+    storage = tmp_path / "runs"
+    result = run_cli("--strategy", "scratch", "--data", "demo:4", "--gpus-per-trial", "4",
+                     "--storage", str(storage), "--name", "x", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "no node of this Ray cluster has that much" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (storage / "x").exists()
