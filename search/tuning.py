@@ -60,8 +60,15 @@ class MarkedOptunaSearch(OptunaSearch):
         params = super().suggest(trial_id)
         return None if params is None else to_trial_values(params)
 
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if not self._told_before_restore(trial_id):
+            super().on_trial_result(trial_id, result)
+
     def on_trial_complete(self, trial_id: str, result: dict | None = None,
                           error: bool = False) -> None:
+        if self._told_before_restore(trial_id):
+            self._completed_trials.add(trial_id)
+            return
         study_trial = self._ot_trials.get(trial_id)  # OptunaSearch's own map of live trials
         result = dict(result or {})
         epochs = int(result.get("training_iteration", 0))
@@ -77,6 +84,17 @@ class MarkedOptunaSearch(OptunaSearch):
             frozen = self._ot_study._storage.get_trial(study_trial._trial_id)  # no public getter
             study_trial.set_user_attr("proposed_by", proposed_by(frozen))
         super().on_trial_complete(trial_id, None if error else result, error)
+
+    def _told_before_restore(self, trial_id: str) -> bool:
+        """Whether the study already holds this trial's end, though this searcher (restored
+        from Tune's saved state) does not: a driver killed after telling the study and before
+        Tune saved its state. The restored Tune trial ends again, or reruns its last epochs;
+        Optuna refuses any change to a finished trial (UpdateFinishedTrialError, which would
+        stop the Tuner on every resume), and the study keeps the end it was first told."""
+        study_trial = self._ot_trials.get(trial_id)
+        if study_trial is None or trial_id in self._completed_trials:
+            return False
+        return self._ot_study._storage.get_trial(study_trial._trial_id).state.is_finished()
 
 
 def make_trainable(spec: ExperimentSpec, strategy: str, data_ref: ray.ObjectRef,
