@@ -44,8 +44,9 @@ def best_config(meta: dict, strategy: str, weights_label: str, hyperparameters: 
         "backbone": meta["backbone"],
         # STRATEGY=STAGE: a bare stage would not reach colorization or scratch
         "pretrained": f"{strategy}={pretrained}" if pretrained else None,
-        "pretrain_data": meta.get("pretrain_data"),
-        "pretext_data": meta.get("pretext_data"),
+        # each stage's data only where this strategy's stage reads it, so --config accepts it
+        "pretrain_data": meta.get("pretrain_data") if pretrained == "supervised" else None,
+        "pretext_data": meta.get("pretext_data") if pretrained == "colorization" else None,
         "pretrain_epochs": meta["pretrain_epochs"],
         "pretext_init": meta.get("pretext_init", "scratch"),
         "pretext_decoder_epochs": meta.get("pretext_decoder_epochs", 0),

@@ -51,7 +51,8 @@ def run_search(spec: ExperimentSpec, data: Dataset, sources: StageData) -> Searc
     stages = run_stages(spec, data, data_ref, sources)
     if not spec.resume:
         spec = start_experiment(spec, data, stages)
-    storage = open_storage(spec.optuna_storage, spec.exp_dir)
+    searched = spec.hyperparameters is None and spec.scheduler != "pbt"
+    storage = open_storage(spec.optuna_storage, spec.exp_dir) if searched else None
     search = Search(outcomes=read_outcomes(spec.exp_dir) if spec.resume else {})
     for strategy in spec.strategies:
         if strategy in search.outcomes:
@@ -66,8 +67,8 @@ def run_search(spec: ExperimentSpec, data: Dataset, sources: StageData) -> Searc
         if not finished(grid, spec):
             search.interrupted = strategy
             return search
-        if spec.hyperparameters is None and spec.scheduler != "pbt":
-            orphans = close_orphans(storage, study_name(spec, strategy))
+        if searched:
+            orphans = close_orphans(storage, study_name(spec, strategy), str(spec.exp_dir))
             if orphans:
                 print(f"{strategy}: {orphans} study trial(s) of a killed driver marked failed",
                       flush=True)

@@ -16,6 +16,7 @@ from pathlib import Path
 import ray
 from tensorboardX import SummaryWriter
 
+from search.checks import stage_kind
 from search.spec import ExperimentSpec
 from trainables.cache import area, fingerprint
 from trainables.data.dataset import DataError, Dataset
@@ -61,16 +62,6 @@ def load_stage_data(spec: ExperimentSpec) -> StageData:
     return StageData(load(spec.pretrain_data), load(spec.pretext_data))
 
 
-def stage_kind(spec: ExperimentSpec, strategy: str, data: Dataset) -> str:
-    """--pretrained for this strategy, else its default (on the demo, `imagenet` means the
-    demo's own supervised pretraining, offline)."""
-    default = get_strategy(strategy).pretrained
-    kind = spec.pretrained.get(strategy, default)
-    if kind == "imagenet" and strategy not in spec.pretrained and data.source is not None:
-        return "supervised"
-    return kind
-
-
 def stage_for(spec: ExperimentSpec, strategy: str, data: Dataset,
               sources: StageData = StageData()) -> Stage:
     """The stage a strategy's weights come from: --weights, else its stage_kind."""
@@ -78,7 +69,7 @@ def stage_for(spec: ExperimentSpec, strategy: str, data: Dataset,
         return Stage("none", spec.backbone, "", StageConfig())
     if spec.weights:
         return Stage("imagenet", spec.backbone, "", StageConfig(), str(spec.weights))
-    kind = stage_kind(spec, strategy, data)
+    kind = stage_kind(spec.pretrained, strategy, is_demo=data.source is not None)
     if kind not in ("supervised", "colorization"):
         return Stage(kind, spec.backbone, "", StageConfig())
     config = StageConfig(epochs=spec.pretrain_epochs, seed=spec.seed, init=spec.pretext_init,

@@ -126,7 +126,7 @@ def format_table(rows: list[tuple], max_epochs: int) -> str:
     """One row per trial, a column per hyperparameter that some trial has.
 
     About 80 to 100 columns; at worst (colorization or partial, adamw, batch size 128,
-    trivialaugment) 113, since the strategy column repeats on every row as asked.
+    trivialaugment) 113, since the strategy column repeats on every row.
     """
     params = [dict(row[2]) for row in rows]
     optional = [(key, head) for key, head in OPTIONAL_COLUMNS if any(key in p for p in params)]

@@ -1,11 +1,11 @@
 """Optuna samplers for `--searcher`, each seeded, with a startup phase that fits the budget.
 
 TPE and GP start with random trials before their model proposes any. Optuna's default of 10
-startup trials is more than the default budget of 8 trials per strategy, which silently made the
-search random; here the startup phase is a third of the trials, at least 3 (1 for CMA-ES, whose
-own population does the exploring). TPE is multivariate with `group=True`, so it models the
-parameters that occur together (those of one optimizer, or of the MLP head) jointly, and with a
-constant liar, so trials that run side by side are not proposed at one point.
+startup trials is more than the default budget of 8 trials per strategy, and would leave the
+model nothing to propose; here the startup phase is a third of the trials, at least 3 (1 for
+CMA-ES, whose own population does the exploring). TPE is multivariate with `group=True`, so it
+models the parameters that occur together (those of one optimizer, or of the MLP head) jointly,
+and with a constant liar, so trials that run side by side are not proposed at one point.
 """
 
 from __future__ import annotations

@@ -14,11 +14,19 @@ import time
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
+from search.checks import (
+    check_data,
+    check_numbers,
+    check_pretraining,
+    check_search,
+    parse_keep,
+    parse_pretrained,
+    parse_split,
+    parse_strategies,
+)
 from search.options import ArgumentParser, UsageError, build_parser  # noqa: F401 (re-exported)
 from trainables.cache import cache_root
-from trainables.config import STAGES, TrialConfig
-from trainables.data.dataset import DataError
-from trainables.data.demo import demo_size
+from trainables.config import TrialConfig
 from trainables.strategies import STRATEGIES
 
 
@@ -86,6 +94,7 @@ def parse_spec(argv: list[str] | None = None, prog: str = "run.py") -> Experimen
         return resume_spec(parser, args, argv)
     hyperparameters = None
     if args.config:
+        check_no_search_flags(parser, args)
         args, hyperparameters = apply_config(parser, args, argv)
     strategies = parse_strategies(args.strategy)
     if hyperparameters is not None and len(strategies) > 1:
@@ -102,7 +111,7 @@ def parse_spec(argv: list[str] | None = None, prog: str = "run.py") -> Experimen
     if (storage / name).exists():
         raise UsageError(f"experiment {storage / name} already exists; choose another --name, "
                          f"or continue it with --resume {name}")
-    space_file = check_space(args.space, strategies)
+    space_file = check_space(args.space, strategies, args.scheduler)
     warm_start = check_warm_start(args.warm_start, strategies)
     check_backbone(args.backbone)
     return ExperimentSpec(
@@ -123,6 +132,19 @@ def parse_spec(argv: list[str] | None = None, prog: str = "run.py") -> Experimen
         optuna_storage=check_storage(args.optuna_storage), max_concurrent=args.max_concurrent,
         verbosity=args.verbosity, show_space=args.show_space,
     )
+
+
+# what only a search reads: --config trains one given config, so these would do nothing
+SEARCH_FLAGS = ("samples", "searcher", "scheduler", "reduction_factor", "objective", "space",
+                "warm_start", "optuna_storage", "show_space")
+
+
+def check_no_search_flags(parser: ArgumentParser, args: argparse.Namespace) -> None:
+    defaults = vars(parser.parse_args([]))
+    given = [k for k in SEARCH_FLAGS if getattr(args, k) != defaults[k]]
+    if given:
+        flags = ", ".join("--" + k.replace("_", "-") for k in given)
+        raise UsageError(f"--config trains the given config once, without a search; drop {flags}")
 
 
 # what --resume may change: where things are and how much is printed, never what runs
@@ -161,80 +183,6 @@ def experiment_storage(text: str, name: str) -> Path:
     return Path(text).expanduser().resolve()
 
 
-def parse_strategies(text: str | None) -> tuple[str, ...]:
-    """--strategy: `all`, or names separated by commas, each registered, in the given order."""
-    if text is None:
-        raise UsageError("--strategy is required (or --config FILE from an earlier search)")
-    if text == "all":
-        return tuple(STRATEGIES)
-    names = tuple(dict.fromkeys(n.strip() for n in text.split(",")))
-    for name in names:
-        if name not in STRATEGIES:
-            close = difflib.get_close_matches(name, STRATEGIES, n=1)
-            hint = f"; did you mean {close[0]}?" if close else ""
-            raise UsageError(f"--strategy: invalid choice: {name!r} (choose from "
-                             f"{', '.join(STRATEGIES)}, or all){hint}")
-    return names
-
-
-def parse_pretrained(text: str | None, strategies: tuple[str, ...]) -> dict[str, str]:
-    """--pretrained: the stage of each strategy whose weights it changes.
-
-    A bare stage applies to the strategies that default to imagenet, so colorization keeps its
-    pretext stage and scratch its random start; STRATEGY=STAGE sets one strategy's stage."""
-    if not text:
-        return {}
-    chosen: dict[str, str] = {}
-    for part in (p.strip() for p in text.split(",")):
-        strategy, _, stage = part.rpartition("=")
-        if stage not in STAGES:
-            raise UsageError(f"--pretrained {text}: unknown stage {stage!r}; choose from "
-                             f"{', '.join(STAGES)}, as STAGE or STRATEGY=STAGE")
-        if strategy and strategy not in STRATEGIES:
-            raise UsageError(f"--pretrained {text}: unknown strategy {strategy!r}; choose from "
-                             f"{', '.join(STRATEGIES)}")
-        if strategy and STRATEGIES[strategy].pretrained == "none" and stage != "none":
-            raise UsageError(f"--pretrained {text}: {strategy} always starts from random "
-                             "weights; search unfrozen for pretrained weights")
-        targets = [strategy] if strategy else [
-            s for s in strategies if STRATEGIES[s].pretrained == "imagenet"]
-        chosen.update({s: stage for s in targets if s in strategies})
-    return chosen
-
-
-def check_data(args: argparse.Namespace) -> bool:
-    """The --data and --weights paths exist; returns whether --data is the demo."""
-    try:
-        is_demo = demo_size(args.data) is not None
-    except DataError as error:
-        raise UsageError(str(error)) from None
-    is_path = not is_demo and not args.data.startswith("torchvision:")
-    if is_path and not Path(args.data).expanduser().exists():
-        raise UsageError(f"--data {args.data}: no such file or directory")
-    if args.weights and not Path(args.weights).is_file():
-        raise UsageError(f"--weights {args.weights}: no such file")
-    return is_demo
-
-
-def check_search(args: argparse.Namespace) -> None:
-    """Sampler, scheduler and objective fit together."""
-    if args.reduction_factor < 2:
-        raise UsageError(f"--reduction-factor {args.reduction_factor}: must be at least 2")
-    if args.objective != "acc" and args.searcher in ("cmaes",):
-        raise UsageError(f"--objective {args.objective} needs a multi-objective sampler; "
-                         f"--searcher {args.searcher} has one objective (use tpe, random, qmc "
-                         "or gp)")
-    if args.scheduler == "pbt" and args.objective != "acc":
-        raise UsageError("--scheduler pbt has no study to hold a Pareto front (its configs change "
-                         "during a trial); use --objective acc, or another scheduler")
-    if args.scheduler == "pbt" and args.grace_period >= args.max_epochs:
-        raise UsageError(f"--scheduler pbt perturbs every --grace-period epochs "
-                         f"({args.grace_period}); --max-epochs {args.max_epochs} leaves no "
-                         "room for a perturbation: raise --max-epochs or lower --grace-period")
-    if args.scheduler == "pbt" and args.samples < 2:
-        raise UsageError("--scheduler pbt needs a population: --samples 2 or more")
-
-
 def check_storage(url: str | None) -> str | None:
     if url is None:
         return None
@@ -243,16 +191,23 @@ def check_storage(url: str | None) -> str | None:
     return check_storage_url(url)
 
 
-def check_space(path: str | None, strategies: tuple[str, ...]) -> str | None:
+def check_space(path: str | None, strategies: tuple[str, ...], scheduler: str) -> str | None:
     """--space: read and checked now, so a bad file costs one message and nothing else."""
     if path is None:
         return None
     from spaces.overrides import SpaceFileError, load_space_file
 
     try:
-        load_space_file(path, strategies)
+        overrides = load_space_file(path, strategies)
     except SpaceFileError as error:
         raise UsageError(str(error)) from None
+    # PBT moves lr and weight decay itself, within the built-in ranges, during every trial
+    moved = sorted({k for dims in overrides.values() for k in dims
+                    if k.startswith("lr_") or k in ("lr", "weight_decay")})
+    if scheduler == "pbt" and moved:
+        raise UsageError(f"--space {path}: sets {', '.join(moved)}, which --scheduler pbt "
+                         "perturbs within its own ranges; drop them from the file, or use "
+                         "another scheduler")
     return str(Path(path).expanduser().resolve())
 
 
@@ -301,87 +256,6 @@ def check_config_choices(parser: argparse.ArgumentParser, args: argparse.Namespa
                              f"from {', '.join(map(str, action.choices))})")
 
 
-def check_numbers(args: argparse.Namespace) -> None:
-    for flag, value, low in [("--samples", args.samples, 1), ("--max-epochs", args.max_epochs, 1),
-                             ("--grace-period", args.grace_period, 1),
-                             ("--image-size", args.image_size, 8),
-                             ("--pretrain-epochs", args.pretrain_epochs, 1),
-                             ("--max-failures", args.max_failures, 0),
-                             ("--final-eval", args.final_eval, 0),
-                             ("--max-concurrent",
-                              1 if args.max_concurrent is None else args.max_concurrent, 1)]:
-        if value < low:
-            raise UsageError(f"{flag} {value}: must be at least {low}")
-    if args.cpus_per_trial <= 0:
-        raise UsageError(f"--cpus-per-trial {args.cpus_per_trial:g}: must be above 0")
-    check_gpus(args.gpus_per_trial)
-
-
-def check_gpus(gpus: float) -> None:
-    """Whole GPUs, or 1/k of one: Ray packs k such trials onto a GPU, and a share like 0.3
-    would leave a tenth of every GPU idle."""
-    if gpus < 0 or gpus != gpus:
-        raise UsageError(f"--gpus-per-trial {gpus:g}: must be 0 or more")
-    whole = gpus >= 1 and gpus == int(gpus)
-    share = 0 < gpus < 1 and abs(1 / gpus - round(1 / gpus)) < 1e-6
-    if gpus and not (whole or share):
-        k = max(1, round(1 / gpus)) if gpus < 1 else None
-        fix = f"e.g. {1 / k:g}" if k else f"e.g. {int(gpus)}"
-        raise UsageError(f"--gpus-per-trial {gpus:g}: use a whole number, or a fraction 1/k "
-                         f"such as 0.5 or 0.25 ({fix})")
-
-
-def parse_keep(text: str) -> int | None:
-    """--keep-checkpoints: a number of trials per strategy, or all (None)."""
-    if text == "all":
-        return None
-    if not text.isdigit() or int(text) < 1:
-        raise UsageError(f"--keep-checkpoints {text}: expected a number of trials (1 or more) "
-                         "or all")
-    return int(text)
-
-
-def check_pretraining(args: argparse.Namespace, is_demo: bool, pretrained: dict[str, str],
-                      strategies: tuple[str, ...]) -> None:
-    """Every stage has its data, and every stage's data flag is used by some strategy."""
-    kinds = {pretrained.get(s, STRATEGIES[s].pretrained) for s in strategies}
-    if is_demo and "imagenet" in kinds and not any(v == "imagenet" for v in pretrained.values()):
-        kinds.add("supervised")  # the demo's offline stand-in for imagenet
-    if args.weights:
-        kinds = {"none"} if kinds <= {"none"} else {"file"}
-    named = ", ".join(strategies)
-    if "supervised" in kinds and not is_demo and not args.pretrain_data:
-        raise UsageError("--pretrained supervised needs --pretrain-data (a labeled source set) "
-                         "unless --data is the demo, which has its own source classes")
-    if args.pretrain_data and "supervised" not in kinds:
-        raise UsageError(f"--pretrain-data is the supervised stage's labeled source, and none of "
-                         f"{named} starts from it; add --pretrained supervised, or use "
-                         "--pretext-data for colorization's unlabeled images")
-    if args.pretext_data and "colorization" not in kinds:
-        raise UsageError(f"--pretext-data is the colorization stage's images, and none of "
-                         f"{named} starts from it; add colorization to --strategy or "
-                         "--pretrained")
-    for flag, value in (("--pretrain-data", args.pretrain_data),
-                        ("--pretext-data", args.pretext_data)):
-        if value and not value.startswith(("demo", "torchvision:")) \
-                and not Path(value).expanduser().is_dir():
-            raise UsageError(f"{flag} {value}: no such directory")
-    if not 0 <= args.pretext_decoder_epochs <= args.pretrain_epochs:
-        raise UsageError("--pretext-decoder-epochs must be between 0 and --pretrain-epochs")
-
-
-def parse_split(text: str) -> tuple[float, float, float]:
-    try:
-        parts = tuple(float(x) for x in text.split(","))
-    except ValueError:
-        parts = ()
-    if len(parts) != 3 or parts[0] <= 0 or parts[1] <= 0 or parts[2] < 0 or not (
-            abs(sum(parts) - 1) < 1e-6):
-        raise UsageError(f"--split {text}: expected three fractions train,val,test summing to 1 "
-                         "(train and val above 0)")
-    return parts  # type: ignore[return-value]
-
-
 def spec_from_experiment(meta: dict, exp_dir: Path, cache_dir: str | None = None,
                          address: str | None = None) -> ExperimentSpec:
     """The spec an experiment ran with, read back from its experiment.json, located where the
@@ -395,6 +269,8 @@ def spec_from_experiment(meta: dict, exp_dir: Path, cache_dir: str | None = None
     values.update(strategies=strategies, split=tuple(meta["split"]), pretrained=pretrained,
                   optuna_storage=meta.get("optuna_storage_flag"),
                   storage=Path(exp_dir).resolve().parent, name=Path(exp_dir).resolve().name)
+    if meta.get("space_file"):  # the experiment's own copy, wherever it now is
+        values["space_file"] = str(Path(exp_dir).resolve() / Path(meta["space_file"]).name)
     if cache_dir is None and Path(meta["cache_dir"]).is_dir():
         cache = Path(meta["cache_dir"])
     else:

@@ -57,6 +57,11 @@ def check_storage_url(text: str) -> str:
     if scheme == "sqlite":
         return sqlite_url(rest, text)
     if scheme in RDB_SCHEMES and rest.startswith("//") and len(rest) > 2:
+        if url_passwords(text):  # Ray pickles the storage, URL and all, into the experiment
+            raise spec.UsageError(
+                f"--optuna-storage {mask_password(text)}: a password in the URL would be saved "
+                "in the experiment's files; leave it out and give it through PGPASSWORD or "
+                "~/.pgpass (PostgreSQL), or read_default_file=~/.my.cnf (MySQL)")
         _, module, extra = RDB_SCHEMES[scheme]
         if importlib.util.find_spec(module) is None:
             raise spec.UsageError(f"--optuna-storage {mask_password(text)}: the {module} driver "
@@ -103,7 +108,7 @@ def file_path(text: str, flag: str) -> Path:
 
 
 def default_url(exp_dir: Path) -> str:
-    """The storage without --optuna-storage: the experiment's own SQLite file, as before."""
+    """The storage without --optuna-storage: the experiment's own SQLite file."""
     return f"sqlite:///{Path(exp_dir) / 'optuna.db'}"
 
 

@@ -52,13 +52,18 @@ class MarkedOptunaSearch(OptunaSearch):
     never with the partial score of its last report.
     """
 
-    def __init__(self, *args, max_epochs: int, **kwargs):
+    def __init__(self, *args, max_epochs: int, owner: str, **kwargs):
         super().__init__(*args, **kwargs)
         self.max_epochs = max_epochs
+        self.owner = owner  # the experiment directory: which driver asked a study trial
 
     def suggest(self, trial_id: str) -> dict | None:
         params = super().suggest(trial_id)
-        return None if params is None else to_trial_values(params)
+        if params is None:
+            return None
+        if trial_id in self._ot_trials:
+            self._ot_trials[trial_id].set_user_attr("owner", self.owner)
+        return to_trial_values(params)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if not self._told_before_restore(trial_id):
@@ -130,6 +135,7 @@ def make_searcher(spec: ExperimentSpec, strategy: str, storage: optuna.storages.
         study_name=study_name(spec, strategy),
         storage=storage,
         max_epochs=spec.max_epochs,
+        owner=str(spec.exp_dir),
     )
 
 
@@ -210,15 +216,18 @@ def study_name(spec: ExperimentSpec, strategy: str) -> str:
     return f"{spec.name}/{strategy}"
 
 
-def close_orphans(storage: optuna.storages.BaseStorage, name: str) -> int:
-    """Mark FAIL the study trials still RUNNING once their Tuner has finished: a driver killed
-    between asking the study and saving Tune's state leaves one behind, which no Tune trial will
-    ever tell. Returns how many were closed."""
+def close_orphans(storage: optuna.storages.BaseStorage, name: str, owner: str) -> int:
+    """Mark FAIL this experiment's study trials still RUNNING once its Tuner has finished: a
+    driver killed between asking the study and saving Tune's state leaves one behind, which no
+    Tune trial will ever tell. Trials other drivers of a shared study run are theirs, and left
+    alone. Returns how many were closed."""
     try:
         study = optuna.load_study(study_name=name, storage=storage)
     except KeyError:  # no study: --config, or PBT
         return 0
-    orphans = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    orphans = [t for t in study.get_trials(deepcopy=False,
+                                           states=(optuna.trial.TrialState.RUNNING,))
+               if t.user_attrs.get("owner") == owner]
     for trial in orphans:
         storage.set_trial_user_attr(trial._trial_id, "orphaned", True)
         storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)

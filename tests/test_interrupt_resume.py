@@ -341,7 +341,7 @@ def test_a_restored_searcher_leaves_alone_a_trial_the_study_already_holds(tmp_pa
     def searcher() -> MarkedOptunaSearch:
         return MarkedOptunaSearch(space=get_space("scratch", SpaceContext(max_epochs=3)),
                                   metric=METRIC, mode="max", study_name="s", storage=storage,
-                                  max_epochs=3)
+                                  max_epochs=3, owner=str(tmp_path))
 
     def result(value: float, epoch: int) -> dict:
         return {METRIC: value, "training_iteration": epoch, "best_epoch": epoch,

@@ -36,7 +36,10 @@ def test_a_bare_pretrained_stage_leaves_colorization_and_scratch_alone():
     assert "colorization" not in bare and "scratch" not in bare
     both = parse_pretrained("imagenet,colorization=supervised", everything)
     assert both["colorization"] == "supervised" and both["unfrozen"] == "imagenet"
-    assert parse_pretrained("colorization=supervised", ("frozen",)) == {}  # not in the run
+    with pytest.raises(UsageError, match="reaches none of frozen"):  # not in the run
+        parse_pretrained("colorization=supervised", ("frozen",))
+    with pytest.raises(UsageError, match="reaches none of colorization"):
+        parse_pretrained("supervised", ("colorization",))
     with pytest.raises(UsageError, match="unknown stage 'imagnet'"):
         parse_pretrained("imagnet", everything)
     with pytest.raises(UsageError, match="scratch always starts from random weights"):
@@ -72,13 +75,17 @@ def test_pretrain_data_feeds_supervised_and_pretext_data_feeds_colorization(
     (["--strategy", "frozen", "--searcher", "cmaes", "--objective", "acc+time"],
      "needs a multi-objective sampler"),
     (["--resume", "nothing-here"], "--resume nothing-here: no experiment"),
+    (["--strategy", "frozen", "--gpus-per-trial", "inf"], "must be a number, 0 or more"),
+    (["--strategy", "frozen", "--cpus-per-trial", "nan"], "must be a number above 0"),
+    (["--strategy", "frozen", "--optuna-storage", "postgresql://u:pw@db/s"], "PGPASSWORD"),
+    (["--config", "best.yaml", "--searcher", "gp"], "without a search; drop --searcher"),
 ])
 def test_bad_option_combinations_are_refused(tmp_path, args, message):
     with pytest.raises(UsageError, match=message.replace("(", r"\(")):
         spec(tmp_path, *args)
 
 
-@pytest.mark.parametrize("gpus", ["0", "0.5", "0.25", "0.125", "1", "2"])
+@pytest.mark.parametrize("gpus", ["0", "0.5", "0.25", "0.125", "0.333", "1", "2"])
 def test_whole_gpus_and_unit_fractions_are_accepted(tmp_path, gpus):
     assert spec(tmp_path, "--strategy", "frozen", "--gpus-per-trial", gpus).gpus_per_trial == \
         float(gpus)

@@ -61,11 +61,11 @@ def assert_read_back(storage, name: str) -> None:
 
 
 @pytest.mark.parametrize("given, expected", [
-    ("postgresql://u:pw@db.example:5432/studies",
-     "postgresql+psycopg2://u:pw@db.example:5432/studies"),
+    ("postgresql://u@db.example:5432/studies",
+     "postgresql+psycopg2://u@db.example:5432/studies"),
     ("postgresql+psycopg2://u@db/studies", "postgresql+psycopg2://u@db/studies"),
     ("PostgreSQL://u@db/studies", "postgresql+psycopg2://u@db/studies"),
-    ("mysql://u:pw@db/studies", "mysql+pymysql://u:pw@db/studies"),
+    ("mysql://u@db/studies", "mysql+pymysql://u@db/studies"),
     ("mysql+pymysql://u@db/studies", "mysql+pymysql://u@db/studies"),
 ])
 def test_check_accepts_database_urls(with_driver, given, expected):
@@ -89,6 +89,8 @@ def test_check_makes_file_paths_absolute(tmp_path, monkeypatch):
     ("postgresql://", "expected sqlite:///PATH"),
     ("sqlite://studies.db", "three slashes"),
     ("sqlite:///:memory:", "give a file"),
+    ("postgresql://u:secret@db/studies", "give it through PGPASSWORD"),
+    ("postgresql://db/studies?user=u&password=secret", "give it through PGPASSWORD"),
     ("journal:", "no file given"),
     ("journal:/no/such/dir/studies.log", "/no/such/dir: no such directory (create it first)"),
     ("sqlite:////no/such/dir/s.db", "/no/such/dir: no such directory (create it first)"),
@@ -96,7 +98,7 @@ def test_check_makes_file_paths_absolute(tmp_path, monkeypatch):
 def test_check_refuses_bad_urls_naming_the_fix(with_driver, given, fix):
     with pytest.raises(UsageError, match="^--optuna-storage ") as raised:
         check_storage_url(given)
-    assert fix in str(raised.value)
+    assert fix in str(raised.value) and "secret" not in str(raised.value)
     assert "\n" not in str(raised.value)
 
 
@@ -164,7 +166,7 @@ def test_storage_pickles_and_reconnects(tmp_path, kind):
 
 
 def test_password_is_masked(tmp_path):
-    url = check_storage_url("postgresql://ada:s3cr%40t@db.example:5432/studies")
+    url = "postgresql+psycopg2://ada:s3cr%40t@db.example:5432/studies"  # as open_storage sees
     masked = "postgresql+psycopg2://ada:***@db.example:5432/studies"
     assert storage_label(url, tmp_path) == masked
     assert shlex.split(dashboard_command(url, tmp_path)) == ["optuna-dashboard", masked]

@@ -1,0 +1,185 @@
+"""Checks of the command line's values, each raising a UsageError that names the fix.
+
+Light imports only (no torch, Ray or Optuna), so bad input answers at once. search.spec calls
+these while it builds the ExperimentSpec.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import math
+from pathlib import Path
+
+from search.options import UsageError
+from trainables.config import STAGES
+from trainables.data.dataset import DataError
+from trainables.data.demo import demo_size
+from trainables.strategies import STRATEGIES
+
+
+def parse_strategies(text: str | None) -> tuple[str, ...]:
+    """--strategy: `all`, or names separated by commas, each registered, in the given order."""
+    if text is None:
+        raise UsageError("--strategy is required (or --config FILE from an earlier search)")
+    if text == "all":
+        return tuple(STRATEGIES)
+    names = tuple(dict.fromkeys(n.strip() for n in text.split(",")))
+    for name in names:
+        if name not in STRATEGIES:
+            close = difflib.get_close_matches(name, STRATEGIES, n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            raise UsageError(f"--strategy: invalid choice: {name!r} (choose from "
+                             f"{', '.join(STRATEGIES)}, or all){hint}")
+    return names
+
+
+def parse_pretrained(text: str | None, strategies: tuple[str, ...]) -> dict[str, str]:
+    """--pretrained: the stage of each strategy whose weights it changes.
+
+    A bare stage applies to the strategies that default to imagenet, so colorization keeps its
+    pretext stage and scratch its random start; STRATEGY=STAGE sets one strategy's stage."""
+    if not text:
+        return {}
+    chosen: dict[str, str] = {}
+    for part in (p.strip() for p in text.split(",")):
+        strategy, _, stage = part.rpartition("=")
+        if stage not in STAGES:
+            raise UsageError(f"--pretrained {text}: unknown stage {stage!r}; choose from "
+                             f"{', '.join(STAGES)}, as STAGE or STRATEGY=STAGE")
+        if strategy and strategy not in STRATEGIES:
+            raise UsageError(f"--pretrained {text}: unknown strategy {strategy!r}; choose from "
+                             f"{', '.join(STRATEGIES)}")
+        if strategy and STRATEGIES[strategy].pretrained == "none" and stage != "none":
+            raise UsageError(f"--pretrained {text}: {strategy} always starts from random "
+                             "weights; search unfrozen for pretrained weights")
+        targets = [strategy] if strategy else [
+            s for s in strategies if STRATEGIES[s].pretrained == "imagenet"]
+        reached = [s for s in targets if s in strategies]
+        if not reached:
+            whom = strategy or "the strategies that start from imagenet"
+            raise UsageError(f"--pretrained {text}: {part} reaches none of "
+                             f"{', '.join(strategies)} ({whom}); use STRATEGY=STAGE for one of "
+                             "them, or drop it")
+        chosen.update(dict.fromkeys(reached, stage))
+    return chosen
+
+
+def stage_kind(pretrained: dict[str, str], strategy: str, is_demo: bool) -> str:
+    """The stage a strategy's weights come from: --pretrained for it, else its default; on the
+    demo, a default `imagenet` means the demo's own supervised pretraining (offline)."""
+    kind = pretrained.get(strategy, STRATEGIES[strategy].pretrained)
+    if kind == "imagenet" and strategy not in pretrained and is_demo:
+        return "supervised"
+    return kind
+
+
+def check_data(args: argparse.Namespace) -> bool:
+    """The --data and --weights paths exist; returns whether --data is the demo."""
+    try:
+        is_demo = demo_size(args.data) is not None
+    except DataError as error:
+        raise UsageError(str(error)) from None
+    is_path = not is_demo and not args.data.startswith("torchvision:")
+    if is_path and not Path(args.data).expanduser().exists():
+        raise UsageError(f"--data {args.data}: no such file or directory")
+    if args.weights and not Path(args.weights).is_file():
+        raise UsageError(f"--weights {args.weights}: no such file")
+    return is_demo
+
+
+def check_search(args: argparse.Namespace) -> None:
+    """Sampler, scheduler and objective fit together."""
+    if args.reduction_factor < 2:
+        raise UsageError(f"--reduction-factor {args.reduction_factor}: must be at least 2")
+    if args.objective != "acc" and args.searcher in ("cmaes",):
+        raise UsageError(f"--objective {args.objective} needs a multi-objective sampler; "
+                         f"--searcher {args.searcher} has one objective (use tpe, random, qmc "
+                         "or gp)")
+    if args.scheduler == "pbt" and args.objective != "acc":
+        raise UsageError("--scheduler pbt has no study to hold a Pareto front (its configs change "
+                         "during a trial); use --objective acc, or another scheduler")
+    if args.scheduler == "pbt" and args.grace_period >= args.max_epochs:
+        raise UsageError(f"--scheduler pbt perturbs every --grace-period epochs "
+                         f"({args.grace_period}); --max-epochs {args.max_epochs} leaves no "
+                         "room for a perturbation: raise --max-epochs or lower --grace-period")
+    if args.scheduler == "pbt" and args.samples < 2:
+        raise UsageError("--scheduler pbt needs a population: --samples 2 or more")
+
+
+def check_numbers(args: argparse.Namespace) -> None:
+    for flag, value, low in [("--samples", args.samples, 1), ("--max-epochs", args.max_epochs, 1),
+                             ("--grace-period", args.grace_period, 1),
+                             ("--image-size", args.image_size, 8),
+                             ("--pretrain-epochs", args.pretrain_epochs, 1),
+                             ("--max-failures", args.max_failures, 0),
+                             ("--final-eval", args.final_eval, 0),
+                             ("--max-concurrent",
+                              1 if args.max_concurrent is None else args.max_concurrent, 1)]:
+        if value < low:
+            raise UsageError(f"{flag} {value}: must be at least {low}")
+    if not math.isfinite(args.cpus_per_trial) or args.cpus_per_trial <= 0:
+        raise UsageError(f"--cpus-per-trial {args.cpus_per_trial:g}: must be a number above 0")
+    check_gpus(args.gpus_per_trial)
+
+
+def check_gpus(gpus: float) -> None:
+    """Whole GPUs, or 1/k of one: Ray packs k such trials onto a GPU, and a share like 0.3
+    would leave a tenth of every GPU idle."""
+    if not math.isfinite(gpus) or gpus < 0:
+        raise UsageError(f"--gpus-per-trial {gpus:g}: must be a number, 0 or more")
+    k = round(1 / gpus) if 0 < gpus < 1 else 0
+    share = k > 0 and abs(gpus * k - 1) < 1e-3  # 0.33 or 0.333 for a third
+    if gpus and not (gpus == int(gpus) or share):
+        fix = f"e.g. {1 / max(k, 1):.4g}" if gpus < 1 else f"e.g. {int(gpus)}"
+        raise UsageError(f"--gpus-per-trial {gpus:g}: use a whole number, or a fraction 1/k "
+                         f"such as 0.5 or 0.25 ({fix})")
+
+
+def parse_keep(text: str) -> int | None:
+    """--keep-checkpoints: a number of trials per strategy, or all (None)."""
+    if text == "all":
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise UsageError(f"--keep-checkpoints {text}: expected a number of trials (1 or more) "
+                         "or all")
+    return int(text)
+
+
+def check_pretraining(args: argparse.Namespace, is_demo: bool, pretrained: dict[str, str],
+                      strategies: tuple[str, ...]) -> None:
+    """Every stage has its data, and every stage's data flag is used by some strategy."""
+    kinds = {stage_kind(pretrained, s, is_demo) for s in strategies}
+    if args.weights:
+        kinds = {"none"} if kinds <= {"none"} else {"file"}
+    named = ", ".join(strategies)
+    if "supervised" in kinds and not is_demo and not args.pretrain_data:
+        raise UsageError("--pretrained supervised needs --pretrain-data (a labeled source set) "
+                         "unless --data is the demo, which has its own source classes")
+    if args.pretrain_data and "supervised" not in kinds:
+        raise UsageError(f"--pretrain-data is the supervised stage's labeled source, and none of "
+                         f"{named} starts from it; add --pretrained supervised, or use "
+                         "--pretext-data for colorization's unlabeled images")
+    if args.pretext_data and "colorization" not in kinds:
+        raise UsageError(f"--pretext-data is the colorization stage's images, and none of "
+                         f"{named} starts from it; add colorization to --strategy or "
+                         "--pretrained")
+    for flag, value in (("--pretrain-data", args.pretrain_data),
+                        ("--pretext-data", args.pretext_data)):
+        if value and not value.startswith(("demo", "torchvision:")) \
+                and not Path(value).expanduser().is_dir():
+            raise UsageError(f"{flag} {value}: no such directory")
+    if not 0 <= args.pretext_decoder_epochs <= args.pretrain_epochs:
+        raise UsageError("--pretext-decoder-epochs must be between 0 and --pretrain-epochs")
+
+
+def parse_split(text: str) -> tuple[float, float, float]:
+    try:
+        parts = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        parts = ()
+    if len(parts) != 3 or parts[0] <= 0 or parts[1] <= 0 or parts[2] < 0 or not (
+            abs(sum(parts) - 1) < 1e-6):
+        raise UsageError(f"--split {text}: expected three fractions train,val,test summing to 1 "
+                         "(train and val above 0)")
+    return parts  # type: ignore[return-value]
