@@ -14,6 +14,7 @@ the same space, since Ray runs PBT without a searcher.
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 
 import optuna
 import ray
@@ -225,13 +226,19 @@ def close_orphans(storage: optuna.storages.BaseStorage, name: str, owner: str) -
         study = optuna.load_study(study_name=name, storage=storage)
     except KeyError:  # no study: --config, or PBT
         return 0
-    orphans = [t for t in study.get_trials(deepcopy=False,
-                                           states=(optuna.trial.TrialState.RUNNING,))
-               if t.user_attrs.get("owner") == owner]
+    running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    orphans = [t for t in running if t.user_attrs.get("owner") == owner or unclaimed(t)]
     for trial in orphans:
         storage.set_trial_user_attr(trial._trial_id, "orphaned", True)
         storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
     return len(orphans)
+
+
+def unclaimed(trial: optuna.trial.FrozenTrial, after_s: float = 10.0) -> bool:
+    """A trial asked but never given its parameters and owner: its driver was killed between
+    the two, which are milliseconds apart in a live driver."""
+    age = (datetime.now() - trial.datetime_start).total_seconds() if trial.datetime_start else 0
+    return not trial.params and "owner" not in trial.user_attrs and age > after_s
 
 
 def planned_trials(spec: ExperimentSpec) -> int:
