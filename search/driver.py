@@ -17,7 +17,7 @@ import optuna
 import ray
 from ray import tune
 
-from search.outcomes import TRIALS_FILE, summarise_errors, trial_outcomes, write_outcomes
+from search.outcomes import read_outcomes, summarise_errors, trial_outcomes, write_outcomes
 from search.pretraining import StageData, StageOutputs, run_stages, write_stage_outputs
 from search.spec import ExperimentSpec
 from search.study import open_storage, storage_label
@@ -51,8 +51,7 @@ def run_search(spec: ExperimentSpec, data: Dataset, sources: StageData) -> Searc
     stages = run_stages(spec, data, data_ref, sources)
     if not spec.resume:
         spec = start_experiment(spec, data, stages)
-    searched = spec.hyperparameters is None and spec.scheduler != "pbt"
-    storage = open_storage(spec.optuna_storage, spec.exp_dir) if searched else None
+    storage = open_storage(spec.optuna_storage, spec.exp_dir) if spec.has_study else None
     search = Search(outcomes=read_outcomes(spec.exp_dir) if spec.resume else {})
     for strategy in spec.strategies:
         if strategy in search.outcomes:
@@ -67,7 +66,7 @@ def run_search(spec: ExperimentSpec, data: Dataset, sources: StageData) -> Searc
         if not finished(grid, spec):
             search.interrupted = strategy
             return search
-        if searched:
+        if spec.has_study:
             orphans = close_orphans(storage, study_name(spec, strategy), str(spec.exp_dir))
             if orphans:
                 print(f"{strategy}: {orphans} study trial(s) of a killed driver marked failed",
@@ -94,12 +93,11 @@ def start_experiment(spec: ExperimentSpec, data: Dataset, stages: StageOutputs
 
 
 def write_experiment(spec: ExperimentSpec, data: Dataset, stages: StageOutputs) -> None:
-    searched = spec.hyperparameters is None and spec.scheduler != "pbt"
     meta = {
         **{k: str(v) if isinstance(v, Path) else v for k, v in asdict(spec).items()
            if k not in ("resume", "show_space", "optuna_storage")},
         "strategies": {s: {"pretrained": stages.labels[s],
-                           "study_name": study_name(spec, s) if searched else None}
+                           "study_name": study_name(spec, s) if spec.has_study else None}
                        for s in spec.strategies},
         # the study's URL for the analysis (a password masked), and the flag for --resume
         "optuna_storage": storage_label(spec.optuna_storage, spec.exp_dir),
@@ -113,7 +111,3 @@ def write_experiment(spec: ExperimentSpec, data: Dataset, stages: StageOutputs) 
     with atomic_file(spec.exp_dir / "experiment.json") as tmp:
         tmp.write_text(json.dumps(meta, indent=2))
 
-
-def read_outcomes(exp_dir: Path) -> dict[str, list[dict]]:
-    path = exp_dir / TRIALS_FILE
-    return json.loads(path.read_text()) if path.is_file() else {}

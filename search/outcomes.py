@@ -36,9 +36,15 @@ def trial_outcomes(grid: tune.ResultGrid) -> list[dict]:
     return outcomes
 
 
+def read_outcomes(exp_dir: Path) -> dict[str, list[dict]]:
+    """Each finished strategy's trial outcomes, as write_outcomes left them."""
+    path = exp_dir / TRIALS_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def write_outcomes(exp_dir: Path, strategy: str, outcomes: list[dict]) -> None:
     path = exp_dir / TRIALS_FILE
-    every = json.loads(path.read_text()) if path.is_file() else {}
+    every = read_outcomes(exp_dir)
     every[strategy] = outcomes
     with atomic_file(path) as tmp:
         tmp.write_text(json.dumps(every, indent=2))

@@ -57,8 +57,9 @@ def load_inputs(spec):
     if spec.final_eval and (data.test is None or len(data.test) == 0):
         raise DataError(f"--final-eval {spec.final_eval}: {spec.data} has no test split "
                         "(give --split a test fraction, or a test/ folder)")
-    if spec.optuna_storage and "://" in spec.optuna_storage and \
-            not spec.optuna_storage.startswith("sqlite"):  # a server: reached now, in seconds
+    from search.study import is_server
+
+    if spec.optuna_storage and is_server(spec.optuna_storage):  # reached now, in seconds
         from search.study import StorageError, open_storage
 
         try:

@@ -76,6 +76,12 @@ class ExperimentSpec:
     def exp_dir(self) -> Path:
         return self.storage / self.name
 
+    @property
+    def has_study(self) -> bool:
+        """Whether each strategy has an Optuna study: not for --config (one given config) nor
+        for PBT (Ray runs it without a searcher)."""
+        return self.hyperparameters is None and self.scheduler != "pbt"
+
 
 def check_backbone(name: str) -> None:
     import timm  # loads torch: seconds, so only once the cheaper checks have passed

@@ -72,6 +72,11 @@ def check_storage_url(text: str) -> str:
                           f"search can use{hint}; expected {ACCEPTED}")
 
 
+def is_server(url: str) -> bool:
+    """Whether a checked --optuna-storage URL names a database server (not a file)."""
+    return url.partition(":")[0].lower() in RDB_SCHEMES
+
+
 def with_driver(url: str) -> str:
     """A database URL with the driver the extras install spelled out (see RDB_SCHEMES)."""
     scheme, colon, rest = url.partition(":")

@@ -16,6 +16,20 @@ def _one_thread_and_a_private_cache(monkeypatch, tmp_path_factory):
     monkeypatch.setenv("TRANSFER_SEARCH_CACHE", str(tmp_path_factory.mktemp("cache")))
 
 
+@pytest.fixture(scope="module")
+def postgres_url(tmp_path_factory):
+    """URL of a database on a PostgreSQL server started (and stopped) on loopback for the
+    module; skips, saying how to install one, only where the server binaries are missing."""
+    from tests.postgres import PostgresMissing, start_postgres
+
+    try:
+        url, stop = start_postgres(tmp_path_factory.mktemp("postgres"))
+    except PostgresMissing as exc:
+        pytest.skip(str(exc))
+    yield url
+    stop()
+
+
 @pytest.fixture(scope="session")
 def all_strategies_search(tmp_path_factory):
     """One tiny real search of every registered strategy, 2 trials each, ending with the final

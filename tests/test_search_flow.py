@@ -14,7 +14,6 @@ import yaml
 
 from search.samplers import startup_trials
 from tests.helpers import TINY_MODEL
-from tests.postgres import PostgresMissing, start_postgres
 
 RUN = Path(__file__).resolve().parents[1] / "search" / "run.py"
 TINY = ["--data", "demo:8", "--backbone", TINY_MODEL, "--pretrain-epochs", "1",
@@ -60,16 +59,6 @@ def test_a_strategy_list_gives_one_leaderboard_and_tpe_proposes_after_startup(tm
         assert tune_lrs == {t.params[f"lr_{t.params['optimizer']}"] for t in study.trials}
     best = yaml.safe_load((exp_dir / "best" / "frozen.yaml").read_text())
     assert best["pretrained"] == "frozen=supervised"
-
-
-@pytest.fixture(scope="module")
-def postgres_url(tmp_path_factory):
-    try:
-        url, stop = start_postgres(tmp_path_factory.mktemp("postgres"))
-    except PostgresMissing as exc:
-        pytest.skip(str(exc))
-    yield url
-    stop()
 
 
 def test_a_two_objective_study_on_postgres_and_its_pareto_front(tmp_path, postgres_url):

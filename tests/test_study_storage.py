@@ -21,23 +21,12 @@ from search.study import (
     open_storage,
     storage_label,
 )
-from tests.postgres import PostgresMissing, free_port, start_postgres
+from tests.postgres import free_port
 
 VALUES = [0.25, 0.5, 0.75]
 REPO = Path(__file__).resolve().parents[1]
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-
-@pytest.fixture(scope="module")
-def postgres_url(tmp_path_factory):
-    """URL of a database on a PostgreSQL server this module starts (and stops) on loopback."""
-    try:
-        url, stop = start_postgres(tmp_path_factory.mktemp("postgres"))
-    except PostgresMissing as exc:
-        pytest.skip(str(exc))
-    yield url
-    stop()
 
 
 @pytest.fixture
