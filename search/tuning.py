@@ -59,12 +59,13 @@ class MarkedOptunaSearch(OptunaSearch):
         self.owner = owner  # the experiment directory: which driver asked a study trial
 
     def suggest(self, trial_id: str) -> dict | None:
-        params = super().suggest(trial_id)
-        if params is None:
-            return None
-        if trial_id in self._ot_trials:
+        if callable(self._space) and trial_id not in self._ot_trials:
+            # claimed before its parameters are sampled and written one by one: a driver killed
+            # in between leaves a trial that close_orphans knows as its own
+            self._ot_trials[trial_id] = self._ot_study.ask()
             self._ot_trials[trial_id].set_user_attr("owner", self.owner)
-        return to_trial_values(params)
+        params = super().suggest(trial_id)
+        return None if params is None else to_trial_values(params)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if not self._told_before_restore(trial_id):
@@ -235,10 +236,10 @@ def close_orphans(storage: optuna.storages.BaseStorage, name: str, owner: str) -
 
 
 def unclaimed(trial: optuna.trial.FrozenTrial, after_s: float = 10.0) -> bool:
-    """A trial asked but never given its parameters and owner: its driver was killed between
-    the two, which are milliseconds apart in a live driver."""
+    """A trial asked but never claimed by an owner: its driver was killed between the two,
+    which are milliseconds apart in a live driver."""
     age = (datetime.now() - trial.datetime_start).total_seconds() if trial.datetime_start else 0
-    return not trial.params and "owner" not in trial.user_attrs and age > after_s
+    return "owner" not in trial.user_attrs and age > after_s
 
 
 def planned_trials(spec: ExperimentSpec) -> int:

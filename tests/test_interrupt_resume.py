@@ -363,3 +363,29 @@ def test_a_restored_searcher_leaves_alone_a_trial_the_study_already_holds(tmp_pa
     assert trial.state == optuna.trial.TrialState.COMPLETE
     assert trial.value == 0.5 and trial.intermediate_values == {1: 0.4, 2: 0.5}
     assert trial.user_attrs["tune_trial_id"] == "t1" and trial.user_attrs["epochs"] == 2
+
+
+def test_a_trial_killed_while_its_parameters_are_sampled_is_still_closed(tmp_path):
+    """The driver dies after asking the study and before every parameter is written: the trial
+    already names its owner, so the driver that resumes the experiment closes it as orphaned,
+    and a trial another driver of a shared study is running stays open."""
+    from search.tuning import METRIC, MarkedOptunaSearch, close_orphans
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}")
+
+    def dies_midway(trial: optuna.Trial) -> dict:
+        trial.suggest_float("lr", 1e-4, 1e-1, log=True)
+        raise KeyboardInterrupt  # stands in for the SIGKILL between two suggest calls
+
+    def searcher(owner: str, space) -> MarkedOptunaSearch:
+        return MarkedOptunaSearch(space=space, metric=METRIC, mode="max", study_name="s",
+                                  storage=storage, max_epochs=3, owner=owner)
+
+    with pytest.raises(KeyboardInterrupt):
+        searcher("experiments/mine", dies_midway).suggest("t1")
+    searcher("experiments/theirs", lambda t: {"wd": t.suggest_float("wd", 0.0, 1.0)}).suggest("t2")
+
+    assert close_orphans(storage, "s", "experiments/mine") == 1
+    mine, theirs = optuna.load_study(study_name="s", storage=storage).trials
+    assert mine.state == optuna.trial.TrialState.FAIL and mine.user_attrs["orphaned"] is True
+    assert theirs.state == optuna.trial.TrialState.RUNNING
