@@ -24,6 +24,7 @@ import pandas as pd
 
 from analysis import plots
 from analysis.importance import importance_report
+from analysis.remote import RemoteError, fetch, is_uri, join_uri, upload
 from analysis.results import leaderboard, load_curves, load_eval, load_results, read_experiment
 from analysis.stats import gap_ci
 
@@ -369,7 +370,8 @@ def _interval(low, high) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="report.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("exp_dirs", nargs="+", metavar="EXP_DIR", help="experiment directories")
+    p.add_argument("exp_dirs", nargs="+", metavar="EXP_DIR",
+                   help="experiment directories, or URIs (s3://bucket/prefix/NAME)")
     p.add_argument("--out", default=None, metavar="DIR",
                    help="where report.md and its PNGs go (default: EXP_DIR/report, the first)")
     p.add_argument("--top-k", type=int, default=3, metavar="K",
@@ -382,12 +384,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.top_k < 1:
             raise ReportError(f"--top-k {args.top_k}: must be at least 1")
-        for exp_dir in args.exp_dirs:
+        local = [fetch(d) if is_uri(d) else d for d in args.exp_dirs]
+        for exp_dir in local:
             check_experiment(exp_dir)
-    except ReportError as error:
+    except (ReportError, RemoteError) as error:
         print(f"report.py: error: {error}", file=sys.stderr)
         return 2
-    path = write_report(args.exp_dirs, args.out, args.top_k)
+    path = write_report(local, args.out, args.top_k)
+    if args.out is None and is_uri(args.exp_dirs[0]):  # the report goes beside the experiment
+        upload(path.parent, join_uri(args.exp_dirs[0], path.parent.name))
+        path = join_uri(args.exp_dirs[0], path.parent.name, path.name)
     print(f"report: {path}")
     return 0
 

@@ -17,6 +17,7 @@ import optuna
 import ray
 from ray import tune
 
+from analysis.remote import join_uri, upload
 from search.outcomes import read_outcomes, summarise_errors, trial_outcomes, write_outcomes
 from search.pretraining import StageData, StageOutputs, run_stages, write_stage_outputs
 from search.spec import ExperimentSpec
@@ -57,7 +58,7 @@ def run_search(spec: ExperimentSpec, data: Dataset, sources: StageData) -> Searc
         if strategy in search.outcomes:
             print(f"{strategy}: already searched, kept", flush=True)
             continue
-        restored = spec.resume and tune.Tuner.can_restore(str(spec.exp_dir / strategy))
+        restored = spec.resume and tune.Tuner.can_restore(join_uri(spec.exp_uri, strategy))
         print(f"{'resuming' if restored else 'searching'} {strategy}: {planned_trials(spec)} "
               f"trials x up to {spec.max_epochs} epochs", flush=True)
         tuner = (restore_tuner(spec, strategy, data_ref, stages) if restored
@@ -65,6 +66,7 @@ def run_search(spec: ExperimentSpec, data: Dataset, sources: StageData) -> Searc
         grid = tuner.fit()
         if not finished(grid, spec):
             search.interrupted = strategy
+            publish(spec)
             return search
         if spec.has_study:
             orphans = close_orphans(storage, study_name(spec, strategy), str(spec.exp_dir))
@@ -74,7 +76,15 @@ def run_search(spec: ExperimentSpec, data: Dataset, sources: StageData) -> Searc
         search.outcomes[strategy] = trial_outcomes(grid)
         write_outcomes(spec.exp_dir, strategy, search.outcomes[strategy])
         print(summarise_errors(strategy, search.outcomes[strategy]), flush=True)
+        publish(spec)
     return search
+
+
+def publish(spec: ExperimentSpec) -> None:
+    """Upload the driver's files of an experiment whose --storage is a URI (Tune writes its
+    strategy folders there itself)."""
+    if spec.storage_uri:
+        upload(spec.exp_dir, spec.exp_uri, skip=spec.strategies)
 
 
 def start_experiment(spec: ExperimentSpec, data: Dataset, stages: StageOutputs
@@ -89,6 +99,7 @@ def start_experiment(spec: ExperimentSpec, data: Dataset, stages: StageOutputs
         spec = replace(spec, space_file=str(spec.exp_dir / SPACE_COPY))
     write_experiment(spec, data, stages)
     write_stage_outputs(spec.exp_dir, stages.records)
+    publish(spec)
     return spec
 
 

@@ -10,12 +10,12 @@ trials is kept, unless the user asks for all.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pandas as pd
 from ray import tune
 
+from analysis.remote import checkpoint_dirs, delete_dir
 from trainables.cache import atomic_file
 
 TRIALS_FILE = "trials.json"
@@ -59,26 +59,25 @@ def summarise_errors(strategy: str, outcomes: list[dict]) -> str:
     return line
 
 
-def prune_checkpoints(trials: pd.DataFrame, keep: int | None) -> list[Path]:
+def prune_checkpoints(trials: pd.DataFrame, keep: int | None, exp_dir: Path, exp_uri: str
+                      ) -> list[str]:
     """Delete every checkpoint but the best-epoch one of each strategy's `keep` best trials.
 
-    `trials` is analysis.load_results' table; `keep=None` keeps everything. Returns the kept
-    checkpoint folders.
+    `trials` is analysis.load_results' table of the experiment read at `exp_dir`; the
+    checkpoints are deleted where Tune wrote them, `exp_uri` (the same folder, or a URI).
+    `keep=None` keeps everything. Returns the kept checkpoints, relative to the experiment.
     """
-    kept: list[Path] = []
+    def relative(trial_dir: str) -> str:
+        return Path(trial_dir).relative_to(exp_dir).as_posix()
+
     ranked = trials[~trials["errored"]].sort_values("val_acc", ascending=False)
-    for _, row in ranked.groupby("strategy").head(keep or len(trials)).iterrows():
-        if isinstance(row["checkpoint"], str):
-            kept.append(Path(row["trial_dir"]) / row["checkpoint"])
+    kept = {f"{relative(row['trial_dir'])}/{row['checkpoint']}"
+            for _, row in ranked.groupby("strategy").head(keep or len(trials)).iterrows()
+            if isinstance(row["checkpoint"], str)}
     if keep is None:
-        return kept
-    for trial_dir in trials["trial_dir"]:
-        for folder in Path(trial_dir).glob("checkpoint_*"):
-            if folder not in kept:
-                shutil.rmtree(folder, ignore_errors=True)
-    return kept
-
-
-def disk_use(folder: Path) -> int:
-    """Bytes of every file under `folder`."""
-    return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file())
+        return sorted(kept)
+    for trial in map(relative, trials["trial_dir"]):
+        for folder in checkpoint_dirs(exp_uri, trial):
+            if f"{trial}/{folder.rsplit('/', 1)[-1]}" not in kept:
+                delete_dir(exp_uri, folder)
+    return sorted(kept)

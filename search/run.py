@@ -75,7 +75,12 @@ def search_on_ray(spec, data, sources, prog: str):
 
     from search.driver import run_search
     from search.progress import quiet_ray_output
-    from search.resources import ResourceError, check_resources, node_resources
+    from search.resources import (
+        ResourceError,
+        check_resources,
+        check_storage_reach,
+        node_resources,
+    )
     from trainables.pretrain import StageError
 
     # A checkpoint every epoch triggers Tune's experiment snapshots often; on small demo runs
@@ -89,6 +94,8 @@ def search_on_ray(spec, data, sources, prog: str):
                        logging_config=ray.LoggingConfig(log_level=level), **local)
     try:
         check_resources(spec.cpus_per_trial, spec.gpus_per_trial, node_resources())
+        if not spec.storage_uri:
+            check_storage_reach(spec.storage)
         show_dashboards(spec, context.dashboard_url)
         return run_search(spec, data, sources)
     except (StageError, ResourceError) as error:  # a stage's cause carries the plain message
@@ -108,6 +115,12 @@ def show_dashboards(spec, dashboard_url: str | None) -> None:
 
 def finish(spec, outcomes: dict[str, list[dict]], prog: str) -> int:
     """Prune checkpoints, evaluate on test if asked, write and print the leaderboard."""
+    from search.driver import publish
+
+    if spec.storage_uri:  # Tune's trial results, read by the analysis, without checkpoints
+        from analysis.remote import download
+
+        download(spec.exp_uri, spec.exp_dir)
     prune(spec)
     failed = [s for s, trials in outcomes.items() if all(t["errored"] for t in trials)]
     if spec.final_eval and len(failed) < len(spec.strategies):
@@ -115,7 +128,8 @@ def finish(spec, outcomes: dict[str, list[dict]], prog: str) -> int:
 
         evaluate_experiment(spec.exp_dir, seeds=spec.final_eval, cache_dir=str(spec.cache_dir),
                             address=spec.address)
-    show_leaderboard(spec.exp_dir)
+    show_leaderboard(spec.exp_dir, spec.exp_uri)
+    publish(spec)
     if failed:
         print(f"{prog}: error: no successful trial for {', '.join(failed)}; see the errors "
               "above and each trial's error.txt", file=sys.stderr)
@@ -130,7 +144,7 @@ def interrupted(spec, prog: str, strategy: str | None) -> int:
               file=sys.stderr)
         return 130
     where = f" during {strategy}" if strategy else ""
-    print(f"\n{prog}: search interrupted{where}; its state is saved in {spec.exp_dir}.\n"
+    print(f"\n{prog}: search interrupted{where}; its state is saved in {spec.exp_uri}.\n"
           f"Resume it with:\n  {resume_command(spec, prog)}", file=sys.stderr)
     return 130
 
@@ -139,7 +153,7 @@ def resume_command(spec, prog: str) -> str:
     import shlex
 
     command = "transfer-search" if prog == "transfer-search" else "python search/run.py"
-    parts = ["--resume", spec.name, "--storage", str(spec.storage)]
+    parts = ["--resume", spec.name, "--storage", spec.storage_uri or str(spec.storage)]
     if spec.address:
         parts += ["--address", spec.address]
     return f"{command} {shlex.join(parts)}"
@@ -153,16 +167,18 @@ def fail(prog: str, error: BaseException) -> int:
 def prune(spec) -> None:
     """Keep the best-epoch checkpoint of each strategy's top trials; print the disk use."""
     from analysis import load_results
-    from search.outcomes import disk_use, prune_checkpoints
+    from analysis.remote import size
+    from search.outcomes import prune_checkpoints
 
-    before = disk_use(spec.exp_dir)
-    kept = prune_checkpoints(load_results(spec.exp_dir), spec.keep_checkpoints)
+    before = size(spec.exp_uri)
+    kept = prune_checkpoints(load_results(spec.exp_dir), spec.keep_checkpoints, spec.exp_dir,
+                             spec.exp_uri)
     print(f"\ncheckpoints: kept {len(kept)}, the best epoch of each strategy's top "
-          f"{spec.keep_checkpoints or 'all'} trials; experiment on disk "
-          f"{before / 1e9:.2f} GB -> {disk_use(spec.exp_dir) / 1e9:.2f} GB", flush=True)
+          f"{spec.keep_checkpoints or 'all'} trials; experiment on storage "
+          f"{before / 1e9:.2f} GB -> {size(spec.exp_uri) / 1e9:.2f} GB", flush=True)
 
 
-def show_leaderboard(exp_dir) -> None:
+def show_leaderboard(exp_dir, exp_uri: str) -> None:
     """Write leaderboard.csv/.md and best/<strategy>.yaml, and print the leaderboard."""
     import pandas as pd
 
@@ -176,9 +192,9 @@ def show_leaderboard(exp_dir) -> None:
         if pareto.is_file():
             print("\nPareto front (val_acc against training time at the full budget, s):")
             print(pd.read_csv(pareto).drop(columns=["hyperparameters"]).to_string(index=False))
-    print(f"\nexperiment: {exp_dir}")
+    print(f"\nexperiment: {exp_uri}")
     print(f"  tensorboard --logdir {exp_dir}")
-    print(f"  python analysis/report.py {exp_dir}")
+    print(f"  python analysis/report.py {exp_uri}")
 
 
 def console() -> int:

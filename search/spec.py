@@ -8,8 +8,10 @@ Only light modules are imported here, so `--help` and input errors answer withou
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import re
+import shutil
 import time
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -25,7 +27,7 @@ from search.checks import (
     parse_strategies,
 )
 from search.options import ArgumentParser, UsageError, build_parser  # noqa: F401 (re-exported)
-from trainables.cache import cache_root
+from trainables.cache import area, cache_root, fingerprint
 from trainables.config import TrialConfig
 from trainables.strategies import STRATEGIES
 
@@ -41,7 +43,7 @@ class ExperimentSpec:
     gpus_per_trial: float
     cpus_per_trial: float
     address: str | None
-    storage: Path
+    storage: Path  # the local experiments folder; for a URI, its staging copy in the cache
     name: str
     seed: int
     weights: str | None
@@ -71,10 +73,18 @@ class ExperimentSpec:
     verbosity: str = "normal"
     resume: bool = False
     show_space: bool = False
+    storage_uri: str | None = None  # --storage s3://..., gs://...: where the experiment lives
 
     @property
     def exp_dir(self) -> Path:
         return self.storage / self.name
+
+    @property
+    def exp_uri(self) -> str:
+        """Where Tune writes trials and the experiment's files end up: the URI, else exp_dir."""
+        from analysis.remote import join_uri
+
+        return join_uri(self.storage_uri, self.name) if self.storage_uri else str(self.exp_dir)
 
     @property
     def has_study(self) -> bool:
@@ -113,9 +123,12 @@ def parse_spec(argv: list[str] | None = None, prog: str = "run.py") -> Experimen
     check_search(args)
     name = args.name or (f"{'-'.join(strategies) if args.strategy != 'all' else 'all'}-"
                          f"{'config-' if args.config else ''}{time.strftime('%Y%m%d-%H%M%S')}")
-    storage = experiment_storage(args.storage, name)
-    if (storage / name).exists():
-        raise UsageError(f"experiment {storage / name} already exists; choose another --name, "
+    from analysis.remote import join_uri
+
+    storage, storage_uri = experiment_storage(args.storage, name, args.cache_dir)
+    where = join_uri(storage_uri, name) if storage_uri else storage / name
+    if experiment_exists(storage, storage_uri, name):
+        raise UsageError(f"experiment {where} already exists; choose another --name, "
                          f"or continue it with --resume {name}")
     space_file = check_space(args.space, strategies, args.scheduler)
     warm_start = check_warm_start(args.warm_start, strategies)
@@ -136,7 +149,7 @@ def parse_spec(argv: list[str] | None = None, prog: str = "run.py") -> Experimen
         scheduler=args.scheduler, reduction_factor=args.reduction_factor,
         objective=args.objective, space_file=space_file, warm_start=warm_start,
         optuna_storage=check_storage(args.optuna_storage), max_concurrent=args.max_concurrent,
-        verbosity=args.verbosity, show_space=args.show_space,
+        verbosity=args.verbosity, show_space=args.show_space, storage_uri=storage_uri,
     )
 
 
@@ -163,6 +176,8 @@ def resume_spec(parser: ArgumentParser, args: argparse.Namespace,
     """--resume NAME: the experiment's own spec from its experiment.json."""
     import json
 
+    from analysis.remote import download, join_uri
+
     defaults = vars(parser.parse_args([]))
     changed = sorted(k for k, v in vars(args).items()
                      if k not in RESUME_FLAGS and v != defaults[k])
@@ -170,23 +185,63 @@ def resume_spec(parser: ArgumentParser, args: argparse.Namespace,
         flags = ", ".join("--" + k.replace("_", "-") for k in changed)
         raise UsageError(f"--resume {args.resume} continues with the experiment's own settings; "
                          f"drop {flags}")
-    storage = experiment_storage(args.storage, args.resume)
+    storage, storage_uri = experiment_storage(args.storage, args.resume, args.cache_dir)
+    if storage_uri:  # the driver's files; Tune restores its trials from the URI itself
+        shutil.rmtree(storage / args.resume, ignore_errors=True)
+        with remote_errors(storage_uri):
+            download(join_uri(storage_uri, args.resume), storage / args.resume)
     meta_file = storage / args.resume / "experiment.json"
     if not meta_file.is_file():
-        raise UsageError(f"--resume {args.resume}: no experiment {storage / args.resume} (its "
+        where = join_uri(storage_uri, args.resume) if storage_uri else storage / args.resume
+        raise UsageError(f"--resume {args.resume}: no experiment {where} (its "
                          "experiment.json is missing); check --name and --storage")
     meta = json.loads(meta_file.read_text())
     spec = spec_from_experiment(meta, storage / args.resume, args.cache_dir, args.address)
+    spec = replace(spec, storage_uri=storage_uri)
     keep = (parse_keep(args.keep_checkpoints) if args.keep_checkpoints != "3"
             else spec.keep_checkpoints)
     return replace(spec, resume=True, verbosity=args.verbosity, keep_checkpoints=keep,
                    max_concurrent=args.max_concurrent or spec.max_concurrent)
 
 
-def experiment_storage(text: str, name: str) -> Path:
+def experiment_storage(text: str, name: str, cache_dir: str | None
+                       ) -> tuple[Path, str | None]:
+    """--storage: (the local experiments folder, the URI or None). A URI's experiments are
+    staged in the cache, in a folder of their own per URI."""
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) or ".." in name:
         raise UsageError(f"--name {name}: use letters, digits, '.', '_' and '-' only")
-    return Path(text).expanduser().resolve()
+    from analysis.remote import is_uri, open_uri
+
+    if not is_uri(text):
+        return Path(text).expanduser().resolve(), None
+    with remote_errors(text):
+        open_uri(text)
+    return area(cache_root(cache_dir), "staging") / fingerprint(text), text
+
+
+def experiment_exists(storage: Path, storage_uri: str | None, name: str) -> bool:
+    if not storage_uri:
+        return (storage / name).exists()
+    from analysis.remote import exists, join_uri
+
+    with remote_errors(storage_uri):
+        found = exists(join_uri(storage_uri, name))
+    if not found:  # a staging copy left by a run that never uploaded: nothing to keep
+        shutil.rmtree(storage / name, ignore_errors=True)
+    return found
+
+
+@contextlib.contextmanager
+def remote_errors(uri: str):
+    """Storage that cannot be reached is a usage error: the message says how to fix it."""
+    from analysis.remote import RemoteError
+
+    try:
+        yield
+    except (RemoteError, OSError) as error:
+        raise UsageError(f"--storage {uri}: cannot reach it ({error}); check the URI, the "
+                         "credentials (AWS_* or GOOGLE_APPLICATION_CREDENTIALS) and the "
+                         "network, or pass a local or shared path") from None
 
 
 def check_storage(url: str | None) -> str | None:

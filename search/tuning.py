@@ -23,6 +23,7 @@ from ray.tune.logger import TBXLoggerCallback
 from ray.tune.search.optuna import OptunaSearch
 
 from analysis.pareto import full_budget_seconds
+from analysis.remote import join_uri
 from search.pretraining import StageOutputs
 from search.progress import progress_callbacks, tune_verbosity
 from search.samplers import make_sampler, proposed_by
@@ -185,7 +186,7 @@ def restore_tuner(spec: ExperimentSpec, strategy: str, data_ref: ray.ObjectRef,
     """The strategy's interrupted Tuner, from its directory: trials resume from their latest
     checkpoints, and the searcher (with its study) from its saved state. The trainable is built
     again, since its data and weights live in this Ray session's object store."""
-    return tune.Tuner.restore(str(spec.exp_dir / strategy),
+    return tune.Tuner.restore(join_uri(spec.exp_uri, strategy),
                               trainable=make_trainable(spec, strategy, data_ref, stages),
                               resume_unfinished=True, resume_errored=False,
                               restart_errored=False)
@@ -199,7 +200,7 @@ def run_config(spec: ExperimentSpec, strategy: str) -> tune.RunConfig:
     keep = None if spec.scheduler == "pbt" and spec.hyperparameters is None else 1
     return tune.RunConfig(
         name=strategy,
-        storage_path=str(spec.exp_dir),
+        storage_path=spec.exp_uri,  # a local path, or a URI Tune writes to through pyarrow
         callbacks=[TBXLoggerCallback(),
                    *progress_callbacks(spec.verbosity, strategy, spec.max_epochs)],
         checkpoint_config=tune.CheckpointConfig(num_to_keep=keep,

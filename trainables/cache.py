@@ -18,7 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 ENV_VAR = "TRANSFER_SEARCH_CACHE"
-AREAS = ("data", "stages", "features", "torchvision")
+# staging: local copies of experiments whose --storage is a URI (s3://, gs://)
+AREAS = ("data", "stages", "features", "torchvision", "staging")
 
 
 def cache_root(cache_dir: str | Path | None = None) -> Path:
