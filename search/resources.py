@@ -1,13 +1,26 @@
-"""Resource requests checked against the Ray cluster before any trial is queued.
+"""What the cluster must offer before any trial is queued: resources, and storage every node
+reaches.
 
-Ray queues a trial whose request no node can meet and waits for it forever (an autoscaler may
-add such a node one day). Here a request that no live node can hold fails at once, with the
-largest node's resources in the message.
+Ray queues a trial whose request no node can meet and waits for it forever. Here a request that
+no live node, and no node type the cluster launcher may add, can hold fails at once, with the
+largest node's resources in the message. And since Ray 2.7 every node writes its trials'
+checkpoints to `--storage` itself, so on a multi-node cluster a path that only the driver's
+machine sees fails each remote trial at its first checkpoint; it is refused before the search.
 """
 
 from __future__ import annotations
 
+import os
+import uuid
+from pathlib import Path
+
 import ray
+import yaml
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+# written by `ray up` on the head; Ray Tune reads the same file to tell an autoscaling cluster
+LAUNCHER_CONFIG = Path("~/ray_bootstrap_config.yaml")
+REACH_TIMEOUT_S = 60
 
 
 class ResourceError(RuntimeError):
@@ -15,9 +28,22 @@ class ResourceError(RuntimeError):
 
 
 def node_resources() -> list[dict[str, float]]:
-    """CPU and GPU of each live node of the connected cluster."""
-    return [{"CPU": n["Resources"].get("CPU", 0.0), "GPU": n["Resources"].get("GPU", 0.0)}
+    """CPU and GPU of each live node of the connected cluster, and of each node type the
+    cluster launcher may start (an autoscaling GPU worker group with no node up yet)."""
+    live = [{"CPU": n["Resources"].get("CPU", 0.0), "GPU": n["Resources"].get("GPU", 0.0)}
             for n in ray.nodes() if n.get("Alive")]
+    return live + launcher_node_types(LAUNCHER_CONFIG.expanduser())
+
+
+def launcher_node_types(config_file: Path) -> list[dict[str, float]]:
+    if not config_file.is_file():
+        return []
+    config = yaml.safe_load(config_file.read_text()) or {}
+    types = config.get("available_node_types") or {}
+    return [{"CPU": float(t.get("resources", {}).get("CPU", 0)),
+             "GPU": float(t.get("resources", {}).get("GPU", 0))}
+            for name, t in types.items()
+            if name != config.get("head_node_type") and t.get("max_workers", 0) > 0]
 
 
 def check_resources(cpus: float, gpus: float, nodes: list[dict[str, float]]) -> None:
@@ -30,3 +56,39 @@ def check_resources(cpus: float, gpus: float, nodes: list[dict[str, float]]) -> 
         f"--cpus-per-trial {cpus:g} --gpus-per-trial {gpus:g}: no node of this Ray cluster "
         f"has that much (its largest node: {most_cpu:g} CPUs, {most_gpu:g} GPUs; {len(nodes)} "
         "node(s)); ask for less per trial, or start a node that has it")
+
+
+@ray.remote(num_cpus=0)
+def _sees(path: str) -> tuple[bool, str]:
+    return os.path.exists(path), ray.util.get_node_ip_address()
+
+
+def check_storage_reach(storage: Path, timeout_s: float = REACH_TIMEOUT_S) -> None:
+    """Raise ResourceError if a live node of the cluster cannot see the local `storage` folder:
+    a marker written here is looked for by a task pinned to each node."""
+    nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) < 2:
+        return
+    created = not storage.exists()
+    storage.mkdir(parents=True, exist_ok=True)
+    marker = storage / f".reach-{uuid.uuid4().hex}"
+    marker.touch()
+    try:
+        refs = [_sees.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False))
+                .remote(str(marker)) for node in nodes]
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+        if len(ready) < len(refs):
+            raise ResourceError(f"--storage {storage}: {len(refs) - len(ready)} of {len(refs)} "
+                                f"nodes did not answer within {timeout_s:g} s whether they see "
+                                "it; check the cluster with `ray status`")
+        blind = sorted({ip for seen, ip in ray.get(ready) if not seen})
+    finally:
+        marker.unlink(missing_ok=True)
+        if created:
+            storage.rmdir()
+    if blind:
+        raise ResourceError(
+            f"--storage {storage} is on this machine only: node(s) {', '.join(blind)} of this "
+            "cluster cannot see it, and every node writes its trials' checkpoints there; pass "
+            "--storage s3://bucket/prefix (or gs://...), or a path that every node mounts at "
+            "the same place (NFS)")

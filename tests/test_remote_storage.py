@@ -82,7 +82,8 @@ def test_an_experiment_goes_up_and_comes_back_without_its_checkpoints(bucket, tm
     uri = s3(bucket, "up-down")
 
     upload(local, uri, skip=("scratch",))  # the driver's files; Tune writes its own folders
-    assert exists(join_uri(uri, "best", "scratch.yaml")) and exists(join_uri(uri, "experiment.json"))
+    assert exists(join_uri(uri, "best", "scratch.yaml"))
+    assert exists(join_uri(uri, "experiment.json"))
     assert not exists(join_uri(uri, "scratch"))
 
     upload(local / "scratch", join_uri(uri, "scratch"))  # as Tune would have

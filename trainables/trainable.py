@@ -46,6 +46,8 @@ def train_transfer(config: dict, *, settings: RunSettings, data: Dataset,
 
     def report(metrics: dict, state: Callable[[], dict]) -> None:
         inject_fault(settings.strategy, metrics["epoch"])  # only when a test asks for one
+        # which node trained this epoch (Tune adds its IP; several nodes may share one machine)
+        metrics = {**metrics, "node_id": ray.get_runtime_context().get_node_id()}
         with tempfile.TemporaryDirectory() as tmp:
             torch.save(state(), Path(tmp) / CHECKPOINT_FILE)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
