@@ -189,8 +189,9 @@ def add_resource_options(g: argparse._ArgumentGroup) -> None:
 
 
 def add_output_options(g: argparse._ArgumentGroup) -> None:
-    g.add_argument("--storage", default="experiments", metavar="DIR",
-                   help="folder for experiments (default: ./%(default)s)")
+    g.add_argument("--storage", default="experiments", metavar="DIR|URI",
+                   help="where experiments go: a folder (on a cluster, one every node mounts), "
+                   "or s3://bucket/prefix, gs://... (default: ./%(default)s)")
     g.add_argument("--name", default=None, metavar="NAME",
                    help="experiment name: letters, digits, '.', '_' and '-' (default: "
                    "STRATEGY-YYYYMMDD-HHMMSS)")
