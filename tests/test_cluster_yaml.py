@@ -172,3 +172,19 @@ def test_validation_rejects_a_broken_config(break_it, error):
     break_it(config)
     with pytest.raises(error):
         validate_config(config)
+
+
+def test_a_gpu_search_is_accepted_on_cluster_yaml_before_its_gpu_workers_are_up():
+    """On a fresh `ray up cluster.yaml` only the CPU-less head is alive: the resource check
+    reads the launcher's node types from the head's copy of this file, and accepts what a GPU
+    worker will hold, and refuses what no node type holds, before any trial is queued."""
+    from search.resources import ResourceError, check_resources, launcher_node_types
+
+    head = [{"CPU": 0.0, "GPU": 0.0}]
+    types = launcher_node_types(ROOT / "cluster.yaml")
+    assert types == [{"CPU": 4.0, "GPU": 1.0}]
+    check_resources(4, 1, head + types)
+    with pytest.raises(ResourceError, match="no node of this Ray cluster"):
+        check_resources(1, 2, head + types)
+    with pytest.raises(ResourceError):
+        check_resources(1, 1, head)  # without the launcher's config: nothing could ever run it
