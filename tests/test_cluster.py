@@ -20,6 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -90,7 +91,12 @@ def cluster(tmp_path_factory):
     root = tmp_path_factory.mktemp("cluster")
     # as on a real cluster, token authentication: a driver passing --address needs the token
     (root / "token").write_text(secrets.token_hex(32))
-    ENV.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(root / "token"))
+    # Ray's sessions and its address file in a folder of the cluster's own (short: Ray's socket
+    # paths must fit in 107 bytes): in /tmp/ray, the address file would make every later
+    # ray.init() on this machine try to join this cluster, long after it is gone
+    ray_tmp = tempfile.mkdtemp(prefix="ray-")
+    ENV.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(root / "token"),
+               RAY_TMPDIR=ray_tmp)
     port = free_port()
     address = f"127.0.0.1:{port}"
     head = Node(["--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
@@ -107,6 +113,7 @@ def cluster(tmp_path_factory):
         for node in reversed(nodes):
             node.kill()
         ENV.clear()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 def search(address: str, storage: Path, name: str, *args: str, background: bool = False):
