@@ -21,11 +21,11 @@ TINY = ["--data", "demo:8", "--backbone", TINY_MODEL, "--max-epochs", "1",
 pytestmark = pytest.mark.slow
 
 
-def search(tmp_path: Path, name: str, *args: str) -> Path:
+def search(tmp_path: Path, name: str, *args: str, cache: Path | None = None) -> Path:
     storage = tmp_path / "experiments"
     result = subprocess.run(
         [sys.executable, str(RUN), *TINY, *args, "--storage", str(storage), "--name", name,
-         "--cache-dir", str(tmp_path / "cache")],
+         "--cache-dir", str(cache or tmp_path / "cache")],
         cwd=tmp_path, capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -35,20 +35,19 @@ def search(tmp_path: Path, name: str, *args: str) -> Path:
     return exp_dir
 
 
-def test_unfrozen_search_writes_leaderboard_best_config_study_and_tensorboard(tmp_path):
-    exp_dir = search(tmp_path, "e2e", "--strategy", "unfrozen", "--samples", "2")
-
-    board = pd.read_csv(exp_dir / "leaderboard.csv")
-    assert board["strategy"].tolist() == ["unfrozen"]
-    assert 0 <= board["val_acc"].iloc[0] <= 1
-    assert board["trials"].iloc[0] == 2
+def test_unfrozen_search_writes_leaderboard_best_config_study_and_tensorboard(
+        all_strategies_search):
+    exp_dir, _ = all_strategies_search
+    board = pd.read_csv(exp_dir / "leaderboard.csv").set_index("strategy")
+    assert 0 <= board.loc["unfrozen", "val_acc"] <= 1
+    assert board.loc["unfrozen", "trials"] == 2
 
     best = yaml.safe_load((exp_dir / "best" / "unfrozen.yaml").read_text())
     assert best["strategy"] == "unfrozen" and best["pretrained"] == "unfrozen=supervised"
     sampled = {"optimizer", "lr", "batch_size", "augment", "weight_decay", "label_smoothing",
                "lr_mult"}
     assert sampled <= set(best["hyperparameters"]) <= sampled | {"magnitude"}
-    assert best["val_acc"] == pytest.approx(board["val_acc"].iloc[0])
+    assert best["val_acc"] == pytest.approx(board.loc["unfrozen", "val_acc"])
 
     meta = json.loads((exp_dir / "experiment.json").read_text())
     study = optuna.load_study(study_name=meta["strategies"]["unfrozen"]["study_name"],
@@ -62,18 +61,22 @@ def test_unfrozen_search_writes_leaderboard_best_config_study_and_tensorboard(tm
     assert "test" not in meta["dataset"] or meta["dataset"]["test"] > 0
 
 
-def test_colorization_stage_runs_once_for_many_trials_and_is_cached(tmp_path):
-    exp_dir = search(tmp_path, "first", "--strategy", "colorization", "--samples", "3")
+def test_colorization_stage_runs_once_for_many_trials_and_is_cached(all_strategies_search,
+                                                                    tmp_path):
+    exp_dir, _ = all_strategies_search
+    cache = exp_dir.parents[1] / "cache"
     stages = json.loads((exp_dir / "experiment.json").read_text())["stages"]
-    assert [(s["stage"], s["cached"]) for s in stages] == [("colorization", False)]
-    assert len(list((tmp_path / "cache" / "stages").glob("colorization-*"))) == 1
+    (colorization,) = [s for s in stages if s["stage"] == "colorization"]
+    assert colorization["cached"] is False
+    assert len(list((cache / "stages").glob("colorization-*"))) == 1
     trials = list((exp_dir / "colorization").glob("trial_*/result.json"))
-    assert len(trials) == 3
-    stage_out = exp_dir / "stages" / stages[0]["key"]
+    assert len(trials) == 2  # two trials, one stage
+    stage_out = exp_dir / "stages" / colorization["key"]
     assert (stage_out / "samples.png").stat().st_size > 0  # grey / predicted / true colours
     assert list(stage_out.glob("events.out.tfevents.*"))  # the pretext loss curve
 
-    again = search(tmp_path, "second", "--strategy", "colorization", "--samples", "1")
+    again = search(tmp_path, "second", "--strategy", "colorization", "--samples", "1",
+                   cache=cache)
     stages = json.loads((again / "experiment.json").read_text())["stages"]
     assert [(s["stage"], s["cached"]) for s in stages] == [("colorization", True)]
 
