@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import signal
 import sqlite3
@@ -276,8 +277,9 @@ def test_killed_drivers_resume_without_losing_or_repeating_anything(interrupted,
     assert "resuming frozen" in last.stdout(), last.output()
     # the progress callback, pickled with the Tuner, still prints trial ends after a restore
     assert "finished: best val_acc" in last.stdout(), last.output()
-    for run in (second, third, last):
-        assert "Traceback" not in run.stdout() + run.stderr(), run.output()
+    assert "Traceback" not in last.stdout() + last.stderr(), last.output()
+    for run in (second, third):  # up to the kill; Ray's workers then die noisily on its SIGTERM
+        assert "Traceback" not in run.stdout() + own_errors(run.stderr()), run.output()
 
     orphans = {s: check_strategy(exp_dir, s) for s in STRATEGIES}
     print(f"orphaned study trials: {orphans}")
@@ -289,6 +291,15 @@ def test_killed_drivers_resume_without_losing_or_repeating_anything(interrupted,
     assert sorted(board.index) == sorted(STRATEGIES)
     assert board.loc[list(STRATEGIES), "trials"].tolist() == [SAMPLES] * len(STRATEGIES)
     assert board["errored"].sum() == 0
+
+
+def own_errors(stderr: str) -> str:
+    """A killed driver's stderr without what its trial workers print as they die: the raylet
+    SIGTERMs them once the driver is gone, they share its stderr, and a SIGTERM that lands in a
+    weakref callback prints "Exception ignored in: ..." with Ray's sigterm_handler's SystemExit."""
+    dying = re.compile(r"Exception ignored in: [^\n]*\nTraceback \(most recent call last\):\n"
+                       r"(?:(?:[ \t][^\n]*)?\n)*?SystemExit: \d+\n?")
+    return dying.sub(lambda m: "" if "sigterm_handler" in m.group(0) else m.group(0), stderr)
 
 
 def check_strategy(exp_dir: Path, strategy: str) -> int:
