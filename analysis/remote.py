@@ -42,16 +42,19 @@ def open_uri(uri: str) -> tuple[pafs.FileSystem, str]:
         raise RemoteError(f"{uri}: cannot open this storage ({error})") from None
 
 
-def exists(uri: str) -> bool:
-    fs, path = open_uri(uri)
+def _found(fs: pafs.FileSystem, path: str) -> bool:
     return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def exists(uri: str) -> bool:
+    return _found(*open_uri(uri))
 
 
 def download(uri: str, local: Path, checkpoints: bool = False) -> int:
     """Copy the experiment at `uri` into `local` (files there are replaced); Tune's checkpoint
     folders only if asked. Returns the number of files copied."""
     fs, root = open_uri(uri)
-    if fs.get_file_info(root).type == pafs.FileType.NotFound:
+    if not _found(fs, root):
         return 0
     copied = 0
     for info in fs.get_file_info(pafs.FileSelector(root, recursive=True)):
@@ -102,7 +105,7 @@ def checkpoint_dirs(uri: str, trial_dir: str) -> list[str]:
     """The checkpoint folders (paths on the storage) of one trial, `trial_dir` relative to the
     experiment at `uri`."""
     fs, root = open_uri(join_uri(uri, trial_dir))
-    if fs.get_file_info(root).type == pafs.FileType.NotFound:
+    if not _found(fs, root):
         return []
     return sorted(i.path for i in fs.get_file_info(pafs.FileSelector(root))
                   if i.type == pafs.FileType.Directory and CHECKPOINT.match(i.base_name))
@@ -117,7 +120,7 @@ def delete_dir(uri: str, path: str) -> None:
 def size(uri: str) -> int:
     """Bytes of every file under `uri`."""
     fs, root = open_uri(uri)
-    if fs.get_file_info(root).type == pafs.FileType.NotFound:
+    if not _found(fs, root):
         return 0
     return sum(i.size or 0 for i in fs.get_file_info(pafs.FileSelector(root, recursive=True))
                if i.type == pafs.FileType.File)

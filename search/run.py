@@ -117,10 +117,11 @@ def finish(spec, outcomes: dict[str, list[dict]], prog: str) -> int:
     """Prune checkpoints, evaluate on test if asked, write and print the leaderboard."""
     from search.driver import publish
 
-    if spec.storage_uri:  # Tune's trial results, read by the analysis, without checkpoints
-        from analysis.remote import download
+    if spec.storage_uri:  # Tune's trial results, read by the analysis, without checkpoints;
+        from analysis.remote import download, join_uri  # the driver's own files are here
 
-        download(spec.exp_uri, spec.exp_dir)
+        for strategy in spec.strategies:
+            download(join_uri(spec.exp_uri, strategy), spec.exp_dir / strategy)
     prune(spec)
     failed = [s for s, trials in outcomes.items() if all(t["errored"] for t in trials)]
     if spec.final_eval and len(failed) < len(spec.strategies):

@@ -82,9 +82,7 @@ class ExperimentSpec:
     @property
     def exp_uri(self) -> str:
         """Where Tune writes trials and the experiment's files end up: the URI, else exp_dir."""
-        from analysis.remote import join_uri
-
-        return join_uri(self.storage_uri, self.name) if self.storage_uri else str(self.exp_dir)
+        return experiment_location(self.storage, self.storage_uri, self.name)
 
     @property
     def has_study(self) -> bool:
@@ -123,12 +121,10 @@ def parse_spec(argv: list[str] | None = None, prog: str = "run.py") -> Experimen
     check_search(args)
     name = args.name or (f"{'-'.join(strategies) if args.strategy != 'all' else 'all'}-"
                          f"{'config-' if args.config else ''}{time.strftime('%Y%m%d-%H%M%S')}")
-    from analysis.remote import join_uri
-
     storage, storage_uri = experiment_storage(args.storage, name, args.cache_dir)
-    where = join_uri(storage_uri, name) if storage_uri else storage / name
     if experiment_exists(storage, storage_uri, name):
-        raise UsageError(f"experiment {where} already exists; choose another --name, "
+        raise UsageError(f"experiment {experiment_location(storage, storage_uri, name)} already "
+                         "exists; choose another --name, "
                          f"or continue it with --resume {name}")
     space_file = check_space(args.space, strategies, args.scheduler)
     warm_start = check_warm_start(args.warm_start, strategies)
@@ -176,7 +172,7 @@ def resume_spec(parser: ArgumentParser, args: argparse.Namespace,
     """--resume NAME: the experiment's own spec from its experiment.json."""
     import json
 
-    from analysis.remote import download, join_uri
+    from analysis.remote import download
 
     defaults = vars(parser.parse_args([]))
     changed = sorted(k for k, v in vars(args).items()
@@ -189,10 +185,11 @@ def resume_spec(parser: ArgumentParser, args: argparse.Namespace,
     if storage_uri:  # the driver's files; Tune restores its trials from the URI itself
         shutil.rmtree(storage / args.resume, ignore_errors=True)
         with remote_errors(storage_uri):
-            download(join_uri(storage_uri, args.resume), storage / args.resume)
+            download(experiment_location(storage, storage_uri, args.resume),
+                     storage / args.resume)
     meta_file = storage / args.resume / "experiment.json"
     if not meta_file.is_file():
-        where = join_uri(storage_uri, args.resume) if storage_uri else storage / args.resume
+        where = experiment_location(storage, storage_uri, args.resume)
         raise UsageError(f"--resume {args.resume}: no experiment {where} (its "
                          "experiment.json is missing); check --name and --storage")
     meta = json.loads(meta_file.read_text())
@@ -219,13 +216,20 @@ def experiment_storage(text: str, name: str, cache_dir: str | None
     return area(cache_root(cache_dir), "staging") / fingerprint(text), text
 
 
+def experiment_location(storage: Path, storage_uri: str | None, name: str) -> str:
+    """Where experiment `name` lives: under the --storage URI, else in the local folder."""
+    from analysis.remote import join_uri
+
+    return join_uri(storage_uri, name) if storage_uri else str(storage / name)
+
+
 def experiment_exists(storage: Path, storage_uri: str | None, name: str) -> bool:
     if not storage_uri:
         return (storage / name).exists()
-    from analysis.remote import exists, join_uri
+    from analysis.remote import exists
 
     with remote_errors(storage_uri):
-        found = exists(join_uri(storage_uri, name))
+        found = exists(experiment_location(storage, storage_uri, name))
     if not found:  # a staging copy left by a run that never uploaded: nothing to keep
         shutil.rmtree(storage / name, ignore_errors=True)
     return found
