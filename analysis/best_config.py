@@ -4,8 +4,9 @@
 
 Its run settings use the CLI's own option names, so `--config` only sets the CLI's defaults,
 and flags given with it still win. A file from another version, or with keys this version does
-not know, is refused with a message instead of being half-applied. Only yaml is imported here,
-so the CLI reads a config without loading pandas or torch.
+not know, is refused with a message instead of being half-applied. Only yaml (and the
+standard-library-only trainables.cache) is imported here, so the CLI reads a config without
+loading pandas or torch.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
+
+from trainables.cache import atomic_file
 
 VERSION_KEY, VERSION = "transfer_search_config", 1
 # run settings, by their CLI option names (dashes as underscores): the data, the model and its
@@ -59,7 +62,8 @@ def best_config(meta: dict, strategy: str, weights_label: str, hyperparameters: 
 
 
 def write_best_config(path: Path, config: dict) -> None:
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    with atomic_file(path) as tmp:
+        tmp.write_text(yaml.safe_dump(config, sort_keys=False))
 
 
 def read_best_config(path: str | Path) -> dict:

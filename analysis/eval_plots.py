@@ -21,6 +21,7 @@ import numpy as np  # noqa: E402
 import seaborn as sns  # noqa: E402
 from sklearn.manifold import TSNE  # noqa: E402
 
+from analysis.plots import save  # noqa: E402
 from analysis.style import apply_style  # noqa: E402
 
 
@@ -58,11 +59,3 @@ def tsne_plot(features: np.ndarray, labels: np.ndarray, classes: list[str], stra
     ax.set_title(f"{strategy}: t-SNE of test-image features, coloured by true class")
     ax.legend(title="class", bbox_to_anchor=(1.02, 1), loc="upper left", fontsize=8)
     return save(fig, path)
-
-
-def save(fig: plt.Figure, path: Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return path

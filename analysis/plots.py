@@ -28,6 +28,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from analysis.stats import mean_ci  # noqa: E402
 from analysis.style import apply_style, strategy_colours  # noqa: E402
+from trainables.cache import atomic_file  # noqa: E402
 
 VAL_ACC = "best validation accuracy (fraction)"
 AUGMENT_ORDER = ("none", "flip", "crop_flip", "trivialaugment", "randaugment")
@@ -252,9 +253,12 @@ def test_accuracy(evals: pd.DataFrame, path: Path) -> Path:
 
 def save(fig: plt.Figure, path: Path) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI, bbox_inches="tight")
-    plt.close(fig)
+    try:  # the format is given: matplotlib would not know it from the temporary name alone
+        with atomic_file(path) as tmp:
+            fig.savefig(tmp, format=path.suffix.lstrip(".") or "png", dpi=DPI,
+                        bbox_inches="tight")
+    finally:
+        plt.close(fig)
     return path
 
 

@@ -11,9 +11,12 @@ through `pyarrow.fs`; the analysis downloads an experiment's files, without its 
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path, PurePosixPath
 
 import pyarrow.fs as pafs
+
+from trainables.cache import atomic_file
 
 URI = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 CHECKPOINT = re.compile(r"^checkpoint_\d+$")  # Tune's checkpoint folders in a trial directory
@@ -62,12 +65,10 @@ def download(uri: str, local: Path, checkpoints: bool = False) -> int:
         if info.type != pafs.FileType.File or (
                 not checkpoints and any(CHECKPOINT.match(p) for p in relative.parts)):
             continue
-        target = Path(local, *relative.parts)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.download")
-        with fs.open_input_stream(info.path) as src, tmp.open("wb") as dst:
-            dst.write(src.read())
-        tmp.replace(target)  # a reader of the staging copy never sees half a file
+        # a reader of the staging copy never sees half a file, nor two writers one temporary
+        with atomic_file(Path(local, *relative.parts)) as tmp, \
+                fs.open_input_stream(info.path) as src, tmp.open("wb") as dst:
+            shutil.copyfileobj(src, dst)
         copied += 1
     return copied
 

@@ -27,6 +27,7 @@ from analysis.importance import importance_report
 from analysis.remote import RemoteError, fetch, is_uri, join_uri, upload
 from analysis.results import leaderboard, load_curves, load_eval, load_results, read_experiment
 from analysis.stats import gap_ci
+from trainables.cache import DiskFullError, atomic_file
 
 MISSING, NOT_MEASURED = "–", "not measured"
 # stage kind -> (record field of its per-epoch quality, what that number is)
@@ -181,9 +182,9 @@ def write_report(exp_dirs: list[str | Path], out: str | Path | None = None,
                 final_eval_md(tables, out), "## Plots", plots_md(drawn, out),
                 "## Hyperparameter importance", importance_md(tables),
                 "## Pretraining stages", stages_md(tables, out)]
-    path = out / "report.md"
-    path.write_text("\n\n".join(s for s in sections if s) + "\n")
-    return path
+    with atomic_file(out / "report.md") as tmp:
+        tmp.write_text("\n\n".join(s for s in sections if s) + "\n")
+    return out / "report.md"
 
 
 def setup_md(tables: Tables) -> str:
@@ -209,20 +210,14 @@ def leaderboard_md(tables: Tables) -> str:
         "best val_acc": board["val_acc"].map(_num),
         "best epoch": [MISSING if pd.isna(v) else str(int(e))
                        for v, e in zip(board["val_acc"], board["best_epoch"], strict=True)],
-        f"top-{k} val_acc mean ± std": [_pm(m, s) for m, s in
-                                        zip(board[f"top{k}_mean"], board[f"top{k}_std"],
-                                            strict=True)],
+        f"top-{k} val_acc mean ± std": list(map(_pm, board[f"top{k}_mean"], board[f"top{k}_std"])),
         "trials": board["trials"], "errored": board["errored"],
         "stopped early": board["stopped_early"],
         "trial-hours": board["trial_hours"].map(lambda h: f"{h:.3g}")})
     if "test_acc_mean" in board:
-        table["test acc mean ± std"] = [_pm(m, s) for m, s in
-                                        zip(board["test_acc_mean"], board["test_acc_std"],
-                                            strict=True)]
-        table["test 95% CI"] = [_interval(lo, hi) for lo, hi in
-                                zip(board["test_ci_low"], board["test_ci_high"], strict=True)]
-        table["test seeds"] = board["test_seeds"].map(
-            lambda n: MISSING if pd.isna(n) else str(int(n)))
+        table["test acc mean ± std"] = list(map(_pm, board["test_acc_mean"], board["test_acc_std"]))
+        table["test 95% CI"] = list(map(_interval, board["test_ci_low"], board["test_ci_high"]))
+        table["test seeds"] = board["test_seeds"].map(_int)
     note = (f"val_acc is each trial's best epoch on the validation split; top-{k} is over the "
             "strategy's best trials that did not error.")
     return _md(table) + "\n\n" + note
@@ -387,10 +382,10 @@ def main(argv: list[str] | None = None) -> int:
         local = [fetch(d) if is_uri(d) else d for d in args.exp_dirs]
         for exp_dir in local:
             check_experiment(exp_dir)
-    except (ReportError, RemoteError) as error:
+        path = write_report(local, args.out, args.top_k)
+    except (ReportError, RemoteError, DiskFullError) as error:
         print(f"report.py: error: {error}", file=sys.stderr)
         return 2
-    path = write_report(local, args.out, args.top_k)
     if args.out is None and is_uri(args.exp_dirs[0]):  # the report goes beside the experiment
         upload(path.parent, join_uri(args.exp_dirs[0], path.parent.name))
         path = join_uri(args.exp_dirs[0], path.parent.name, path.name)

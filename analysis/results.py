@@ -19,6 +19,7 @@ import pandas as pd
 from analysis.best_config import best_config, write_best_config
 from analysis.pareto import full_budget_seconds, pareto_front
 from analysis.stats import mean_ci
+from trainables.cache import atomic_file
 
 EXPERIMENT_FILE, TRIALS_FILE, EVAL_RESULTS = "experiment.json", "trials.json", "eval/results.csv"
 # per-trial columns that are not sampled hyperparameters
@@ -199,13 +200,16 @@ def write_leaderboard(board: pd.DataFrame, exp_dir: str | Path,
     """leaderboard.csv, and leaderboard.md beside it for reading; with `front`, pareto.csv and
     the front as a second table in leaderboard.md."""
     path = Path(exp_dir) / "leaderboard.csv"
-    board.to_csv(path, index=False)
+    with atomic_file(path) as tmp:
+        board.to_csv(tmp, index=False)
     text = board.to_markdown(index=False, floatfmt=".4g") + "\n"
     if front is not None:
-        front.to_csv(path.with_name("pareto.csv"), index=False)
+        with atomic_file(path.with_name("pareto.csv")) as tmp:
+            front.to_csv(tmp, index=False)
         text += ("\n## Pareto front: val_acc against training time at the full budget (s)\n\n"
                  + front.to_markdown(index=False, floatfmt=".4g") + "\n")
-    path.with_suffix(".md").write_text(text)
+    with atomic_file(path.with_suffix(".md")) as tmp:
+        tmp.write_text(text)
     return path
 
 

@@ -95,7 +95,8 @@ def start_experiment(spec: ExperimentSpec, data: Dataset, stages: StageOutputs
 
     spec.exp_dir.mkdir(parents=True)
     if spec.space_file:  # the copy is what a resume reads, even if the user's file changes
-        shutil.copy(spec.space_file, spec.exp_dir / SPACE_COPY)
+        with atomic_file(spec.exp_dir / SPACE_COPY) as tmp:
+            shutil.copyfile(spec.space_file, tmp)
         spec = replace(spec, space_file=str(spec.exp_dir / SPACE_COPY))
     write_experiment(spec, data, stages)
     write_stage_outputs(spec.exp_dir, stages.records)

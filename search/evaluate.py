@@ -31,6 +31,7 @@ import torch
 from analysis import leaderboard, load_results, read_experiment
 from analysis.eval_plots import confusion_plot, tsne_plot
 from analysis.stats import gap_ci, mean_ci
+from trainables.cache import DiskFullError, atomic_file
 from trainables.config import RunSettings, TrialConfig
 from trainables.data.dataset import DataError, Dataset, Split
 from trainables.export import save_model
@@ -149,17 +150,20 @@ def write_eval(exp_dir: Path, spec, board: pd.DataFrame, data: Dataset,
                      "epochs": int(board.set_index("strategy").loc[strategy, "best_epoch"]),
                      "seconds": result["seconds"]})
     results = pd.DataFrame(rows)
-    results.to_csv(out / "results.csv", index=False)
+    with atomic_file(out / "results.csv") as tmp:
+        results.to_csv(tmp, index=False)
     for strategy in board["strategy"]:
         first = outputs[(strategy, spec.seed)]  # the experiment's own seed: the kept model
         predicted = first["probs"].argmax(1)
         (out / strategy).mkdir(exist_ok=True)
-        pd.DataFrame({"true": np.asarray(classes)[labels], "predicted": np.asarray(classes)[
-            predicted], "probability": first["probs"].max(1)}).to_csv(
-            out / strategy / "predictions.csv", index_label="test_index")
+        with atomic_file(out / strategy / "predictions.csv") as tmp:
+            pd.DataFrame({"true": np.asarray(classes)[labels], "predicted": np.asarray(classes)[
+                predicted], "probability": first["probs"].max(1)}).to_csv(
+                tmp, index_label="test_index")
         report = classification_report(labels, predicted, labels=range(len(classes)),
                                        target_names=classes, output_dict=True, zero_division=0)
-        pd.DataFrame(report).T.to_csv(out / f"classification_report_{strategy}.csv")
+        with atomic_file(out / f"classification_report_{strategy}.csv") as tmp:
+            pd.DataFrame(report).T.to_csv(tmp)
         matrix = confusion_matrix(labels, predicted, labels=range(len(classes)))
         confusion_plot(matrix, classes, strategy, out / strategy / "confusion.png")
         tsne_plot(first["features"], labels, classes, strategy, out / strategy / "tsne.png",
@@ -167,7 +171,8 @@ def write_eval(exp_dir: Path, spec, board: pd.DataFrame, data: Dataset,
         if first["state"] is not None:
             keep_model(out / "model" / strategy, first["state"], spec, board, strategy, data,
                        results)
-    (out / "summary.md").write_text(summary(results, board))
+    with atomic_file(out / "summary.md") as tmp:
+        tmp.write_text(summary(results, board))
     return out
 
 
@@ -235,12 +240,12 @@ def main(argv: list[str] | None = None) -> int:
             raise DataError(f"--seeds {args.seeds}: must be at least 1")
         out = evaluate_experiment(Path(args.exp_dir), args.seeds, tuple(args.strategy),
                                   args.train_on, args.keep_all, args.cache_dir, args.address)
-    except (DataError, FileNotFoundError) as error:
+        from analysis.results import refresh_leaderboard
+
+        refresh_leaderboard(Path(args.exp_dir))
+    except (DataError, FileNotFoundError, DiskFullError) as error:
         print(f"evaluate.py: error: {error}", file=sys.stderr)
         return 2
-    from analysis.results import refresh_leaderboard
-
-    refresh_leaderboard(Path(args.exp_dir))
     print((out / "summary.md").read_text())
     print(f"evaluation: {out}; the experiment's leaderboard.csv and .md now have test columns")
     return 0

@@ -18,7 +18,7 @@ from tensorboardX import SummaryWriter
 
 from search.checks import stage_kind
 from search.spec import ExperimentSpec
-from trainables.cache import area, fingerprint
+from trainables.cache import area, atomic_file, fingerprint
 from trainables.data.dataset import DataError, Dataset
 from trainables.features import compute_features, read_features, write_features
 from trainables.pretrain import (
@@ -193,4 +193,5 @@ def write_stage_outputs(exp_dir: Path, records: list[dict]) -> None:
                     writer.add_scalar(f"pretrain/{record['stage']}_{name}", value, epoch)
         samples = Path(record["path"]) / SAMPLES_FILE
         if samples.is_file():
-            shutil.copy(samples, out / SAMPLES_FILE)
+            with atomic_file(out / SAMPLES_FILE) as tmp:
+                shutil.copyfile(samples, tmp)

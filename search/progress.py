@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-import cloudpickle
 from ray.tune import Callback
 from ray.tune.experiment import Trial
 from tabulate import tabulate
@@ -180,8 +179,11 @@ def trial_status(trial: Trial, max_epochs: int) -> str:
 
 
 def end_line(trial: Trial, max_epochs: int) -> str:
-    """`trial X finished: ...` or `trial X stopped early by the scheduler at epoch N ...`."""
+    """`trial X finished: ...`, `trial X stopped early by the scheduler at epoch N ...`, or
+    `trial X failed: diverged: ...`."""
     result = trial.last_result or {}
+    if result.get("failure"):  # it ended itself: diverged, or out of memory
+        return f"trial {trial.trial_id} failed: {result['failure']}"
     epochs = epochs_done(trial)
     best = result.get("best_val_acc", result.get("val_acc"))
     best_at = result.get("best_epoch", epochs)
@@ -193,24 +195,30 @@ def end_line(trial: Trial, max_epochs: int) -> str:
 
 
 def error_message(trial: Trial) -> str:
-    """The error's first line, e.g. 'ValueError: lr out of range'.
+    """The error's first line, e.g. 'ValueError: lr out of range', read from error.txt.
 
-    Tune pickles the RayTaskError next to error.txt before it calls the error hooks; its
-    `cause` is the exception the trainable raised. error.txt (a traceback) is the fallback.
+    Tune also pickles the error beside it, but unpickling runs code: an experiment directory
+    can come from elsewhere (--resume of a copy), so the text file is the only one read.
     """
     try:
-        with open(trial.pickled_error_file, "rb") as f:
-            error = cloudpickle.load(f)
-        cause = getattr(error, "cause", None) or error
-        lines = str(cause).strip().splitlines()
-        return f"{type(cause).__name__}: {lines[0]}" if lines else type(cause).__name__
-    except Exception:  # missing, or the cause cannot be unpickled here: read the text file
-        pass
-    try:
-        lines = Path(trial.error_file).read_text().strip().splitlines()
-        return lines[-1] if lines else "unknown error"
+        text = Path(trial.error_file).read_text(errors="replace")
     except (OSError, TypeError):
         return "unknown error (no error file)"
+    return last_exception_line(text) or "unknown error"
+
+
+def last_exception_line(text: str) -> str:
+    """`Type: first line of the message` of the last failure in error.txt.
+
+    Tune appends a 'Failure # N' block per failure, each a traceback; its exception line is the
+    first unindented line after the last indented (frame) line, as a message may span lines.
+    """
+    block = text[text.rfind("Failure # "):] if "Failure # " in text else text
+    lines = [line for line in block.splitlines() if line.strip()]
+    frames = [i for i, line in enumerate(lines) if line[:1].isspace()]
+    if frames and frames[-1] + 1 < len(lines):
+        return lines[frames[-1] + 1].strip()
+    return lines[-1].strip() if lines else ""
 
 
 # Verbosity ----------------------------------------------------------------------------------

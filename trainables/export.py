@@ -36,7 +36,7 @@ def save_model(directory: Path, model: nn.Module, *, backbone: str, hp: TrialCon
     }
     # safetensors refuses shared or non-contiguous storage; a state dict of clones has neither
     state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-    with atomic_dir(directory) as tmp:
+    with atomic_dir(directory, replace=True) as tmp:  # a re-evaluation's model wins
         save_file(state, str(tmp / WEIGHTS_FILE))
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
     return directory
