@@ -13,27 +13,48 @@ import json
 from pathlib import Path
 
 import pandas as pd
+import ray
 from ray import tune
 
 from analysis.remote import checkpoint_dirs, delete_dir
 from trainables.cache import atomic_file
+from trainables.failures import OUT_OF_MEMORY
 
 TRIALS_FILE = "trials.json"
 
 
 def trial_outcomes(grid: tune.ResultGrid) -> list[dict]:
-    """One entry per trial: its id, whether it errored, the first line of the error, its log."""
+    """One entry per trial: its id, whether it errored, the first line of the error, its log.
+
+    A trial that diverged or ran out of memory ended itself, without an error for Tune; its
+    last result names the failure (`failure_kind`: diverged, out of memory), and it counts as
+    errored too."""
     outcomes = []
     for result in grid:
         trial_id = Path(result.path).name.removeprefix("trial_")
-        entry = {"trial_id": trial_id, "errored": result.error is not None,
+        failure = (result.metrics or {}).get("failure")
+        entry = {"trial_id": trial_id, "errored": result.error is not None or bool(failure),
                  "path": result.path}
-        if result.error is not None:
-            message = str(result.error).strip().splitlines()
-            entry["error"] = message[-1] if message else type(result.error).__name__
-            entry["error_file"] = str(Path(result.path) / "error.txt")
+        if failure:
+            entry.update(error=failure, failure=result.metrics.get("failure_kind"),
+                         error_file=str(Path(result.path) / "result.json"))
+        elif result.error is not None:
+            entry.update(error=error_line(result.error, result.config or {}),
+                         error_file=str(Path(result.path) / "error.txt"))
+            if entry["error"].startswith("out of memory"):
+                entry["failure"] = OUT_OF_MEMORY
         outcomes.append(entry)
     return outcomes
+
+
+def error_line(error: BaseException, config: dict) -> str:
+    """The last line of a trial's error; a worker that Ray's memory monitor killed (host
+    memory nearly full) is named as running out of memory, with the batch size it ran."""
+    message = str(error).strip().splitlines()
+    line = message[-1] if message else type(error).__name__
+    if isinstance(error, ray.exceptions.OutOfMemoryError) or "OutOfMemoryError" in str(error):
+        return f"out of memory at batch size {config.get('batch_size')} on the host ({line})"
+    return line
 
 
 def read_outcomes(exp_dir: Path) -> dict[str, list[dict]]:

@@ -50,8 +50,8 @@ class MarkedOptunaSearch(OptunaSearch):
     The space names a parameter by its condition (lr_sgd, lr_adamw), so TPE never models one
     parameter from two ranges; the trainable gets TrialConfig's `lr`. Optuna records a trial
     that ASHA stopped as COMPLETE with its truncated score; the user attributes `epochs` and
-    `stopped_early` tell it from a full-budget trial, and an errored trial is recorded as FAIL,
-    never with the partial score of its last report.
+    `stopped_early` tell it from a full-budget trial, and an errored trial, or one that diverged
+    or ran out of memory, is recorded as FAIL, never with the partial score of its last report.
     """
 
     def __init__(self, *args, max_epochs: int, owner: str, **kwargs):
@@ -79,6 +79,8 @@ class MarkedOptunaSearch(OptunaSearch):
             return
         study_trial = self._ot_trials.get(trial_id)  # OptunaSearch's own map of live trials
         result = dict(result or {})
+        # a trial that diverged or ran out of memory ended itself: failed, not a low score
+        error = error or bool(result.get("failure"))
         epochs = int(result.get("training_iteration", 0))
         if epochs:
             result[TIME_METRIC] = full_budget_seconds(result.get(TIME_METRIC, 0.0), epochs,
@@ -89,6 +91,8 @@ class MarkedOptunaSearch(OptunaSearch):
             study_trial.set_user_attr("stopped_early", 0 < epochs < self.max_epochs)
             study_trial.set_user_attr("best_epoch", result.get("best_epoch"))
             study_trial.set_user_attr("errored", bool(error))
+            if result.get("failure"):
+                study_trial.set_user_attr("failure", result["failure"])
             frozen = self._ot_study._storage.get_trial(study_trial._trial_id)  # no public getter
             study_trial.set_user_attr("proposed_by", proposed_by(frozen))
         super().on_trial_complete(trial_id, None if error else result, error)

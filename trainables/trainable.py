@@ -26,15 +26,16 @@ from torch import nn
 
 from trainables.config import RunSettings, TrialConfig
 from trainables.data.dataset import Dataset, Split
-from trainables.faults import inject_fault
+from trainables.failures import TrialFailure, check_finite, memory_guard
+from trainables.faults import inject_epoch_fault, inject_fault
 from trainables.features import Features
 from trainables.loop import evaluate, pick_device, steps_per_epoch, to_device, train_epoch
 from trainables.models import build_model, normalizer
 from trainables.strategies import get_strategy
 
 CHECKPOINT_FILE = "checkpoint.pt"
-# (metrics of the epoch, a function returning the state to checkpoint)
-Report = Callable[[dict, Callable[[], dict]], None]
+# (metrics of the epoch, a function returning the state to checkpoint, or None: no checkpoint)
+Report = Callable[[dict, Callable[[], dict] | None], None]
 
 
 def train_transfer(config: dict, *, settings: RunSettings, data: Dataset,
@@ -44,10 +45,13 @@ def train_transfer(config: dict, *, settings: RunSettings, data: Dataset,
     data, weights, features = (ray.get(x) if isinstance(x, ray.ObjectRef) else x
                                for x in (data, weights, features))
 
-    def report(metrics: dict, state: Callable[[], dict]) -> None:
+    def report(metrics: dict, state: Callable[[], dict] | None) -> None:
         inject_fault(settings.strategy, metrics["epoch"])  # only when a test asks for one
         # which node trained this epoch (Tune adds its IP; several nodes may share one machine)
         metrics = {**metrics, "node_id": ray.get_runtime_context().get_node_id()}
+        if state is None:  # a failed trial's last report: nothing worth resuming from
+            tune.report(metrics)
+            return
         with tempfile.TemporaryDirectory() as tmp:
             torch.save(state(), Path(tmp) / CHECKPOINT_FILE)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
@@ -97,15 +101,28 @@ def fit(settings: RunSettings, hp: TrialConfig, train: Split, val: Split | None,
     loss_fn = nn.CrossEntropyLoss(label_smoothing=hp.label_smoothing)
     for epoch in range(start_epoch, epochs):
         plan.begin_epoch(model, epoch)  # train mode, but frozen blocks keep BatchNorm fixed
-        stats = train_epoch(
-            net, optimizer, train_x, train_y, batch_size=hp.batch_size, policy=hp.augment,
-            magnitude=hp.magnitude, normalize=normalize, loss_fn=loss_fn, device=device,
-            generator=generator, scheduler=scheduler, first_update=epoch * steps)
+        try:
+            with memory_guard(hp.batch_size, device):
+                inject_epoch_fault(settings.strategy, epoch + 1, model)  # only in tests
+                stats = train_epoch(
+                    net, optimizer, train_x, train_y, batch_size=hp.batch_size,
+                    policy=hp.augment, magnitude=hp.magnitude, normalize=normalize,
+                    loss_fn=loss_fn, device=device, generator=generator, scheduler=scheduler,
+                    first_update=epoch * steps)
+                check_finite(stats.loss, epoch + 1)
+                score = (evaluate(net, val_x, val_y, normalize=normalize, device=device)
+                         if val_y is not None else None)
+        except TrialFailure as failure:
+            if report is None:  # the final evaluation: its task fails with this message
+                raise
+            # the trial ends here, without a checkpoint; the scheduler still needs its metric
+            report({"epoch": epoch + 1, "failure": str(failure), "failure_kind": failure.kind,
+                    **best}, None)
+            return model
         metrics = {"train_loss": stats.loss, "train_acc": stats.accuracy,
                    "images_per_s": stats.images_per_s, "epoch": epoch + 1,
                    "lr": optimizer.param_groups[-1]["lr"], "fast_path": fast}
-        if val_y is not None:
-            score = evaluate(net, val_x, val_y, normalize=normalize, device=device)
+        if score is not None:
             metrics.update(val_acc=score.accuracy, val_loss=score.loss)
             if score.accuracy >= best["best_val_acc"]:  # a tie goes to the later epoch
                 best = {"best_val_acc": score.accuracy, "best_epoch": epoch + 1}
