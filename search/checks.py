@@ -9,6 +9,10 @@ from __future__ import annotations
 import argparse
 import difflib
 import math
+import os
+import shutil
+import socket
+import tempfile
 from pathlib import Path
 
 from search.options import UsageError
@@ -107,6 +111,9 @@ def check_search(args: argparse.Namespace) -> None:
         raise UsageError("--scheduler pbt needs a population: --samples 2 or more")
 
 
+MAX_IMAGE_SIZE = 1024
+
+
 def check_numbers(args: argparse.Namespace) -> None:
     for flag, value, low in [("--samples", args.samples, 1), ("--max-epochs", args.max_epochs, 1),
                              ("--grace-period", args.grace_period, 1),
@@ -118,6 +125,11 @@ def check_numbers(args: argparse.Namespace) -> None:
                               1 if args.max_concurrent is None else args.max_concurrent, 1)]:
         if value < low:
             raise UsageError(f"{flag} {value}: must be at least {low}")
+    if not 0 <= args.seed < 2**32:  # numpy's and Optuna's seeds are unsigned 32-bit
+        raise UsageError(f"--seed {args.seed}: must be between 0 and {2**32 - 1}")
+    if args.image_size > MAX_IMAGE_SIZE:
+        raise UsageError(f"--image-size {args.image_size}: must be at most {MAX_IMAGE_SIZE} "
+                         "(images are held decoded, N x 3 x PX x PX bytes)")
     if not math.isfinite(args.cpus_per_trial) or args.cpus_per_trial <= 0:
         raise UsageError(f"--cpus-per-trial {args.cpus_per_trial:g}: must be a number above 0")
     check_gpus(args.gpus_per_trial)
@@ -183,3 +195,70 @@ def parse_split(text: str) -> tuple[float, float, float]:
         raise UsageError(f"--split {text}: expected three fractions train,val,test summing to 1 "
                          "(train and val above 0)")
     return parts  # type: ignore[return-value]
+
+
+def check_storage_folder(storage: Path) -> None:
+    """--storage is a folder this process can write in, or can create: a file is written and
+    removed in its nearest existing folder (permission bits say nothing to root, nor about a
+    read-only mount)."""
+    existing = storage
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"--storage {storage}: {existing} is a file, not a folder; choose a "
+                         "folder")
+    try:
+        handle, probe = tempfile.mkstemp(dir=existing, prefix=".transfer-search-probe-")
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as error:
+        raise UsageError(f"--storage {storage}: cannot write in {existing} ({error.strerror}); "
+                         "choose a folder you can write to") from None
+
+
+def check_free_space(storage: Path, checkpoint_bytes: int, backbone: str) -> None:
+    """Room for one trial's checkpoints: Tune keeps its best and latest and writes the next
+    beside them, so three, plus a margin for the results."""
+    existing = storage
+    while not existing.exists():
+        existing = existing.parent
+    needed = 3 * checkpoint_bytes + (16 << 20)
+    free = shutil.disk_usage(existing).free
+    if free < needed:
+        raise UsageError(f"--storage {storage}: {free / 1e6:.1f} MB free, and one trial of "
+                         f"{backbone} needs about {needed / 1e6:.0f} MB for its checkpoints "
+                         f"({checkpoint_bytes / 1e6:.0f} MB each, three at a time; more for "
+                         "trials running side by side); free some space or choose another "
+                         "--storage")
+
+
+ADDRESS_TIMEOUT_S = 5.0
+
+
+def check_address(address: str | None) -> None:
+    """--address HOST:PORT accepts a connection within seconds: Ray's own connect retries for a
+    minute or more before it gives up. `auto` is checked by Ray at once."""
+    if not address or address in ("auto", "local") or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise UsageError(f"--address {address}: expected auto, or HOST:PORT of a Ray head node "
+                         "(its GCS port, 6379 by default)")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), ADDRESS_TIMEOUT_S).close()
+    except OSError as error:
+        raise UsageError(f"--address {address}: cannot reach a Ray cluster there "
+                         f"({error.strerror or error or 'timed out'} after at most "
+                         f"{ADDRESS_TIMEOUT_S:.0f} s); check that `ray start --head` runs on "
+                         "that host and its port is open to this machine, or leave --address "
+                         "out to start Ray here") from None
+
+
+def check_dashboard_host(host: str) -> None:
+    if host not in LOOPBACK:
+        print(f"warning: --dashboard-host {host}: the Ray dashboard will accept connections "
+              "from the network; anyone who reaches it can submit jobs that run code on this "
+              "machine unless Ray's token auth is on (RAY_AUTH_MODE=token)", flush=True)
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")

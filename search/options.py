@@ -186,6 +186,10 @@ def add_resource_options(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--address", default=None, metavar="ADDR",
                    help="a Ray cluster to join: auto for the one `ray up` started, or "
                    "HOST:PORT (default: start a local Ray instance)")
+    g.add_argument("--dashboard-host", default="127.0.0.1", metavar="HOST",
+                   help="where the local Ray instance's dashboard listens; anything but "
+                   "loopback exposes it to the network, and prints a warning (default: "
+                   "%(default)s)")
 
 
 def add_output_options(g: argparse._ArgumentGroup) -> None:

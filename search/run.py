@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from search.spec import UsageError, parse_spec
+from trainables.cache import DiskFullError
 from trainables.data.dataset import DataError
 
 
@@ -24,13 +25,17 @@ def main(argv: list[str] | None = None, prog: str = "run.py") -> int:
     # once the input has passed every check that needs none of them.
     try:
         spec = parse_spec(argv, prog)
+        if spec.address and ":" in spec.address:
+            # Ray dials an explicit address 20 times, ~41 s each, before it gives up: 3 bound
+            # the wait on a port that is open but is no Ray head (read when ray is imported)
+            os.environ.setdefault("RAY_NUM_REDIS_GET_RETRIES", "3")
         if spec.show_space:
             from spaces.overrides import show_spaces
 
             print(show_spaces(spec), end="")
             return 0
         data, sources = load_inputs(spec)
-    except (UsageError, DataError) as error:
+    except (UsageError, DataError, DiskFullError) as error:
         return fail(prog, error)
     print(f"data: {data.name}, {data.num_classes} classes, {len(data.train)} train / "
           f"{len(data.val)} val images at {data.image_size} px", flush=True)
@@ -42,7 +47,10 @@ def main(argv: list[str] | None = None, prog: str = "run.py") -> int:
         return search
     if search.interrupted:
         return interrupted(spec, prog, search.interrupted)
-    return finish(spec, search.outcomes, prog)
+    try:
+        return finish(spec, search.outcomes, prog)
+    except DiskFullError as error:
+        return fail(prog, error)
 
 
 def load_inputs(spec):
@@ -54,6 +62,9 @@ def load_inputs(spec):
                         split=spec.split, cache_dir=spec.cache_dir)
     sources = load_stage_data(spec)
     check_stage_data(spec, data, sources)
+    from search.preflight import check_inputs
+
+    check_inputs(spec, data, sources)
     if spec.final_eval and (data.test is None or len(data.test) == 0):
         raise DataError(f"--final-eval {spec.final_eval}: {spec.data} has no test split "
                         "(give --split a test fraction, or a test/ folder)")
@@ -87,21 +98,69 @@ def search_on_ray(spec, data, sources, prog: str):
     # that is cheap and the warning it prints every few seconds is noise.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     quiet_ray_output(spec.verbosity)  # Ray's own status tables off: the progress table replaces
-    local = {} if spec.address else {"dashboard_host": "127.0.0.1"}  # never on the network
     # workers' INFO lines (a "Checkpoint successfully created" per epoch) only with --verbose
     level = "INFO" if spec.verbosity == "verbose" else "WARNING"
-    context = ray.init(address=spec.address, logging_level=logging.WARNING,
-                       logging_config=ray.LoggingConfig(log_level=level), **local)
+    try:
+        context = ray.init(**ray_target(spec), logging_level=logging.WARNING,
+                           logging_config=ray.LoggingConfig(log_level=level))
+    except (ConnectionError, RuntimeError) as error:  # a refused token is a RuntimeError
+        where = f"--address {spec.address}: cannot join the Ray cluster" if spec.address \
+            else "cannot start or join Ray"
+        return fail(prog, UsageError(f"{where} ({first_line(error)}){auth_hint(error)}"))
     try:
         check_resources(spec.cpus_per_trial, spec.gpus_per_trial, node_resources())
         if not spec.storage_uri:
             check_storage_reach(spec.storage)
         show_dashboards(spec, context.dashboard_url)
         return run_search(spec, data, sources)
-    except (StageError, ResourceError) as error:  # a stage's cause carries the plain message
+    except (StageError, ResourceError, DiskFullError) as error:  # a stage's cause: the message
         return fail(prog, getattr(error, "cause", error))
     finally:
         ray.shutdown()
+
+
+def ray_target(spec) -> dict:
+    """ray.init's address: the cluster asked for; else RAY_ADDRESS (set by `ray job submit`);
+    else a new local instance (not whatever cluster last ran on this machine) whose dashboard
+    listens on --dashboard-host, loopback unless asked."""
+    if spec.address or os.environ.get("RAY_ADDRESS"):
+        return {"address": spec.address}
+    from search.checks import check_dashboard_host
+
+    check_dashboard_host(spec.dashboard_host)
+    listen_on_loopback()
+    return {"address": "local", "dashboard_host": spec.dashboard_host}
+
+
+def listen_on_loopback() -> None:
+    """Every server of a local Ray instance (GCS, raylet, workers, agents, metrics) on
+    127.0.0.1. Ray binds them to the node's IP, a routable one on Linux, unless its
+    single-machine mode (the one it uses on macOS and Windows) is on; that mode makes the node
+    IP 127.0.0.1. The variable reaches Ray's processes; the constant, read when ray was
+    imported, is set for this one. A user who sets the variable to 1 keeps Ray's default."""
+    if os.environ.get(LOOPBACK_ENV, "0") != "0":
+        return
+    os.environ[LOOPBACK_ENV] = "0"
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False
+
+
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+def auth_hint(error: BaseException) -> str:
+    """Ray names a refused token only in the text of the error's cause."""
+    text = f"{error} {error.__cause__}"
+    if not ("AuthenticationError" in text or "InvalidAuthToken" in text):
+        return "; or leave --address out to start Ray here"
+    return ("; the cluster uses token auth: run with RAY_AUTH_MODE=token and the cluster's token "
+            "(`ray get-auth-token` on the head) in RAY_AUTH_TOKEN or ~/.ray/auth_token")
 
 
 def show_dashboards(spec, dashboard_url: str | None) -> None:

@@ -17,10 +17,13 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from search.checks import (
+    check_address,
     check_data,
+    check_free_space,
     check_numbers,
     check_pretraining,
     check_search,
+    check_storage_folder,
     parse_keep,
     parse_pretrained,
     parse_split,
@@ -74,6 +77,7 @@ class ExperimentSpec:
     resume: bool = False
     show_space: bool = False
     storage_uri: str | None = None  # --storage s3://..., gs://...: where the experiment lives
+    dashboard_host: str = "127.0.0.1"  # a local Ray's dashboard: loopback unless asked
 
     @property
     def exp_dir(self) -> Path:
@@ -101,9 +105,24 @@ def check_backbone(name: str) -> None:
     raise UsageError(f"--backbone {name}: not a timm model{hint}")
 
 
+def check_model(backbone: str, image_size: int, storage: Path | None) -> None:
+    """The images are big enough for every layer of the backbone, and a local --storage has
+    room for a trial's checkpoints (model and optimizer state: up to 3 floats per weight)."""
+    from trainables.models import shape_check
+
+    params, problem, larger = shape_check(backbone, image_size)
+    if problem:
+        fix = f"use --image-size {larger} or more" if larger else "choose another --backbone"
+        raise UsageError(f"--image-size {image_size}: too small for {backbone} ({problem}); "
+                         f"{fix}")
+    if storage is not None:
+        check_free_space(storage, 3 * 4 * params, backbone)
+
+
 def parse_spec(argv: list[str] | None = None, prog: str = "run.py") -> ExperimentSpec:
     parser = build_parser(prog)
     args = parser.parse_args(argv)
+    check_address(args.address)
     if args.resume:
         return resume_spec(parser, args, argv)
     hyperparameters = None
@@ -129,6 +148,7 @@ def parse_spec(argv: list[str] | None = None, prog: str = "run.py") -> Experimen
     space_file = check_space(args.space, strategies, args.scheduler)
     warm_start = check_warm_start(args.warm_start, strategies)
     check_backbone(args.backbone)
+    check_model(args.backbone, args.image_size, None if storage_uri else storage)
     return ExperimentSpec(
         strategies=strategies, data=args.data, backbone=args.backbone,
         samples=1 if hyperparameters is not None else args.samples,
@@ -146,6 +166,7 @@ def parse_spec(argv: list[str] | None = None, prog: str = "run.py") -> Experimen
         objective=args.objective, space_file=space_file, warm_start=warm_start,
         optuna_storage=check_storage(args.optuna_storage), max_concurrent=args.max_concurrent,
         verbosity=args.verbosity, show_space=args.show_space, storage_uri=storage_uri,
+        dashboard_host=args.dashboard_host,
     )
 
 
@@ -163,8 +184,8 @@ def check_no_search_flags(parser: ArgumentParser, args: argparse.Namespace) -> N
 
 
 # what --resume may change: where things are and how much is printed, never what runs
-RESUME_FLAGS = ("resume", "storage", "address", "cache_dir", "verbosity", "max_concurrent",
-                "keep_checkpoints")
+RESUME_FLAGS = ("resume", "storage", "address", "dashboard_host", "cache_dir", "verbosity",
+                "max_concurrent", "keep_checkpoints")
 
 
 def resume_spec(parser: ArgumentParser, args: argparse.Namespace,
@@ -198,6 +219,7 @@ def resume_spec(parser: ArgumentParser, args: argparse.Namespace,
     keep = (parse_keep(args.keep_checkpoints) if args.keep_checkpoints != "3"
             else spec.keep_checkpoints)
     return replace(spec, resume=True, verbosity=args.verbosity, keep_checkpoints=keep,
+                   dashboard_host=args.dashboard_host,
                    max_concurrent=args.max_concurrent or spec.max_concurrent)
 
 
@@ -210,7 +232,9 @@ def experiment_storage(text: str, name: str, cache_dir: str | None
     from analysis.remote import is_uri, open_uri
 
     if not is_uri(text):
-        return Path(text).expanduser().resolve(), None
+        storage = Path(text).expanduser().resolve()
+        check_storage_folder(storage)
+        return storage, None
     with remote_errors(text):
         open_uri(text)
     return area(cache_root(cache_dir), "staging") / fingerprint(text), text

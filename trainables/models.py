@@ -99,3 +99,31 @@ def normalizer(model: nn.Module) -> Normalize:
     """The input normaliser of a timm model: mean and std from its timm data config."""
     cfg = timm.data.resolve_data_config({}, model=model)
     return Normalize(tuple(cfg["mean"]), tuple(cfg["std"]))
+
+
+
+def shape_check(backbone: str, image_size: int) -> tuple[int, str | None, int | None]:
+    """(parameter count, why `image_size` px is too small for the backbone or None, the
+    smallest multiple of 16 up to 512 px it takes).
+
+    The model is built on the meta device and run on meta batches: shapes only, no memory and
+    no arithmetic, so every layer's size rule is checked in about a second.
+    """
+    with torch.device("meta"):
+        model = timm.create_model(backbone, pretrained=False, num_classes=2,
+                                  **model_kwargs(backbone)).eval()
+    params = sum(p.numel() for p in model.parameters())
+    problem = _too_small(model, image_size)
+    if problem is None:
+        return params, None, image_size
+    larger = (s for s in range(image_size + 16 - image_size % 16, 513, 16)
+              if _too_small(model, s) is None)
+    return params, problem, next(larger, None)
+
+
+def _too_small(model: nn.Module, size: int) -> str | None:
+    try:
+        model(torch.empty(2, 3, size, size, device="meta"))
+    except (RuntimeError, AssertionError, ValueError) as error:
+        return str(error).strip().splitlines()[0]
+    return None

@@ -95,6 +95,54 @@ def public_record(record: dict) -> dict:
     return {k: v for k, v in record.items() if not isinstance(v, np.ndarray)}
 
 
+HUB_TIMEOUT_S = 3.0  # a reachable hub answers a connect in well under a second
+
+
+def check_imagenet_weights(backbone: str) -> None:
+    """Before anything starts: timm's pretrained weights for `backbone` are in the local hub
+    cache, or the hub accepts a connection within seconds. Otherwise the download would fail
+    only after the hub client's own timeouts and retries (about 45 s), inside a Ray task."""
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    config = timm.models.get_pretrained_cfg(backbone)
+    hub_id = getattr(config, "hf_hub_id", None)
+    if hub_id is None:
+        url = getattr(config, "url", None)
+        if not url:
+            raise StageError(f"timm has no pretrained weights for {backbone}; pass a local "
+                             "checkpoint with --weights FILE, or --pretrained none")
+        endpoint = url
+    else:
+        files = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
+        if any(isinstance(try_to_load_from_cache(hub_id.split("@")[0], f), str) for f in files):
+            return
+        endpoint = os.environ.get("HF_ENDPOINT") or constants.ENDPOINT
+    from urllib.request import getproxies, proxy_bypass
+
+    where = urlparse(endpoint)
+    proxy = getproxies().get(where.scheme)
+    if proxy and not proxy_bypass(where.hostname):  # the hub is reached through the proxy
+        where = urlparse(proxy)
+    port = where.port or (443 if where.scheme == "https" else 80)
+    try:
+        if constants.HF_HUB_OFFLINE:
+            raise OSError("HF_HUB_OFFLINE is set")
+        socket.create_connection((where.hostname, port), timeout=HUB_TIMEOUT_S).close()
+    except OSError as error:
+        raise StageError(offline_message(backbone, f"{where.hostname}:{port} unreachable: "
+                                                   f"{error}")) from None
+
+
+def offline_message(backbone: str, reason: str) -> str:
+    return (f"cannot get timm's pretrained weights for {backbone} ({reason}). Either pass a "
+            "local checkpoint with --weights FILE, or run on --data demo, whose frozen and "
+            "unfrozen strategies pretrain offline on the demo's own source classes.")
+
+
 def imagenet_state(backbone: str, weights_file: str | None) -> dict[str, torch.Tensor]:
     """timm's pretrained weights (download + timm's cache) or a local file, classifier removed."""
     if weights_file:
@@ -103,12 +151,9 @@ def imagenet_state(backbone: str, weights_file: str | None) -> dict[str, torch.T
         model = timm.create_model(backbone, pretrained=True, num_classes=0,
                                   **model_kwargs(backbone))
     except Exception as error:  # noqa: BLE001 - hub, network and file errors all end here
-        raise StageError(
-            f"cannot get timm's pretrained weights for {backbone} ({type(error).__name__}: "
-            f"{str(error).splitlines()[0] if str(error) else 'no detail'}). Either pass a local "
-            "checkpoint with --weights FILE, or run on --data demo, whose frozen and unfrozen "
-            "strategies pretrain offline on the demo's own source classes."
-        ) from None
+        detail = str(error).splitlines()[0] if str(error) else "no detail"
+        raise StageError(offline_message(backbone, f"{type(error).__name__}: {detail}")
+                         ) from None
     return backbone_state(model)
 
 
@@ -120,7 +165,11 @@ def file_state(backbone: str, weights_file: str) -> dict[str, torch.Tensor]:
     try:
         state = timm.models.load_state_dict(str(path), weights_only=True)
     except Exception as error:  # noqa: BLE001 - unpickling refusals, corrupt files
-        raise StageError(f"--weights {weights_file}: cannot load ({error})") from None
+        # torch's refusal goes on to suggest weights_only=False, which this tool never uses
+        reason = str(error).split(". ")[0].strip() or type(error).__name__
+        raise StageError(f"--weights {weights_file}: cannot load ({reason}); give a state dict "
+                         "saved with torch.save(model.state_dict(), FILE), or a .safetensors "
+                         "file") from None
     model = create_backbone(backbone)
     classifier = timm.models.get_pretrained_cfg_value(backbone, "classifier")
     for name in (classifier,) if isinstance(classifier, str) else classifier or ():

@@ -21,11 +21,32 @@ from trainables.data.imagefolder import to_array
 SPLIT_NAMES = {"train": ("train", "trainval"), "val": ("val", "valid"), "test": ("test",)}
 
 
+CLASSIFICATION_SETS = "CIFAR10, CIFAR100, STL10, Flowers102, Food101, SVHN"
+# torchvision's sets whose targets are not one class per image: boxes, masks, captions, flow,
+# disparity, videos, pairs, or base classes that need a folder; named here so they fail at once,
+# before a download
+NOT_CLASSIFICATION = {
+    "detection": ("CocoDetection", "VOCDetection", "Kitti", "WIDERFace"),
+    "segmentation": ("VOCSegmentation", "Cityscapes", "SBDataset"),
+    "captioning": ("CocoCaptions", "Flickr8k", "Flickr30k", "SBU"),
+    "video": ("HMDB51", "Kinetics", "UCF101", "MovingMNIST"),
+    "attributes or pairs": ("CelebA", "LFWPairs", "PhotoTour"),
+    "base class": ("VisionDataset", "DatasetFolder", "ImageFolder"),
+}
+
+
 def dataset_class(name: str) -> type:
     cls = getattr(torchvision.datasets, name, None)
     if not (inspect.isclass(cls) and issubclass(cls, torchvision.datasets.VisionDataset)):
         raise DataError(f"torchvision:{name}: not a torchvision dataset (classification sets "
-                        "include CIFAR10, CIFAR100, STL10, Flowers102, Food101, SVHN)")
+                        f"include {CLASSIFICATION_SETS})")
+    kind = next((k for k, names in NOT_CLASSIFICATION.items() if name in names), None)
+    if kind is None and cls.__module__.rsplit(".", 1)[-1] in ("_optical_flow",
+                                                              "_stereo_matching"):
+        kind = "optical flow or stereo"
+    if kind is not None:
+        raise DataError(f"torchvision:{name}: a {kind} set, not an image classification set; "
+                        f"use one such as {CLASSIFICATION_SETS}, or an ImageFolder tree")
     return cls
 
 

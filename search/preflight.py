@@ -1,0 +1,59 @@
+"""Checks that need the loaded data or the backbone, run after the data loads and before Ray
+starts: the --weights file, the batch sizes against the training split, and the hub that
+ImageNet weights come from. Each raises a UsageError that names the fix.
+"""
+
+from __future__ import annotations
+
+from search.options import UsageError
+from search.pretraining import StageData, stage_for
+from search.spec import ExperimentSpec
+from spaces import SpaceContext, get_space
+from spaces.dims import Choices, Fixed, Range, dimensions, explore
+from spaces.overrides import load_space_file
+from trainables.data.dataset import Dataset
+from trainables.models import num_blocks
+from trainables.pretrain import StageError, check_imagenet_weights, file_state
+
+
+def check_inputs(spec: ExperimentSpec, data: Dataset, sources: StageData) -> None:
+    check_batch_sizes(spec, data)
+    try:
+        if spec.weights:  # loaded once here, with weights_only: refused before any task runs
+            file_state(spec.backbone, spec.weights)
+        kinds = {stage_for(spec, s, data, sources).kind for s in spec.strategies}
+        if not spec.weights and ("imagenet" in kinds or (
+                "colorization" in kinds and spec.pretext_init == "imagenet")):
+            check_imagenet_weights(spec.backbone)
+    except StageError as error:
+        raise UsageError(str(error)) from None
+
+
+def smallest_batch(spec: ExperimentSpec, strategy: str) -> tuple[int, str]:
+    """The smallest batch size a strategy's trials can have, and where it comes from."""
+    if spec.hyperparameters is not None:
+        return int(spec.hyperparameters["batch_size"]), f"--config {spec.config_file}"
+    overrides = load_space_file(spec.space_file, spec.strategies) if spec.space_file else {}
+    context = SpaceContext(num_blocks=num_blocks(spec.backbone), max_epochs=spec.max_epochs)
+    space = get_space(strategy, context, overrides.get(strategy))
+    dim = dimensions(explore(space.trace))["batch_size"]
+    where = "--space" if "batch_size" in overrides.get(strategy, {}) else "the built-in space"
+    if isinstance(dim, Range):
+        return int(dim.low), where
+    if isinstance(dim, Choices):
+        return int(min(dim.choices)), where
+    assert isinstance(dim, Fixed)
+    return int(dim.value), where
+
+
+def check_batch_sizes(spec: ExperimentSpec, data: Dataset) -> None:
+    """Every trial's batch fits in the training split: one larger would make every epoch one
+    step over the whole split, a different method from the one asked for."""
+    for strategy in spec.strategies:
+        batch, where = smallest_batch(spec, strategy)
+        if batch > len(data.train):
+            raise UsageError(
+                f"{strategy}: batch size {batch} (the smallest in {where}) is larger than the "
+                f"training split of {data.name} ({len(data.train)} images); give smaller batch "
+                f"sizes with --space (e.g. '{strategy}: {{batch_size: [8, 16]}}'), or more "
+                "training data")
