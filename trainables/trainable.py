@@ -30,6 +30,7 @@ from trainables.failures import TrialFailure, check_finite, memory_guard
 from trainables.faults import inject_epoch_fault, inject_fault
 from trainables.features import Features
 from trainables.loop import evaluate, pick_device, steps_per_epoch, to_device, train_epoch
+from trainables.memory import release_memory
 from trainables.models import build_model, normalizer
 from trainables.strategies import get_strategy
 
@@ -56,8 +57,15 @@ def train_transfer(config: dict, *, settings: RunSettings, data: Dataset,
             torch.save(state(), Path(tmp) / CHECKPOINT_FILE)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
 
-    fit(settings, TrialConfig.from_dict(config), data.train, data.val, weights, features,
-        num_classes=data.num_classes, report=report, resume=tune_checkpoint())
+    # a reused actor: what its earlier trials freed goes back to the OS, however they ended
+    # (a trial the scheduler stops ends inside tune.report, its model still alive), so its RSS
+    # does not climb trial after trial (trainables/memory.py)
+    release_memory()
+    try:
+        fit(settings, TrialConfig.from_dict(config), data.train, data.val, weights, features,
+            num_classes=data.num_classes, report=report, resume=tune_checkpoint())
+    finally:
+        release_memory()
 
 
 def fit(settings: RunSettings, hp: TrialConfig, train: Split, val: Split | None,
