@@ -16,7 +16,7 @@ from pathlib import Path, PurePosixPath
 
 import pyarrow.fs as pafs
 
-from trainables.cache import atomic_file
+from trainables.cache import DiskFullError, atomic_file
 
 URI = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 CHECKPOINT = re.compile(r"^checkpoint_\d+$")  # Tune's checkpoint folders in a trial directory
@@ -80,7 +80,14 @@ def fetch(uri: str) -> Path:
 
     name = PurePosixPath(uri.partition("?")[0].rstrip("/")).name
     local = Path(tempfile.mkdtemp(prefix="transfer-search-")) / name
-    if download(uri, local) == 0:
+    try:
+        copied = download(uri, local)
+    except DiskFullError:
+        raise
+    except OSError as error:  # pyarrow's network and credential errors
+        raise RemoteError(f"{uri}: cannot reach it ({str(error).splitlines()[0]}); check the "
+                          "URI, the credentials and the network") from None
+    if copied == 0:
         raise RemoteError(f"{uri}: no experiment there")
     return local
 

@@ -75,6 +75,7 @@ def evaluate_experiment(exp_dir: Path, seeds: int = 3, strategies: tuple[str, ..
                         cache_dir: str | None = None, address: str | None = None) -> Path:
     """Evaluate, write `<exp>/eval/`, return its path. Starts Ray unless it is running."""
     from search.pretraining import load_stage_data, run_stages
+    from search.resources import ray_target
     from search.spec import spec_from_experiment
     from trainables.data.load import load_dataset
 
@@ -100,7 +101,7 @@ def evaluate_experiment(exp_dir: Path, seeds: int = 3, strategies: tuple[str, ..
     sources = load_stage_data(spec)
     started = not ray.is_initialized()
     if started:
-        ray.init(address=address, logging_level=logging.WARNING, include_dashboard=False)
+        ray.init(**ray_target(address), logging_level=logging.WARNING, include_dashboard=False)
     try:
         stages = run_stages(spec, data, ray.put(data.for_search()), sources)
         outputs = run_seeds(spec, board, data, stages.weights, seeds, train_on, keep_all)

@@ -92,3 +92,35 @@ def check_storage_reach(storage: Path, timeout_s: float = REACH_TIMEOUT_S) -> No
             "cluster cannot see it, and every node writes its trials' checkpoints there; pass "
             "--storage s3://bucket/prefix (or gs://...), or a path that every node mounts at "
             "the same place (NFS)")
+
+
+def ray_target(address: str | None, dashboard_host: str | None = None) -> dict:
+    """ray.init's arguments: the cluster asked for; else RAY_ADDRESS (set by `ray job submit`);
+    else a new local instance, not whatever cluster last ran on this machine, every server of
+    it on loopback and its dashboard (if any) on `dashboard_host`."""
+    if address or os.environ.get("RAY_ADDRESS"):
+        return {"address": address}
+    listen_on_loopback()
+    if dashboard_host is None:
+        return {"address": "local"}
+    from search.checks import check_dashboard_host
+
+    check_dashboard_host(dashboard_host)
+    return {"address": "local", "dashboard_host": dashboard_host}
+
+
+LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def listen_on_loopback() -> None:
+    """Every server of a local Ray instance (GCS, raylet, workers, agents, metrics) on
+    127.0.0.1. Ray binds them to the node's IP, a routable one on Linux, unless its
+    single-machine mode (the one it uses on macOS and Windows) is on; that mode makes the node
+    IP 127.0.0.1. The variable reaches Ray's processes; the constant, read when ray was
+    imported, is set for this one. A user who sets the variable to 1 keeps Ray's default."""
+    if os.environ.get(LOOPBACK_ENV, "0") != "0":
+        return
+    os.environ[LOOPBACK_ENV] = "0"
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False

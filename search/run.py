@@ -91,6 +91,7 @@ def search_on_ray(spec, data, sources, prog: str):
         check_resources,
         check_storage_reach,
         node_resources,
+        ray_target,
     )
     from trainables.pretrain import StageError
 
@@ -101,7 +102,8 @@ def search_on_ray(spec, data, sources, prog: str):
     # workers' INFO lines (a "Checkpoint successfully created" per epoch) only with --verbose
     level = "INFO" if spec.verbosity == "verbose" else "WARNING"
     try:
-        context = ray.init(**ray_target(spec), logging_level=logging.WARNING,
+        context = ray.init(**ray_target(spec.address, spec.dashboard_host),
+                           logging_level=logging.WARNING,
                            logging_config=ray.LoggingConfig(log_level=level))
     except (ConnectionError, RuntimeError) as error:  # a refused token is a RuntimeError
         where = f"--address {spec.address}: cannot join the Ray cluster" if spec.address \
@@ -117,36 +119,6 @@ def search_on_ray(spec, data, sources, prog: str):
         return fail(prog, getattr(error, "cause", error))
     finally:
         ray.shutdown()
-
-
-def ray_target(spec) -> dict:
-    """ray.init's address: the cluster asked for; else RAY_ADDRESS (set by `ray job submit`);
-    else a new local instance (not whatever cluster last ran on this machine) whose dashboard
-    listens on --dashboard-host, loopback unless asked."""
-    if spec.address or os.environ.get("RAY_ADDRESS"):
-        return {"address": spec.address}
-    from search.checks import check_dashboard_host
-
-    check_dashboard_host(spec.dashboard_host)
-    listen_on_loopback()
-    return {"address": "local", "dashboard_host": spec.dashboard_host}
-
-
-def listen_on_loopback() -> None:
-    """Every server of a local Ray instance (GCS, raylet, workers, agents, metrics) on
-    127.0.0.1. Ray binds them to the node's IP, a routable one on Linux, unless its
-    single-machine mode (the one it uses on macOS and Windows) is on; that mode makes the node
-    IP 127.0.0.1. The variable reaches Ray's processes; the constant, read when ray was
-    imported, is set for this one. A user who sets the variable to 1 keeps Ray's default."""
-    if os.environ.get(LOOPBACK_ENV, "0") != "0":
-        return
-    os.environ[LOOPBACK_ENV] = "0"
-    from ray._private import ray_constants
-
-    ray_constants.ENABLE_RAY_CLUSTER = False
-
-
-LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 def first_line(error: BaseException) -> str:

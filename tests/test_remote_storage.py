@@ -172,3 +172,14 @@ def test_storage_that_cannot_be_reached_is_one_clear_error(tmp_path, monkeypatch
     assert time.monotonic() - started < 60
     assert not (tmp_path / "cache" / "staging").exists() or \
         not any((tmp_path / "cache" / "staging").rglob("experiment.json"))
+
+
+def test_a_report_on_storage_that_cannot_be_reached_is_one_clear_error(tmp_path, monkeypatch):
+    for key, value in CREDENTIALS.items():
+        monkeypatch.setenv(key, value)
+    uri = f"s3://runs/x?endpoint_override=127.0.0.1:{free_port()}&scheme=http&region=us-east-1"
+    report = subprocess.run([sys.executable, str(ROOT / "analysis" / "report.py"), uri],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert report.returncode == 2, report.stderr[-3000:]
+    assert "report.py: error:" in report.stderr and "cannot reach it" in report.stderr
+    assert "Traceback" not in report.stderr

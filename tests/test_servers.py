@@ -16,10 +16,9 @@ ROOT = Path(__file__).resolve().parents[1]
 # run.py's way of starting a local Ray, then every listening socket of the driver and of the
 # processes Ray started for it
 LISTENERS = """
-import json, types, psutil, ray
-from search.run import ray_target
-spec = types.SimpleNamespace(address=None, dashboard_host="127.0.0.1")
-context = ray.init(**ray_target(spec), include_dashboard=True)
+import json, psutil, ray
+from search.resources import ray_target
+context = ray.init(**ray_target(None, "127.0.0.1"), include_dashboard=True)
 ray.get(ray.remote(lambda: 1).remote())  # a worker process, with its own server
 me = psutil.Process()
 pids = {me.pid} | {p.pid for p in me.children(recursive=True)}

@@ -135,3 +135,21 @@ def trial_dir(exp: Path, trial_id: str) -> Path:
 
 def trial_config(exp: Path, trial_id: str) -> dict:
     return json.loads((trial_dir(exp, trial_id) / "params.json").read_text())
+
+
+def test_an_epoch_stops_at_the_first_check_after_its_loss_diverged():
+    from trainables.loop import CHECK_STEPS, run_epoch
+
+    weight = torch.nn.Parameter(torch.ones(()))
+    optimizer = torch.optim.SGD([weight], lr=0.0)
+    steps = []
+
+    def batch_loss(idx):
+        steps.append(len(steps) + 1)
+        value = float("nan") if len(steps) >= 3 else 1.0  # diverges at the 3rd step
+        return weight * value, 0
+
+    stats = run_epoch(optimizer, 1000 * CHECK_STEPS, batch_loss, batch_size=1,
+                      device=torch.device("cpu"), generator=torch.Generator().manual_seed(0))
+    assert len(steps) == CHECK_STEPS  # not the epoch's 1000 x CHECK_STEPS steps
+    assert stats.loss != stats.loss  # NaN: the trial then ends as diverged

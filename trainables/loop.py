@@ -76,6 +76,8 @@ class EpochStats:
         return self.images / max(self.seconds, 1e-9)
 
 
+CHECK_STEPS = 50  # steps between checks that the running loss is still finite
+
 # A batch's (loss, number of correct predictions) from its indices into the split.
 BatchLoss = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | int]]
 
@@ -102,6 +104,10 @@ def run_epoch(optimizer: torch.optim.Optimizer, n: int, batch_loss: BatchLoss, *
         total_loss += loss.detach() * len(idx)
         correct += hits
         seen += len(idx)
+        # a loss gone NaN or infinite stays so: end the epoch (and the caller, the trial) early;
+        # one host sync per CHECK_STEPS steps
+        if step % CHECK_STEPS == 0 and not torch.isfinite(total_loss):
+            break
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return EpochStats(total_loss.item() / seen, correct.item() / seen, seen,
