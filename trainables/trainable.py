@@ -93,12 +93,9 @@ def fit(settings: RunSettings, hp: TrialConfig, train: Split, val: Split | None,
     net, normalize, (train_x, train_y), (val_x, val_y) = place_data(
         model, features if fast else None, train, val, device)
 
-    # optimizer, and a linear warmup (a tenth of the run) into a cosine decay, per step
     optimizer = make_optimizer(hp.optimizer, plan.param_groups, hp.lr)
     steps = steps_per_epoch(len(train_y), hp.batch_size)
-    total = steps * settings.max_epochs
-    scheduler = CosineLRScheduler(optimizer, t_initial=total, warmup_t=max(1, total // 10),
-                                  warmup_lr_init=0.0, t_in_epochs=False)
+    scheduler = lr_schedule(optimizer, steps * settings.max_epochs)
     generator = torch.Generator().manual_seed(settings.seed)
     best = {"best_val_acc": 0.0, "best_epoch": 0}
     # the checkpoint may be another trial's (PBT's exploit): it brings the weights and the
@@ -131,10 +128,9 @@ def fit(settings: RunSettings, hp: TrialConfig, train: Split, val: Split | None,
                    "images_per_s": stats.images_per_s, "epoch": epoch + 1,
                    "lr": optimizer.param_groups[-1]["lr"], "fast_path": fast}
         if score is not None:
-            metrics.update(val_acc=score.accuracy, val_loss=score.loss)
             if score.accuracy >= best["best_val_acc"]:  # a tie goes to the later epoch
                 best = {"best_val_acc": score.accuracy, "best_epoch": epoch + 1}
-            metrics.update(best)
+            metrics.update(val_acc=score.accuracy, val_loss=score.loss, **best)
         if report is not None:
             report(metrics, lambda e=epoch + 1, b=best: {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -159,6 +155,13 @@ def place_data(model: nn.Module, features: Features | None, train: Split, val: S
         val_x = to_device(val.images, device) if val is not None else None
     val_y = to_device(val.labels, device) if val is not None else None
     return net, normalize, (train_x, to_device(train.labels, device)), (val_x, val_y)
+
+
+def lr_schedule(optimizer: torch.optim.Optimizer, total_steps: int) -> CosineLRScheduler:
+    """A linear warmup (a tenth of the run) into a cosine decay, stepped per update."""
+    return CosineLRScheduler(optimizer, t_initial=total_steps,
+                             warmup_t=max(1, total_steps // 10), warmup_lr_init=0.0,
+                             t_in_epochs=False)
 
 
 def make_optimizer(name: str, groups: list[dict], lr: float) -> torch.optim.Optimizer:
