@@ -182,7 +182,8 @@ def check_pretraining(args: argparse.Namespace, is_demo: bool, pretrained: dict[
                 and not Path(value).expanduser().is_dir():
             raise UsageError(f"{flag} {value}: no such directory")
     if not 0 <= args.pretext_decoder_epochs <= args.pretrain_epochs:
-        raise UsageError("--pretext-decoder-epochs must be between 0 and --pretrain-epochs")
+        raise UsageError(f"--pretext-decoder-epochs {args.pretext_decoder_epochs}: must be "
+                         f"between 0 and --pretrain-epochs ({args.pretrain_epochs})")
 
 
 def parse_split(text: str) -> tuple[float, float, float]:

@@ -223,3 +223,41 @@ def test_bad_input(tmp_path, monkeypatch, capsys, args, setup, message):
     assert not (tmp_path / "runs" / "x").exists() and not (tmp_path / "in" / "pwned").exists()
     left = {p.name for p in tmp_path.iterdir()} - {"in", "runs"}
     assert not left, f"written beside the command: {left}"
+
+
+# an out-of-range value for every numeric flag of the parser (with what makes it one)
+OUT_OF_RANGE = {
+    "--image-size": ["4"], "--pretrain-epochs": ["0"], "--samples": ["0"],
+    "--max-epochs": ["0"], "--grace-period": ["0"], "--reduction-factor": ["1"],
+    "--seed": ["-1"], "--max-failures": ["-1"], "--final-eval": ["-1"],
+    "--cpus-per-trial": ["0"], "--gpus-per-trial": ["-0.5"], "--max-concurrent": ["0"],
+    "--pretext-decoder-epochs": ["11"],
+}
+
+
+def numeric_flags() -> list[tuple[str, type]]:
+    from search.options import build_parser
+
+    return [(a.option_strings[-1], a.type) for a in build_parser()._actions
+            if a.type in (int, float)]
+
+
+def test_every_numeric_flag_has_an_out_of_range_case():
+    assert {flag for flag, _ in numeric_flags()} == set(OUT_OF_RANGE)
+
+
+@pytest.mark.parametrize(("flag", "kind"), numeric_flags(), ids=lambda x: getattr(x, "__name__",
+                                                                                  x))
+def test_every_numeric_flag_refuses_text_and_out_of_range_values(tmp_path, monkeypatch, capsys,
+                                                                  flag, kind):
+    monkeypatch.chdir(tmp_path)
+    strategy = "colorization" if flag == "--pretext-decoder-epochs" else "scratch"
+    for value, message in (("ten", f"invalid {kind.__name__} value: 'ten'"),
+                           (OUT_OF_RANGE[flag][0], f"{flag}")):
+        code = main(["--strategy", strategy, flag, value, "--storage", str(tmp_path / "runs"),
+                     "--name", "x"])
+        err = capsys.readouterr().err
+        with capsys.disabled():
+            print(f"\n  {err.strip()}", end="")
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert list(tmp_path.iterdir()) == []
