@@ -44,3 +44,36 @@ def test_frozen_fast_path_table():
     lines = frozen_fast_path.format_table(m, TINY_MODEL, 16, 1).splitlines()
     assert len(lines) == 4 and lines[0].startswith(f"frozen {TINY_MODEL}, 80 demo images")
     assert lines[2].rstrip().endswith("x faster")
+
+
+@pytest.mark.slow  # three tiny benchmarks, each through search/run.py and Ray
+def test_run_all_writes_one_table_per_benchmark_with_machine_date_and_command(tmp_path):
+    from bench import run_all
+
+    out = tmp_path / "README.md"
+    names = ["trial_epoch", "stage_runs", "driver_overhead"]
+    assert run_all.main(["--quick", "--only", ",".join(names), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert text.count("Machine: ") == 3 and text.count("not a measurement") == 3
+    sections = text.split("\n## ")[1:]
+    assert [s.splitlines()[0] for s in sections] == names
+    for name, section in zip(names, sections, strict=True):
+        assert f"    python bench/{name}.py " in section  # the command, as a user types it
+        assert "    measure " in section  # its table
+    trial_epoch, stage_runs, driver = sections
+    assert "trial epoch, augment none: harness / bare loop" in trial_epoch
+    assert "trial epoch, augment crop_flip: harness / bare loop" in trial_epoch
+    assert "disk written per trial-epoch (its checkpoint)" in trial_epoch
+    # the stages run once per experiment, and not at all with a warm cache
+    empty, warm = [line for line in stage_runs.splitlines() if "stage runs" in line]
+    assert "colorization 1, supervised 1" in empty and empty.endswith("each stage 1x")
+    assert warm.endswith("all from the cache")
+    assert "trials errored" in driver and driver.split("trials errored")[1].split()[0] == "0"
+
+
+def test_run_all_refuses_an_unknown_benchmark(capsys):
+    from bench import run_all
+
+    with pytest.raises(SystemExit):
+        run_all.main(["--only", "nope"])
+    assert "unknown benchmarks ['nope']" in capsys.readouterr().err

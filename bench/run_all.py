@@ -1,0 +1,127 @@
+"""Run every benchmark and write bench/README.md: one table per benchmark, with the machine,
+the date and the command that produced it.
+
+    python bench/run_all.py
+
+Each benchmark runs as its own process (`python bench/NAME.py ...`), as a user would run it,
+and its printed table goes into the README as is. `--only NAME` runs some of them; `--quick`
+gives each tiny inputs (a check that every script still produces its table, not a
+measurement); `--out FILE` writes elsewhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+TINY = ["--backbone", "test_resnet"]
+# name -> (what it measures, its arguments, tiny arguments for --quick)
+SUITE: dict[str, tuple[str, list[str], list[str]]] = {
+    "data_pipeline": (
+        "preparing an ImageFolder (first and cached), images decoded by a search's processes, "
+        "and the harness's training epoch against a bare loop", ["--repeats", "6"],
+        [*TINY, "--per-class", "20", "--size", "48", "--batch-size", "16",
+         "--epoch-images", "64", "--repeats", "1"]),
+    "frozen_fast_path": (
+        "a frozen backbone's head trained on cached features against the full frozen forward",
+        [], [*TINY, "--per-class", "8", "--repeats", "1"]),
+    "trial_epoch": (
+        "a whole trial epoch between two Tune reports (train, evaluate, checkpoint, report) "
+        "against a bare loop, and the disk a trial-epoch writes", [],
+        [*TINY, "--per-class", "4", "--epochs", "2", "--batch-size", "16"]),
+    "stage_runs": (
+        "pretraining stages run per experiment, against trials per strategy, with an empty and "
+        "a warm cache", [], ["--samples", "1"]),
+    "driver_overhead": (
+        "trivial trials through the harness's Tuner wiring against the ideal wall time", [],
+        ["--trials", "6", "--trial-seconds", "0.2"]),
+    "actor_memory": (
+        "RSS of the reused trial actors over one search", ["--series"],
+        ["--trials", "3", "--max-epochs", "1", "--data", "demo:4", *TINY]),
+    "demo_transfer": (
+        "on the demo, the supervised stage, then scratch, frozen and fine-tuned targets over "
+        "seeds", [], [*TINY, "--seeds", "1", "--per-class", "4", "--pretrain-epochs", "1",
+                      "--epochs", "1"]),
+}
+
+
+def machine() -> str:
+    import torch
+
+    cpu = next((line.split(":", 1)[1].strip() for line in
+                Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) \
+        if Path("/proc/cpuinfo").is_file() else platform.processor()
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (f"{os.cpu_count()} cores ({cpu}), {gpu}; Python {platform.python_version()}, "
+            f"torch {torch.__version__}, {platform.system()} {platform.release()}")
+
+
+def run_one(name: str, quick: bool) -> tuple[str, str, float]:
+    """(the command line, its printed table, seconds)."""
+    _, full, tiny = SUITE[name]
+    args = tiny if quick else full
+    command = ["python", f"bench/{name}.py", *args]
+    start = time.perf_counter()
+    result = subprocess.run([sys.executable, str(HERE / f"{name}.py"), *args],
+                            cwd=HERE.parent, capture_output=True, text=True)
+    if result.returncode:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
+    return " ".join(command), result.stdout.rstrip(), time.perf_counter() - start
+
+
+def section(name: str, command: str, table: str, seconds: float, quick: bool) -> str:
+    """One benchmark's part of the README: what it measures, where and when, how, its table."""
+    note = " (--quick: tiny inputs, not a measurement)" if quick else ""
+    return "\n".join([f"## {name}", "", SUITE[name][0] + ".", "",
+                      f"Machine: {machine()}. Date: {time.strftime('%Y-%m-%d %H:%M %Z')}"
+                      f"{note}. Took {seconds:.0f} s.", "", f"    {command}", "",
+                      *(f"    {line}" for line in table.splitlines()), ""])
+
+
+def readme(sections: dict[str, str]) -> str:
+    """The README: each benchmark's section in the suite's order."""
+    head = ["# Benchmarks", "", "Written by `python bench/run_all.py`; `--only NAME` rewrites "
+            "that benchmark's section and keeps the others as they were.", ""]
+    return "\n".join(head + [sections[n] for n in SUITE if n in sections])
+
+
+def read_sections(path: Path) -> dict[str, str]:
+    """The sections of an existing README, by benchmark name."""
+    if not path.is_file():
+        return {}
+    parts = path.read_text().split("\n## ")[1:]
+    return {p.split("\n", 1)[0]: "## " + p.rstrip("\n") + "\n" for p in parts
+            if p.split("\n", 1)[0] in SUITE}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default=None, metavar="NAME[,NAME...]",
+                        help=f"some of: {', '.join(SUITE)} (default: all)")
+    parser.add_argument("--quick", action="store_true", help="tiny inputs, to check the scripts")
+    parser.add_argument("--out", type=Path, default=HERE / "README.md")
+    args = parser.parse_args(argv)
+    names = args.only.split(",") if args.only else list(SUITE)
+    unknown = sorted(set(names) - set(SUITE))
+    if unknown:
+        parser.error(f"unknown benchmarks {unknown}; choose from {', '.join(SUITE)}")
+    sections = read_sections(args.out) if args.only else {}
+    for name in names:
+        print(f"running {name} ...", flush=True)
+        sections[name] = section(name, *run_one(name, args.quick), args.quick)
+    tmp = args.out.with_name(f".{args.out.name}.tmp")
+    tmp.write_text(readme(sections))
+    tmp.replace(args.out)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
