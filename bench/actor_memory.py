@@ -26,6 +26,8 @@ from pathlib import Path
 
 import psutil
 
+from bench import tables
+
 HERE = Path(__file__).resolve().parent
 EARLY = 3  # the trial whose RSS is the baseline: imports, data and allocator pools are warm
 
@@ -156,18 +158,15 @@ def table(m: dict) -> list[tuple[str, str, str]]:
     return rows
 
 
-def format_table(rows: list[tuple[str, str, str]]) -> str:
-    width = max(len(r[0]) for r in rows)
-    lines = [f"{'measure':<{width}}  {'value':>10}  ratio"]
-    lines += [f"{name:<{width}}  {value:>10}  {ratio}".rstrip() for name, value, ratio in rows]
-    return "\n".join(lines)
-
-
 def format_series(m: dict) -> str:
     """Each actor's RSS at the end of each of its trials, and its peak in each, in MB."""
     return "\n".join(f"actor {i} RSS per trial, {key} (MB): "
                      + " ".join(f"{r / 1e6:.0f}" for r in a[key])
                      for i, a in enumerate(m["actors"], 1) for key in ("end", "peak"))
+
+
+def format_table(rows: list[tuple[str, str, str]]) -> str:
+    return tables.format_table(rows, value_width=10)
 
 
 def main() -> None:

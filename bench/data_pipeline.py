@@ -24,6 +24,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from bench import tables
 from trainables.config import TrialConfig
 from trainables.data import demo
 from trainables.data.augment import random_crop, random_flip
@@ -155,10 +156,7 @@ def table(m: dict) -> list[tuple[str, str, str]]:
 
 
 def format_table(rows: list[tuple[str, str, str]]) -> str:
-    width = max(len(r[0]) for r in rows)
-    lines = [f"{'measure':<{width}}  {'value':>18}  ratio"]
-    lines += [f"{name:<{width}}  {value:>18}  {ratio}".rstrip() for name, value, ratio in rows]
-    return "\n".join(lines)
+    return tables.format_table(rows, value_width=18)
 
 
 def main() -> None:

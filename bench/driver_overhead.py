@@ -18,6 +18,8 @@ import io
 import tempfile
 import time
 
+from bench.tables import format_table
+
 
 def trivial(config: dict, seconds: float) -> None:
     """A trial that does no work but wait, and reports what the scheduler and searcher read."""
@@ -70,14 +72,6 @@ def table(m: dict) -> list[tuple[str, str, str]]:
          f"{m['wall'] / m['ideal'] - 1:+.1%} over ideal"),
         ("trials errored", str(m["errors"]), ""),
     ]
-
-
-def format_table(rows: list[tuple[str, str, str]]) -> str:
-    width = max(len(r[0]) for r in rows)
-    value = max(len(r[1]) for r in rows)
-    lines = [f"{'measure':<{width}}  {'value':>{value}}  ratio"]
-    lines += [f"{a:<{width}}  {b:>{value}}  {c}".rstrip() for a, b, c in rows]
-    return "\n".join(lines)
 
 
 def main() -> None:

@@ -19,6 +19,8 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
+from bench.tables import format_table
+
 ROOT = Path(__file__).resolve().parents[1]
 STRATEGIES = "frozen,unfrozen,colorization"
 
@@ -59,14 +61,6 @@ def table(runs: list[dict]) -> list[tuple[str, str, str]]:
                      f"each stage {max(r['ran'].values(), default=0)}x" if r["ran"]
                      else "all from the cache"))
     return rows
-
-
-def format_table(rows: list[tuple[str, str, str]]) -> str:
-    width = max(len(r[0]) for r in rows)
-    value = max(len(r[1]) for r in rows)
-    lines = [f"{'measure':<{width}}  {'value':>{value}}  ratio"]
-    lines += [f"{a:<{width}}  {b:>{value}}  {c}" for a, b, c in rows]
-    return "\n".join(lines)
 
 
 def main() -> None:

@@ -27,6 +27,7 @@ import yaml
 from torch import nn
 
 from bench.data_pipeline import bare_epoch
+from bench.tables import format_table
 from trainables.data.demo import load_demo
 from trainables.models import build_model, normalizer
 
@@ -106,14 +107,6 @@ def table(m: dict) -> list[tuple[str, str, str]]:
     mb = m["checkpoint_bytes"] / 1e6
     rows.append(("disk written per trial-epoch (its checkpoint)", f"{mb:.1f} MB", ""))
     return rows
-
-
-def format_table(rows: list[tuple[str, str, str]]) -> str:
-    width = max(len(r[0]) for r in rows)
-    value = max(len(r[1]) for r in rows)
-    lines = [f"{'measure':<{width}}  {'value':>{value}}  ratio"]
-    lines += [f"{a:<{width}}  {b:>{value}}  {c}" for a, b, c in rows]
-    return "\n".join(lines)
 
 
 def main() -> None:

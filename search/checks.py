@@ -198,13 +198,18 @@ def parse_split(text: str) -> tuple[float, float, float]:
     return parts  # type: ignore[return-value]
 
 
+def nearest_existing(path: Path) -> Path:
+    """`path`, or its closest ancestor that exists: where a folder not yet made would be."""
+    while not path.exists():
+        path = path.parent
+    return path
+
+
 def check_storage_folder(storage: Path) -> None:
     """--storage is a folder this process can write in, or can create: a file is written and
     removed in its nearest existing folder (permission bits say nothing to root, nor about a
     read-only mount)."""
-    existing = storage
-    while not existing.exists():
-        existing = existing.parent
+    existing = nearest_existing(storage)
     if not existing.is_dir():
         raise UsageError(f"--storage {storage}: {existing} is a file, not a folder; choose a "
                          "folder")
@@ -220,9 +225,7 @@ def check_storage_folder(storage: Path) -> None:
 def check_free_space(storage: Path, checkpoint_bytes: int, backbone: str) -> None:
     """Room for one trial's checkpoints: Tune keeps its best and latest and writes the next
     beside them, so three, plus a margin for the results."""
-    existing = storage
-    while not existing.exists():
-        existing = existing.parent
+    existing = nearest_existing(storage)
     needed = 3 * checkpoint_bytes + (16 << 20)
     free = shutil.disk_usage(existing).free
     if free < needed:

@@ -93,6 +93,7 @@ def search_on_ray(spec, data, sources, prog: str):
         node_resources,
         ray_target,
     )
+    from trainables.failures import first_line
     from trainables.pretrain import StageError
 
     # A checkpoint every epoch triggers Tune's experiment snapshots often; on small demo runs
@@ -119,11 +120,6 @@ def search_on_ray(spec, data, sources, prog: str):
         return fail(prog, getattr(error, "cause", error))
     finally:
         ray.shutdown()
-
-
-def first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
 
 
 def auth_hint(error: BaseException) -> str:
