@@ -46,12 +46,22 @@ def smallest_batch(spec: ExperimentSpec, strategy: str) -> tuple[int, str]:
     return int(dim.value), where
 
 
+def config_on_its_own_data(spec: ExperimentSpec) -> bool:
+    if spec.config_file is None:
+        return False
+    from analysis.best_config import read_best_config  # read and checked once already
+
+    return read_best_config(spec.config_file).get("data") == spec.data
+
+
 def check_batch_sizes(spec: ExperimentSpec, data: Dataset) -> None:
     """Every trial's batch fits in the training split: one larger would make every epoch one
-    step over the whole split, a different method from the one asked for."""
+    step over the whole split, a different method from the one asked for. A best config on
+    its own data is exempt: its search already ran that batch there (a space whose smallest
+    choice fits may sample a larger one), and a config must rerun what it recorded."""
     for strategy in spec.strategies:
         batch, where = smallest_batch(spec, strategy)
-        if batch > len(data.train):
+        if batch > len(data.train) and not config_on_its_own_data(spec):
             raise UsageError(
                 f"{strategy}: batch size {batch} (the smallest in {where}) is larger than the "
                 f"training split of {data.name} ({len(data.train)} images); give smaller batch "

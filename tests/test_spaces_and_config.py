@@ -54,3 +54,27 @@ def test_out_of_range_values_are_rejected():
         TrialConfig(lr=0.1, batch_size=8, augment="mixup", weight_decay=0.0)
     with pytest.raises(ValueError, match="out-of-range"):
         TrialConfig(lr=-1.0, batch_size=8, augment="none", weight_decay=0.0)
+
+
+def test_a_best_config_reruns_its_batch_on_its_own_data_but_not_on_smaller(tmp_path):
+    """The built-in space may sample a batch above a small training split (its smallest
+    choice fits); the exported config must rerun it. Moved to smaller data, it is refused."""
+    import yaml
+
+    from search.preflight import check_batch_sizes
+    from search.spec import UsageError, parse_spec
+    from trainables.data.load import load_dataset
+
+    config = tmp_path / "best.yaml"
+    config.write_text(yaml.safe_dump({
+        "transfer_search_config": 1, "strategy": "scratch", "data": "demo:5", "max_epochs": 1,
+        "hyperparameters": {"lr": 0.1, "batch_size": 64, "augment": "none",
+                            "weight_decay": 0.0}}))
+    small = load_dataset("demo:5", cache_dir=tmp_path / "cache")
+    assert len(small.train) < 64
+    own = parse_spec(["--config", str(config), "--storage", str(tmp_path / "runs")])
+    check_batch_sizes(own, small)  # no error: its search ran batch 64 on these images
+    moved = parse_spec(["--config", str(config), "--data", "demo:4",
+                        "--storage", str(tmp_path / "runs")])
+    with pytest.raises(UsageError, match="batch size 64 .* training split of demo:4"):
+        check_batch_sizes(moved, load_dataset("demo:4", cache_dir=tmp_path / "cache"))
