@@ -48,6 +48,10 @@ SUITE: dict[str, tuple[str, list[str], list[str]]] = {
         "on the demo, the supervised stage, then scratch, frozen and fine-tuned targets over "
         "seeds", [], [*TINY, "--seeds", "1", "--per-class", "4", "--pretrain-epochs", "1",
                       "--epochs", "1"]),
+    "pretext_throughput": (
+        "the colorization pretext stage's training throughput against the supervised stage's, "
+        "same backbone, images, size and batch", [],
+        [*TINY, "--images", "64", "--batch-size", "16", "--epochs", "1", "--image-size", "32"]),
 }
 
 

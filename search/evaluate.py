@@ -35,8 +35,9 @@ from trainables.cache import DiskFullError, atomic_file
 from trainables.config import RunSettings, TrialConfig
 from trainables.data.dataset import DataError, Dataset, Split
 from trainables.export import save_model
-from trainables.loop import pick_device, predict, to_device
+from trainables.loop import pick_device, predict
 from trainables.models import normalizer
+from trainables.placement import to_device
 from trainables.trainable import fit
 
 EVAL_DIR = "eval"
@@ -124,7 +125,8 @@ def run_seeds(spec, board: pd.DataFrame, data: Dataset, weights: dict, seeds: in
         for i in range(seeds):
             settings = RunSettings(strategy=row["strategy"], backbone=spec.backbone,
                                    max_epochs=spec.max_epochs, seed=spec.seed + i,
-                                   cpus_per_trial=spec.cpus_per_trial)
+                                   cpus_per_trial=spec.cpus_per_trial,
+                                   gpus_per_trial=spec.gpus_per_trial, compile=spec.compile)
             keep = i == 0 and (keep_all or row["strategy"] == winner)
             refs[(row["strategy"], spec.seed + i)] = task.remote(
                 settings, hp, data_ref, weights[row["strategy"]], int(row["best_epoch"]),

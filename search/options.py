@@ -180,6 +180,9 @@ def add_resource_options(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--gpus-per-trial", type=float, default=0.0, metavar="N",
                    help="GPUs per trial: a whole number, or a fraction 1/k (0.5, 0.25, ...) "
                    "that packs k trials onto one GPU (default: %(default)s)")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile each trial's network before its first epoch; the "
+                   "compile time is reported apart as compile_s (default: eager)")
     g.add_argument("--max-concurrent", type=int, default=None, metavar="N",
                    help="at most N trials run at once (default: as many as the resources "
                    "allow)")

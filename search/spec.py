@@ -78,6 +78,7 @@ class ExperimentSpec:
     show_space: bool = False
     storage_uri: str | None = None  # --storage s3://..., gs://...: where the experiment lives
     dashboard_host: str = "127.0.0.1"  # a local Ray's dashboard: loopback unless asked
+    compile: bool = False  # torch.compile each trial's network
 
     @property
     def exp_dir(self) -> Path:
@@ -166,7 +167,7 @@ def parse_spec(argv: list[str] | None = None, prog: str = "run.py") -> Experimen
         objective=args.objective, space_file=space_file, warm_start=warm_start,
         optuna_storage=check_storage(args.optuna_storage), max_concurrent=args.max_concurrent,
         verbosity=args.verbosity, show_space=args.show_space, storage_uri=storage_uri,
-        dashboard_host=args.dashboard_host,
+        dashboard_host=args.dashboard_host, compile=args.compile,
     )
 
 

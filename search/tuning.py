@@ -112,7 +112,8 @@ class MarkedOptunaSearch(OptunaSearch):
 def make_trainable(spec: ExperimentSpec, strategy: str, data_ref: ray.ObjectRef,
                    stages: StageOutputs):
     settings = RunSettings(strategy=strategy, backbone=spec.backbone, max_epochs=spec.max_epochs,
-                           seed=spec.seed, cpus_per_trial=spec.cpus_per_trial)
+                           seed=spec.seed, cpus_per_trial=spec.cpus_per_trial,
+                           gpus_per_trial=spec.gpus_per_trial, compile=spec.compile)
     return tune.with_resources(
         tune.with_parameters(train_transfer, settings=settings, data=data_ref,
                              weights=stages.weights[strategy],

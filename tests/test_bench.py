@@ -77,3 +77,16 @@ def test_run_all_refuses_an_unknown_benchmark(capsys):
     with pytest.raises(SystemExit):
         run_all.main(["--only", "nope"])
     assert "unknown benchmarks ['nope']" in capsys.readouterr().err
+
+
+def test_pretext_throughput_table():
+    from bench import pretext_throughput
+
+    m = pretext_throughput.measure(TINY_MODEL, image_size=32, images=64, batch_size=16,
+                                   epochs=1)
+    assert (m["images"], m["device"]) == (64, "cpu")
+    (sup_name, sup, _), (col_name, col, ratio) = pretext_throughput.table(m)
+    assert sup_name.startswith("supervised stage (test_resnet, 64 images at 32 px, batch 16")
+    assert col_name.startswith("colorization stage (")
+    assert ratio == f"{m['colorization'] / m['supervised']:.2f}x supervised"
+    assert sup == f"{m['supervised']:.0f} img/s" and col == f"{m['colorization']:.0f} img/s"

@@ -12,8 +12,9 @@ import torch
 from torch import nn
 
 from trainables.data.augment import random_flip
-from trainables.loop import autocast, channels_last, pick_device, run_epoch, to_device
+from trainables.loop import autocast, channels_last, pick_device, run_epoch
 from trainables.models import create_backbone, model_kwargs
+from trainables.placement import to_device
 
 # sRGB (linear) -> XYZ, D65, and the D65 reference white.
 _RGB_TO_XYZ = torch.tensor([[0.412453, 0.357580, 0.180423],

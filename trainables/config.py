@@ -25,6 +25,8 @@ class RunSettings:
     max_epochs: int
     seed: int
     cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0  # the trial's share of a GPU: how much data stays resident
+    compile: bool = False  # torch.compile the trained network (trainables/compiled.py)
 
 
 @dataclass(frozen=True)

@@ -2,43 +2,55 @@
 
 Shared by the trials and both training pretraining stages (supervised and colorization), so
 they batch the same way and follow the same device rules: batches are index slices of the whole
-split held on the device, bf16 autocast on a GPU, channels-last inputs, and the running loss
-kept on the device (no host copy per batch). No DataLoader, no worker processes, no decoding.
+split held on the device (or streamed to it, trainables/placement.py), bf16 autocast on a GPU
+(fp16 with loss scaling where bf16 is missing), channels-last inputs, and the running loss kept
+on the device (no host copy per batch). No DataLoader, no worker processes, no decoding.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from trainables.data.augment import augment
+from trainables.placement import Images, fetch
 
 
 def pick_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    # a trial's shapes are fixed (one batch size, one image size), so cuDNN's autotuner picks
+    # each convolution's fastest algorithm once, in the first steps, and keeps it
+    torch.backends.cudnn.benchmark = True
+    return torch.device("cuda")
+
+
+def amp_dtype(device: torch.device) -> torch.dtype | None:
+    """The autocast dtype: bf16 on GPUs that have it (Ampere on), fp16 on older ones; none on
+    CPUs, where bf16 is slower than fp32 without AMX."""
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) \
+        else torch.float16
 
 
 def autocast(device: torch.device):
-    # bf16 autocast on GPUs; on CPUs it is slower than fp32 without AMX, so it stays off there.
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    dtype = amp_dtype(device)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
 
 
-def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
-    """Wrap an array (read-only when it comes from Ray's object store) without copying on CPU."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # non-writable arrays: we never write
-        tensor = torch.from_numpy(array)
-    return tensor.to(device, non_blocking=True)
+def grad_scaler(device: torch.device) -> torch.amp.GradScaler:
+    """Loss scaling for fp16, whose small gradients underflow to zero; bf16 has fp32's range
+    and needs none (a disabled scaler passes the loss and the step straight through)."""
+    return torch.amp.GradScaler(device.type, enabled=amp_dtype(device) == torch.float16)
 
 
 def channels_last(x: torch.Tensor) -> torch.Tensor:
@@ -84,21 +96,28 @@ BatchLoss = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | int]]
 
 def run_epoch(optimizer: torch.optim.Optimizer, n: int, batch_loss: BatchLoss, *,
               batch_size: int, device: torch.device, generator: torch.Generator,
-              scheduler: Any = None, first_update: int = 0) -> EpochStats:
+              scheduler: Any = None, first_update: int = 0,
+              scaler: torch.amp.GradScaler | None = None,
+              index_device: torch.device | None = None) -> EpochStats:
     """One epoch of optimizer steps over `n` samples; the caller sets the model's train mode.
 
     `scheduler` is a timm scheduler stepped per update: after this epoch's k-th step it is at
-    update `first_update + k`, so a resumed trial continues the same lr curve.
+    update `first_update + k`, so a resumed trial continues the same lr curve. `scaler` keeps
+    fp16's loss scale across epochs (default: a fresh one). Batch indices live on
+    `index_device` (default: `device`): the host's for a split streamed from host memory.
     """
+    scaler = grad_scaler(device) if scaler is None else scaler
     start = time.perf_counter()
     total_loss = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
     seen = 0
-    for step, idx in enumerate(shuffled_batches(n, batch_size, generator, device), start=1):
+    batches = shuffled_batches(n, batch_size, generator, index_device or device)
+    for step, idx in enumerate(batches, start=1):
         loss, hits = batch_loss(idx)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)  # skipped, and the scale lowered, when fp16 gradients overflowed
+        scaler.update()
         if scheduler is not None:
             scheduler.step_update(first_update + step)
         total_loss += loss.detach() * len(idx)
@@ -115,27 +134,29 @@ def run_epoch(optimizer: torch.optim.Optimizer, n: int, batch_loss: BatchLoss, *
 
 
 def train_epoch(
-    model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
+    model: nn.Module, optimizer: torch.optim.Optimizer, images: Images,
     labels: torch.Tensor, *, batch_size: int, policy: str, magnitude: int = 9,
     normalize: nn.Module, loss_fn: nn.Module, device: torch.device,
     generator: torch.Generator, scheduler: Any = None, first_update: int = 0,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> EpochStats:
     """One epoch of classification: augment, normalise, forward, loss, step."""
 
     def batch_loss(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = channels_last(normalize(augment(images[idx], policy, magnitude)))
-        y = labels[idx]
+        x = channels_last(normalize(augment(fetch(images, idx, device), policy, magnitude)))
+        y = labels[idx.to(device, non_blocking=True)]
         with autocast(device):
             logits = model(x)
         return loss_fn(logits.float(), y), (logits.argmax(1) == y).sum()
 
     return run_epoch(optimizer, len(labels), batch_loss, batch_size=batch_size, device=device,
-                     generator=generator, scheduler=scheduler, first_update=first_update)
+                     generator=generator, scheduler=scheduler, first_update=first_update,
+                     scaler=scaler, index_device=images.device)
 
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, normalize: nn.Module,
+    model: nn.Module, images: Images, labels: torch.Tensor, *, normalize: nn.Module,
     device: torch.device, batch_size: int = 512,
 ) -> EpochStats:
     model.eval()
@@ -143,7 +164,7 @@ def evaluate(
     total_loss = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
     for begin in range(0, len(labels), batch_size):
-        x = channels_last(normalize(images[begin : begin + batch_size]))
+        x = channels_last(normalize(fetch(images, slice(begin, begin + batch_size), device)))
         y = labels[begin : begin + batch_size]
         with autocast(device):
             logits = model(x).float()

@@ -28,7 +28,7 @@ from trainables.cache import atomic_dir, fingerprint
 from trainables.colorization import train_colorization
 from trainables.config import STAGES
 from trainables.data.dataset import Dataset
-from trainables.loop import evaluate, pick_device, to_device, train_epoch
+from trainables.loop import evaluate, pick_device, train_epoch
 from trainables.models import (
     backbone_state,
     create_backbone,
@@ -36,6 +36,7 @@ from trainables.models import (
     model_kwargs,
     normalizer,
 )
+from trainables.placement import to_device
 
 WEIGHTS_FILE, RECORD_FILE, SAMPLES_FILE = "backbone.pt", "record.json", "samples.png"
 

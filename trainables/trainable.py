@@ -24,14 +24,23 @@ from ray import tune
 from timm.scheduler import CosineLRScheduler
 from torch import nn
 
+from trainables.compiled import compile_net
 from trainables.config import RunSettings, TrialConfig
 from trainables.data.dataset import Dataset, Split
 from trainables.failures import TrialFailure, check_finite, memory_guard
 from trainables.faults import inject_epoch_fault, inject_fault
 from trainables.features import Features
-from trainables.loop import evaluate, pick_device, steps_per_epoch, to_device, train_epoch
+from trainables.loop import (
+    EpochStats,
+    evaluate,
+    grad_scaler,
+    pick_device,
+    steps_per_epoch,
+    train_epoch,
+)
 from trainables.memory import release_memory
-from trainables.models import build_model, normalizer
+from trainables.models import build_model
+from trainables.placement import place_data, resident_budget
 from trainables.strategies import get_strategy
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -81,17 +90,17 @@ def fit(settings: RunSettings, hp: TrialConfig, train: Split, val: Split | None,
     torch.set_num_threads(max(1, int(settings.cpus_per_trial)))
     device = pick_device()
     epochs = settings.max_epochs if epochs is None else epochs
-
     # model, strategy, and the data on the device (the head alone on cached features when the
     # backbone is frozen and nothing augments)
+    strategy = get_strategy(settings.strategy)
     model = build_model(settings.backbone, num_classes, hp.head, weights,
                         hidden=hp.head_hidden, dropout=hp.head_dropout, batch_norm=hp.head_bn)
-    strategy = get_strategy(settings.strategy)
-    plan = strategy.setup(model, hp)
+    plan = strategy.setup(model, hp)  # before the move: its parameter groups are the model's
     model = model.to(device, memory_format=torch.channels_last)
     fast = features is not None and strategy.frozen_backbone and hp.augment == "none"
-    net, normalize, (train_x, train_y), (val_x, val_y) = place_data(
-        model, features if fast else None, train, val, device)
+    net, normalize, (train_x, train_y), (val_x, val_y), resident = place_data(
+        model, features if fast else None, train, val, device,
+        resident_budget(device, settings.gpus_per_trial))
 
     optimizer = make_optimizer(hp.optimizer, plan.param_groups, hp.lr)
     steps = steps_per_epoch(len(train_y), hp.batch_size)
@@ -102,8 +111,14 @@ def fit(settings: RunSettings, hp: TrialConfig, train: Split, val: Split | None,
     # optimizer's state, this config its hyperparameters
     start_epoch = restore(resume, model, optimizer, generator, best) if resume else 0
     scheduler.step_update(start_epoch * steps)  # the lr of the first step, also after a resume
+    plan.begin_epoch(model, start_epoch)  # the modes the first epoch trains (and compiles) in
+    net, compile_s = compile_net(net, train_x, val_x, batch_size=hp.batch_size,
+                                 normalize=normalize, device=device) \
+        if settings.compile else (net, 0.0)
 
     loss_fn = nn.CrossEntropyLoss(label_smoothing=hp.label_smoothing)
+    scaler = grad_scaler(device)  # fp16's loss scale carries over from epoch to epoch
+    trial = {"fast_path": fast, "data_resident": resident, "compile_s": compile_s}  # per trial
     for epoch in range(start_epoch, epochs):
         plan.begin_epoch(model, epoch)  # train mode, but frozen blocks keep BatchNorm fixed
         try:
@@ -113,7 +128,7 @@ def fit(settings: RunSettings, hp: TrialConfig, train: Split, val: Split | None,
                     net, optimizer, train_x, train_y, batch_size=hp.batch_size,
                     policy=hp.augment, magnitude=hp.magnitude, normalize=normalize,
                     loss_fn=loss_fn, device=device, generator=generator, scheduler=scheduler,
-                    first_update=epoch * steps)
+                    first_update=epoch * steps, scaler=scaler)
                 check_finite(stats.loss, epoch + 1)
                 score = (evaluate(net, val_x, val_y, normalize=normalize, device=device)
                          if val_y is not None else None)
@@ -124,13 +139,8 @@ def fit(settings: RunSettings, hp: TrialConfig, train: Split, val: Split | None,
             report({"epoch": epoch + 1, "failure": str(failure), "failure_kind": failure.kind,
                     **best}, None)
             return model
-        metrics = {"train_loss": stats.loss, "train_acc": stats.accuracy,
-                   "images_per_s": stats.images_per_s, "epoch": epoch + 1,
-                   "lr": optimizer.param_groups[-1]["lr"], "fast_path": fast}
-        if score is not None:
-            if score.accuracy >= best["best_val_acc"]:  # a tie goes to the later epoch
-                best = {"best_val_acc": score.accuracy, "best_epoch": epoch + 1}
-            metrics.update(val_acc=score.accuracy, val_loss=score.loss, **best)
+        metrics, best = epoch_metrics(stats, score, best, epoch + 1,
+                                      lr=optimizer.param_groups[-1]["lr"], **trial)
         if report is not None:
             report(metrics, lambda e=epoch + 1, b=best: {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -138,23 +148,16 @@ def fit(settings: RunSettings, hp: TrialConfig, train: Split, val: Split | None,
     return model
 
 
-def place_data(model: nn.Module, features: Features | None, train: Split, val: Split | None,
-               device: torch.device) -> tuple[nn.Module, nn.Module, tuple, tuple]:
-    """(network to train, its input normaliser, (train x, y), (val x, y)) on the device.
-
-    uint8 images go to the device once; batches are sliced, augmented and normalised there. A
-    frozen backbone without augmentation sees the same images every epoch, so with `features`
-    its head trains on the backbone's precomputed outputs instead (identical, no backbone).
-    """
-    if features is not None:
-        net, normalize = model.get_classifier(), nn.Identity()
-        train_x, val_x = to_device(features.train, device), to_device(features.val, device)
-    else:
-        net, normalize = model, normalizer(model).to(device)
-        train_x = to_device(train.images, device)
-        val_x = to_device(val.images, device) if val is not None else None
-    val_y = to_device(val.labels, device) if val is not None else None
-    return net, normalize, (train_x, to_device(train.labels, device)), (val_x, val_y)
+def epoch_metrics(stats: EpochStats, score: EpochStats | None, best: dict, epoch: int,
+                  **extra) -> tuple[dict, dict]:
+    """An epoch's report, and the running best; a tie goes to the later epoch."""
+    metrics = {"train_loss": stats.loss, "train_acc": stats.accuracy,
+               "images_per_s": stats.images_per_s, "epoch": epoch, **extra}
+    if score is not None:
+        if score.accuracy >= best["best_val_acc"]:
+            best = {"best_val_acc": score.accuracy, "best_epoch": epoch}
+        metrics.update(val_acc=score.accuracy, val_loss=score.loss, **best)
+    return metrics, best
 
 
 def lr_schedule(optimizer: torch.optim.Optimizer, total_steps: int) -> CosineLRScheduler:
