@@ -48,11 +48,24 @@ SUITE: dict[str, tuple[str, list[str], list[str]]] = {
         "on the demo, the supervised stage, then scratch, frozen and fine-tuned targets over "
         "seeds", [], [*TINY, "--seeds", "1", "--per-class", "4", "--pretrain-epochs", "1",
                       "--epochs", "1"]),
+    "gpu": (
+        "the GPU path: one trial's ResNet-18 throughput at 224 px (eager and compiled), four "
+        "packed trials against one, a whole demo search's wall time and GPU utilisation",
+        [], ["--device", "cpu"]),
     "pretext_throughput": (
         "the colorization pretext stage's training throughput against the supervised stage's, "
         "same backbone, images, size and batch", [],
         [*TINY, "--images", "64", "--batch-size", "16", "--epochs", "1", "--image-size", "32"]),
 }
+
+
+NEEDS_GPU = {"gpu"}  # without --quick, these measure a GPU; skipped where none is
+
+
+def has_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def machine() -> str:
@@ -118,6 +131,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown benchmarks {unknown}; choose from {', '.join(SUITE)}")
     sections = read_sections(args.out) if args.only else {}
     for name in names:
+        if name in NEEDS_GPU and not args.quick and not has_gpu():
+            print(f"skipping {name}: no CUDA GPU on this machine", flush=True)
+            sections.setdefault(name, f"## {name}\n\n{SUITE[name][0]}.\n\nNot measured yet: "
+                                "the machine that wrote this file had no GPU.\n")
+            continue
         print(f"running {name} ...", flush=True)
         sections[name] = section(name, *run_one(name, args.quick), args.quick)
     tmp = args.out.with_name(f".{args.out.name}.tmp")

@@ -90,3 +90,34 @@ def test_pretext_throughput_table():
     assert col_name.startswith("colorization stage (")
     assert ratio == f"{m['colorization'] / m['supervised']:.2f}x supervised"
     assert sup == f"{m['supervised']:.0f} img/s" and col == f"{m['colorization']:.0f} img/s"
+
+
+@pytest.mark.slow  # compiles a network, starts Ray, and runs a 6-trial search
+def test_gpu_script_runs_its_measurements_on_a_cpu():
+    """bench/gpu.py --device cpu: the GPU benchmark's three parts at tiny sizes, with Ray's
+    logical GPU for the packing (no GPU numbers: a check that the script works)."""
+    from bench import gpu
+
+    m = gpu.measure(gpu.CPU)
+    assert m["eager"]["device"] == m["compiled"]["device"] == "cpu"
+    assert m["eager"]["compile_s"] == 0 < m["compiled"]["compile_s"]
+    one, four = m["packed"]
+    assert (one["trials"], four["trials"]) == (1, 4)
+    rows = gpu.table(m)
+    names = [name for name, _, _ in rows]
+    assert names[0].startswith("one trial, eager (test_resnet at 32 px, batch 32, cpu)")
+    assert names[4] == "4 packed trials of a quarter GPU at 32 px, total"
+    assert rows[4][2] == f"{four['images_per_s'] / one['images_per_s']:.2f}x one trial"
+    assert names[5].startswith("demo:4 search, --strategy all, 1 trials each")
+    assert rows[-1][1] == "no nvidia-smi"
+
+
+def test_run_all_says_the_gpu_benchmark_was_not_measured_without_a_gpu(tmp_path, monkeypatch):
+    from bench import run_all
+
+    monkeypatch.setattr(run_all, "has_gpu", lambda: False)
+    out = tmp_path / "README.md"
+    assert run_all.main(["--only", "gpu", "--out", str(out)]) == 0
+    (section,) = out.read_text().split("\n## ")[1:]
+    assert section.startswith("gpu\n") and "Not measured yet: the machine that wrote this " \
+        "file had no GPU." in section
