@@ -33,8 +33,10 @@ SUITE: dict[str, tuple[str, list[str], list[str]]] = {
         [], [*TINY, "--per-class", "8", "--repeats", "1"]),
     "trial_epoch": (
         "a whole trial epoch between two Tune reports (train, evaluate, checkpoint, report) "
-        "against a bare loop, and the disk a trial-epoch writes", [],
-        [*TINY, "--per-class", "4", "--epochs", "2", "--batch-size", "16"]),
+        "against a bare loop, the disk a trial-epoch writes, and how an experiment's disk grows "
+        "with its trials", [],
+        [*TINY, "--per-class", "4", "--epochs", "2", "--batch-size", "16", "--disk-trials",
+         "1,2"]),
     "stage_runs": (
         "pretraining stages run per experiment, against trials per strategy, with an empty and "
         "a warm cache", [], ["--samples", "1"]),

@@ -8,7 +8,9 @@ train, evaluate, save the checkpoint (model and optimizer state), report. The tr
 The bare loop trains and evaluates the same model on the same images with the same batch, one
 torch thread as the trial has, and saves nothing. Both are measured in this run, with and
 without augmentation; the first epoch of each (model build, warm-up) is left out. Also printed:
-the disk each trial-epoch writes (its checkpoint).
+the disk each trial-epoch writes (its checkpoint), and how an experiment's disk grows with its
+trials: searches of `--disk-trials` trials (2 epochs each, sampled every half second), the most
+they held during the search and what is left after it.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -82,10 +85,10 @@ def bare_epochs(backbone: str, per_class: int, epochs: int, batch_size: int,
 
 
 def measure(backbone: str = "resnet18", per_class: int = 50, epochs: int = 5,
-            batch_size: int = 64) -> dict:
+            batch_size: int = 64, disk_trials: tuple[int, ...] = (4, 8, 16)) -> dict:
     """Every number of the table, all measured in this call."""
     out = {"backbone": backbone, "per_class": per_class, "batch_size": batch_size,
-           "epochs": epochs, "rows": {}}
+           "epochs": epochs, "rows": {}, "disk": []}
     with tempfile.TemporaryDirectory() as tmp:
         for augment in ("none", "crop_flip"):
             harness, checkpoint = harness_epochs(backbone, per_class, epochs, batch_size,
@@ -94,7 +97,38 @@ def measure(backbone: str = "resnet18", per_class: int = 50, epochs: int = 5,
             out["rows"][augment] = {"harness": statistics.median(harness),
                                     "bare": statistics.median(bare)}
             out["checkpoint_bytes"] = checkpoint
+        out["disk"] = [disk_growth(backbone, n, Path(tmp)) for n in disk_trials]
     return out
+
+
+def disk_use(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) \
+        if folder.is_dir() else 0
+
+
+def disk_growth(backbone: str, trials: int, tmp: Path) -> dict:
+    """Bytes an experiment of `trials` 2-epoch trials held at most during its search, and after
+    it (run.py keeps the best checkpoint of the 3 best trials per strategy)."""
+    exp = tmp / "runs" / f"disk{trials}"
+    peak, done = [0], threading.Event()
+
+    def watch() -> None:
+        while not done.wait(0.5):
+            try:
+                peak[0] = max(peak[0], disk_use(exp))
+            except FileNotFoundError:  # a checkpoint deleted while it was being counted
+                pass
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    subprocess.run([sys.executable, str(ROOT / "search" / "run.py"), "--strategy", "scratch",
+                    "--data", "demo:4", "--backbone", backbone, "--samples", str(trials),
+                    "--max-epochs", "2", "--scheduler", "fifo", "--storage", str(tmp / "runs"),
+                    "--name", exp.name, "--cache-dir", str(tmp / "cache"), "--quiet"],
+                   check=True, capture_output=True, cwd=tmp)
+    done.set()
+    watcher.join()
+    return {"trials": trials, "peak": peak[0], "after": disk_use(exp)}
 
 
 def table(m: dict) -> list[tuple[str, str, str]]:
@@ -106,6 +140,14 @@ def table(m: dict) -> list[tuple[str, str, str]]:
                      f"{t['harness'] / t['bare']:.3f}x"))
     mb = m["checkpoint_bytes"] / 1e6
     rows.append(("disk written per trial-epoch (its checkpoint)", f"{mb:.1f} MB", ""))
+    first = m["disk"][0] if m["disk"] else None
+    for d in m["disk"]:
+        rows.append((f"experiment of {d['trials']} trials x 2 epochs: most on disk during the "
+                     "search", f"{d['peak'] / 1e6:.0f} MB",
+                     f"{d['peak'] / d['trials'] / 1e6:.0f} MB per trial"))
+        rows.append((f"experiment of {d['trials']} trials x 2 epochs: on disk after it",
+                     f"{d['after'] / 1e6:.0f} MB",
+                     f"{d['after'] / first['after']:.2f}x {first['trials']} trials"))
     return rows
 
 
@@ -115,9 +157,12 @@ def main() -> None:
     parser.add_argument("--per-class", type=int, default=50, help="demo:N training images")
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--disk-trials", default="4,8,16", metavar="N,N,...",
+                        help="trials of the searches whose disk use is measured")
     args = parser.parse_args()
+    counts = tuple(int(n) for n in args.disk_trials.split(","))
     print(format_table(table(measure(args.backbone, args.per_class, args.epochs,
-                                     args.batch_size))))
+                                     args.batch_size, counts))))
 
 
 if __name__ == "__main__":
