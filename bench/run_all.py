@@ -58,6 +58,14 @@ SUITE: dict[str, tuple[str, list[str], list[str]]] = {
         "the colorization pretext stage's training throughput against the supervised stage's, "
         "same backbone, images, size and batch", [],
         [*TINY, "--images", "64", "--batch-size", "16", "--epochs", "1", "--image-size", "32"]),
+    "search_quality": (
+        "search efficiency: ASHA against FIFO on the same configs, TPE against random search at "
+        "equal trial-epochs, on the demo and a generated ImageFolder over 3 seeds", [],
+        ["--quick"]),
+    "big_data": (
+        "an ImageFolder of up to 100,000 JPEGs: preparation time against image count, its peak "
+        "memory, the cache on disk, and the search's one copy in Ray's object store", [],
+        ["--quick"]),
 }
 
 

@@ -43,10 +43,11 @@ from trainables.trainable import fit
 EVAL_DIR = "eval"
 
 
-def train_and_test(settings: RunSettings, hp: TrialConfig, data: Dataset,
+def train_and_test(settings: RunSettings, hp: TrialConfig, data: Dataset, test: Split,
                    weights: dict[str, torch.Tensor] | None, epochs: int, train_on: str,
                    keep_model: bool) -> dict:
-    """One seed of one config: train, then predict the test split (a Ray task's body)."""
+    """One seed of one config: train on `data` (train and val), then predict `test` (a Ray
+    task's body)."""
     start = time.perf_counter()
     train, val = data.train, data.val
     if train_on == "train+val":
@@ -54,7 +55,7 @@ def train_and_test(settings: RunSettings, hp: TrialConfig, data: Dataset,
     model = fit(settings, hp, train, val, weights, num_classes=data.num_classes, epochs=epochs)
     device = pick_device()
     norm = normalizer(model).to(device)
-    probs, feats = predict(model, to_device(data.test.images, device), normalize=norm,
+    probs, feats = predict(model, to_device(test.images, device), normalize=norm,
                            device=device)
     out = {"probs": probs.numpy(), "features": feats.numpy(),
            "seconds": time.perf_counter() - start,
@@ -104,20 +105,25 @@ def evaluate_experiment(exp_dir: Path, seeds: int = 3, strategies: tuple[str, ..
     if started:
         ray.init(**ray_target(address), logging_level=logging.WARNING, include_dashboard=False)
     try:
-        stages = run_stages(spec, data, ray.put(data.for_search()), sources)
-        outputs = run_seeds(spec, board, data, stages.weights, seeds, train_on, keep_all)
+        # one copy of each split in the object store: train and val shared by the stages and
+        # the seeds' tasks, test by the tasks alone
+        search_ref = ray.put(data.for_search())
+        stages = run_stages(spec, data, search_ref, sources)
+        outputs = run_seeds(spec, board, data, search_ref, stages.weights, seeds, train_on,
+                            keep_all)
     finally:
         if started:
             ray.shutdown()
     return write_eval(exp_dir, spec, board, data, outputs, train_on)
 
 
-def run_seeds(spec, board: pd.DataFrame, data: Dataset, weights: dict, seeds: int,
-              train_on: str, keep_all: bool) -> dict[tuple[str, int], dict]:
+def run_seeds(spec, board: pd.DataFrame, data: Dataset, search_ref: ray.ObjectRef,
+              weights: dict, seeds: int, train_on: str, keep_all: bool
+              ) -> dict[tuple[str, int], dict]:
     """Every (strategy, seed) as a Ray task, side by side as resources allow."""
     task = ray.remote(num_cpus=spec.cpus_per_trial, num_gpus=spec.gpus_per_trial,
                       max_retries=1)(train_and_test)
-    data_ref = ray.put(data)  # the one copy that holds the test split
+    test_ref = ray.put(data.test)
     winner = board["strategy"].iloc[0]
     refs = {}
     for _, row in board.iterrows():
@@ -129,7 +135,8 @@ def run_seeds(spec, board: pd.DataFrame, data: Dataset, weights: dict, seeds: in
                                    gpus_per_trial=spec.gpus_per_trial, compile=spec.compile)
             keep = i == 0 and (keep_all or row["strategy"] == winner)
             refs[(row["strategy"], spec.seed + i)] = task.remote(
-                settings, hp, data_ref, weights[row["strategy"]], int(row["best_epoch"]),
+                settings, hp, search_ref, test_ref, weights[row["strategy"]],
+                int(row["best_epoch"]),
                 train_on, keep)
     print(f"final evaluation: {len(board)} strategies x {seeds} seeds on the test split "
           f"({len(data.test)} images)", flush=True)

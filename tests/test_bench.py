@@ -83,6 +83,53 @@ def test_run_all_refuses_an_unknown_benchmark(capsys):
     assert "unknown benchmarks ['nope']" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # bench/search_quality.py --quick: three small searches through search/run.py
+def test_search_quality_quick_counts_are_consistent():
+    from bench import search_quality
+
+    m = search_quality.measure(**search_quality.QUICK)
+    s = m["settings"]
+    (r,) = m["runs"]
+    full = s["samples"] * s["max_epochs"]
+    assert r["trials"] == s["samples"] and r["errored"] == 0
+    # FIFO stops nothing: random search and TPE spend the same budget, every trial to the end
+    assert r["epochs"]["fifo"] == r["epochs"]["tpe"] == r["budget"] == full
+    # ASHA ran the same configs, each at least to its first rung and none past the budget
+    assert s["samples"] * s["grace_period"] <= r["epochs"]["asha"] <= full
+    # one seed for every trial: ASHA's epochs are FIFO's, so it cannot find a better epoch
+    assert r["same_training"] == s["samples"]
+    assert r["best"]["asha"] <= r["best"]["fifo"]
+    for searcher, best in (("random", r["best"]["fifo"]), ("tpe", r["best"]["tpe"])):
+        curve = r["quarters"][searcher]
+        assert curve == sorted(curve), "the best so far never drops"
+        assert curve[-1] == best, "after the whole budget: the search's best epoch"
+
+    rows = search_quality.table(m)
+    by_name = {name: (value, ratio) for name, value, ratio in rows}
+    assert len(by_name) == len(rows) == 13  # 4 for the seed, 4 over seeds, 5 totals
+    seed, over = "imagefolder seed 0: ", "imagefolder, 1 seed: "
+    value, ratio = by_name[seed + "trial-epochs ASHA / FIFO"]
+    assert value == f"{r['epochs']['asha']} / {r['epochs']['fifo']}"
+    ratio_value = r["epochs"]["asha"] / r["epochs"]["fifo"]
+    assert ratio.startswith(f"{ratio_value:.2f}  {'met' if ratio_value <= 0.35 else 'MISSED'}")
+    assert by_name[seed + "best val_acc ASHA / FIFO"][0] == (f"{r['best']['asha']:.3f} / "
+                                                            f"{r['best']['fifo']:.3f}")
+    budget = f"after 25/50/75/100% of {full} trial-epochs"
+    for searcher in ("TPE", "random"):
+        quarters = by_name[f"{seed}best val_acc {searcher} {budget}"][0]
+        assert quarters == " ".join(f"{v:.3f}" for v in r["quarters"][searcher.lower()])
+        assert by_name[f"{over}best val_acc {searcher} after 25/50/75/100%"][0] == quarters
+    assert by_name[over + "trial-epochs ASHA / FIFO"][0] == f"{ratio_value:.2f}"
+    assert over + "best val_acc ASHA - FIFO, pts" in by_name
+    goals = [row for row in rows if row[0].startswith("goal: ")]
+    assert [g[2] for g in goals] == [
+        "met" if ratio_value <= 0.35 else "MISSED",
+        "met" if r["best"]["fifo"] - r["best"]["asha"] <= 0.01 else "MISSED"]
+    assert rows[-1] == ("trials errored, all searches", "0", "")
+    text = search_quality.format_table(rows)
+    assert text.splitlines()[0].split() == ["measure", "value", "ratio"]
+
+
 def test_pretext_throughput_table():
     from bench import pretext_throughput
 
@@ -125,3 +172,38 @@ def test_run_all_says_the_gpu_benchmark_was_not_measured_without_a_gpu(tmp_path,
     (section,) = out.read_text().split("\n## ")[1:]
     assert section.startswith("gpu\n") and "Not measured yet: the machine that wrote this " \
         "file had no GPU." in section
+
+
+@pytest.mark.slow  # bench/big_data.py on 1,000 and 4,000 JPEGs, then a 2-trial Tuner on Ray
+def test_big_data_table_and_bounded_memory():
+    from bench import big_data
+
+    m = big_data.measure(counts=(1000, 4000), image_sizes=(128,), jpeg_size=64, repeats=1)
+    small, big = m["runs"][(128, 1000)], m["runs"][(128, 4000)]
+    assert (small["images"], big["images"]) == (1000, 4000)
+    # the decoded images (197 MB at 4,000) never come into memory, only a few chunks of them:
+    # neither the preparing process nor its workers grow with the count
+    assert big["added"] < big["array_bytes"] / 2
+    assert big["added"] - small["added"] < (big["array_bytes"] - small["array_bytes"]) / 4
+    assert big["workers"] - small["workers"] < (big["array_bytes"] - small["array_bytes"]) / 4
+    assert 1.9 < big["cache_bytes"] / big["array_bytes"] < 2.2  # decoded once, split once
+    assert m["warm"]["seconds"] < big["seconds"] and m["warm"]["added"] < big["array_bytes"] / 4
+    store = m["store"]
+    assert store["after_put"][1] == 1, "the dataset is one object"
+    assert abs(store["after_put"][0] * big_data.MB - store["arrays"]) < 2 * big_data.MB
+    assert store["after_trials"][0] == store["after_put"][0], "trials added no copy"
+    assert store["driver_load"] < store["arrays"] / 4 and store["driver_put"] < store["arrays"] / 4
+    for trial in store["trials"]:
+        assert not trial["writeable"] and trial["anon_added"] < store["arrays"] / 4
+
+    rows = big_data.table(m)
+    assert rows[0][1] == "4,000"
+    names = [r[0] for r in rows[1:7]]
+    assert names == [f"{n} images at 128 px: {what}" for what in (
+        "preparation, empty cache", "peak RSS, preparing process", "cache on disk")
+        for n in ("1,000", "4,000")]
+    assert "1.00x the smallest's" in rows[1][2] and rows[1][2].endswith("CPU " + rows[1][2]
+                                                                        .split("CPU ")[1])
+    assert rows[-3][2].startswith("1 object(s)") and rows[-1][2].startswith("read-only")
+    text = big_data.format_table(rows)
+    assert text.splitlines()[0].split() == ["measure", "value", "ratio"]

@@ -1,5 +1,9 @@
 """ImageFolder trees -> `Dataset`: each image decoded once, converted to RGB and resized.
 
+Images are decoded a chunk at a time, on every core, straight into the cache entry's .npy file,
+and read back mapped: preparing 100,000 images takes the memory of a few chunks, not of the
+images (bench/big_data.py measures it).
+
 Two layouts: class folders (split here, stratified by seed), or `train/`, `val/` (or `valid/`)
 and `test/` folders of class folders, used as given. Resizing takes the shorter side to
 `image_size`, then a centre crop, so every image keeps its aspect ratio.
@@ -7,8 +11,13 @@ and `test/` folders of class folders, used as given. Resizing takes the shorter 
 
 from __future__ import annotations
 
+import gc
 import logging
+import multiprocessing
 import os
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +26,15 @@ from PIL import Image, UnidentifiedImageError
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from trainables.cache import fingerprint
-from trainables.data.dataset import DataError, Dataset, Split, assemble, cached_split
+from trainables.data.dataset import (
+    DataError,
+    Dataset,
+    ImageRows,
+    Split,
+    assemble,
+    chunk_rows,
+    streamed_split,
+)
 
 log = logging.getLogger(__name__)
 
@@ -86,19 +103,80 @@ def decode(path: str | Path, image_size: int) -> np.ndarray | None:
         return None
 
 
-def decode_all(files: list[str], labels: list[int], image_size: int) -> tuple[Split, dict]:
-    """Decode every file; returns the split and {"unreadable": paths that failed}."""
-    images, kept, bad = [], [], []
-    for path, label in zip(files, labels, strict=True):
+def decode_chunk(paths: list[str], image_size: int) -> tuple[np.ndarray, list[int]]:
+    """The readable images of `paths`, stacked in order, and the positions of the others."""
+    out = np.empty((len(paths), 3, image_size, image_size), np.uint8)
+    kept, bad = 0, []
+    for i, path in enumerate(paths):
         array = decode(path, image_size)
         if array is None:
-            bad.append(path)
+            bad.append(i)
         else:
-            images.append(array)
-            kept.append((label, path))
-    stacked = np.stack(images) if images else np.empty((0, 3, image_size, image_size), np.uint8)
-    labels_kept = np.asarray([label for label, _ in kept], dtype=np.int64)
-    return Split(stacked, labels_kept, tuple(path for _, path in kept)), {"unreadable": bad}
+            out[kept] = array
+            kept += 1
+    return out[:kept], bad
+
+
+def available_cores() -> int:
+    if hasattr(os, "sched_getaffinity"):  # the cores this process may run on
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def decoded_chunks(chunks: list[list[str]], image_size: int
+                   ) -> Iterator[tuple[np.ndarray, list[int]]]:
+    """`decode_chunk` of each chunk, in order: on a pool of forked processes, one per core,
+    when there are several chunks and cores, else here."""
+    workers = min(len(chunks), available_cores())
+    if workers < 2 or "fork" not in multiprocessing.get_all_start_methods():
+        yield from (decode_chunk(chunk, image_size) for chunk in chunks)
+        return
+    # fork: a worker starts at once with this module loaded (spawn would import torch anew in
+    # each), and only decodes. One chunk per worker and one more are in flight: enough to keep
+    # every worker busy, and all the decoded chunks this process ever holds at once.
+    # Frozen, this process's objects are out of the workers' garbage collections, which would
+    # otherwise write to (and so copy) every page of the heap they share with it.
+    gc.freeze()
+    try:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            pending: deque = deque()
+            for chunk in chunks:
+                pending.append((len(chunk), pool.submit(decode_chunk, chunk, image_size)))
+                if len(pending) > workers:
+                    yield _oldest(pending)
+            while pending:
+                yield _oldest(pending)
+    finally:
+        gc.unfreeze()
+
+
+def _oldest(pending: deque) -> tuple[np.ndarray, list[int]]:
+    global DECODED
+    count, future = pending.popleft()
+    result = future.result()
+    DECODED += count  # counted here: a worker's count is in its own copy of this module
+    return result
+
+
+def decode_all(files: list[str], labels: list[int], image_size: int, out: Path | None = None,
+               rows_per_chunk: int | None = None) -> tuple[Split, dict]:
+    """Decode every file, in order and chunk by chunk, into the .npy file `out` (else into
+    memory); returns the split and {"unreadable": paths that failed}. Only a few chunks are
+    ever in memory, however many files there are."""
+    step = rows_per_chunk or chunk_rows(image_size)
+    chunks = [files[i : i + step] for i in range(0, len(files), step)]
+    kept, bad = [], []
+    with ImageRows(len(files), image_size, out) as rows:
+        for first, (block, failed) in zip(range(0, len(files), step),
+                                           decoded_chunks(chunks, image_size), strict=True):
+            rows.append(block)
+            failed = {first + i for i in failed}
+            for i in range(first, min(first + step, len(files))):
+                (bad if i in failed else kept).append(i)
+        images = rows.finish()
+    labels_kept = np.asarray([labels[i] for i in kept], dtype=np.int64)
+    return (Split(images, labels_kept, tuple(files[i] for i in kept)),
+            {"unreadable": [files[i] for i in bad]})
 
 
 def prepare_images(files: list[ImageFile], labels: list[int], image_size: int,
@@ -107,11 +185,12 @@ def prepare_images(files: list[ImageFile], labels: list[int], image_size: int,
 
     The key covers each file's path, size and mtime, the labels and the image size, so an edited,
     added or removed file, or another size, prepares anew. Returns (split, unreadable paths,
-    cache key).
+    cache key); the split's images are mapped from the cache entry when there is a cache.
     """
     key = content_key(files, labels, image_size)
-    split, meta = cached_split(cache_dir, key,
-                               lambda: decode_all([f.path for f in files], labels, image_size))
+    paths = [f.path for f in files]
+    split, meta = streamed_split(cache_dir, key,
+                                 lambda out: decode_all(paths, labels, image_size, out))
     return split, meta["unreadable"], key
 
 
@@ -155,7 +234,8 @@ def load_image_folder(
         bad += unreadable
         keys.append(key)
     warn_unreadable(bad)
-    return assemble(root.name, classes, parts, seed, split, fingerprint("imagefolder", keys))
+    return assemble(root.name, classes, parts, seed, split, fingerprint("imagefolder", keys),
+                    cache_dir)
 
 
 def warn_unreadable(paths: list[str]) -> None:
