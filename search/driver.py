@@ -21,7 +21,7 @@ from analysis.remote import join_uri, upload
 from search.outcomes import read_outcomes, summarise_errors, trial_outcomes, write_outcomes
 from search.pretraining import StageData, StageOutputs, run_stages, write_stage_outputs
 from search.spec import ExperimentSpec
-from search.study import open_storage, storage_label
+from search.study import checkpoint, open_storage, storage_label
 from search.tuning import (
     close_orphans,
     finished,
@@ -64,6 +64,7 @@ def run_search(spec: ExperimentSpec, data: Dataset, sources: StageData) -> Searc
         tuner = (restore_tuner(spec, strategy, data_ref, stages) if restored
                  else make_tuner(spec, strategy, data_ref, stages, storage))
         grid = tuner.fit()
+        checkpoint(storage)  # the study's write-ahead log into optuna.db, before any upload
         if not finished(grid, spec):
             search.interrupted = strategy
             publish(spec)

@@ -8,16 +8,21 @@ one number: the trial's best epoch's val_acc (`best_val_acc`, see trainables.tra
 `--objective acc+time` the study also minimises the trial's training time at its full budget;
 the scheduler still ranks by val_acc. With `--config`, one Tuner trains the given
 hyperparameters once, without a search; with `--scheduler pbt`, the population is drawn from
-the same space, since Ray runs PBT without a searcher.
+the same space, since Ray runs PBT without a searcher. At most `--max-concurrent` trials run at
+once; without it, as many as the cluster holds, with one more proposed and waiting for the next
+free slot (trial_slots, MarkedOptunaSearch.suggest).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from datetime import datetime
+from pathlib import Path
 
 import optuna
 import ray
+import yaml
 from ray import tune
 from ray.tune.logger import TBXLoggerCallback
 from ray.tune.search.optuna import OptunaSearch
@@ -26,6 +31,7 @@ from analysis.pareto import full_budget_seconds
 from analysis.remote import join_uri
 from search.pretraining import StageOutputs
 from search.progress import progress_callbacks, tune_verbosity
+from search.resources import LAUNCHER_CONFIG
 from search.samplers import make_sampler, proposed_by
 from search.schedulers import initial_population, make_scheduler, population_search
 from search.spec import ExperimentSpec
@@ -38,6 +44,7 @@ from trainables.trainable import train_transfer
 
 log = logging.getLogger(__name__)
 METRIC = "best_val_acc"
+HEAD_RESOURCE = "node:__internal_head__"  # the resource Ray gives its head node only
 # --objective acc+time: the study's second value. Tune checks that every report holds each
 # searcher metric, and only it knows a trial's time across restarts, so the searcher names
 # Tune's time_total_s and turns it into the time at the full budget when the trial ends.
@@ -54,19 +61,45 @@ class MarkedOptunaSearch(OptunaSearch):
     or ran out of memory, is recorded as FAIL, never with the partial score of its last report.
     """
 
-    def __init__(self, *args, max_epochs: int, owner: str, **kwargs):
+    def __init__(self, *args, max_epochs: int, owner: str, yield_after_end: bool = False,
+                 **kwargs):
         super().__init__(*args, **kwargs)
         self.max_epochs = max_epochs
         self.owner = owner  # the experiment directory: which driver asked a study trial
+        self.yield_after_end = yield_after_end  # see suggest
+        self._yield = False
+        self._unsure: set[str] = set()  # see restore
 
     def suggest(self, trial_id: str) -> dict | None:
+        """The next trial's parameters, or None for "not now".
+
+        With `yield_after_end` (a trial waits for each free slot, see make_tuner), the first
+        call after a trial ended, while others are live, is answered None: Tune asks for the
+        next trial before it hands the freed actor to the waiting one, and sampling and writing
+        a trial take tens of milliseconds (growing with the study), every one of which the
+        freed slot would sit idle. Tune asks again on its next step, with the waiting trial
+        running. With no trial live Tune would block and sleep a second; no yield then."""
+        if getattr(self, "_yield", False):  # a searcher pickled before it existed has none
+            self._yield = False
+            return None
         if callable(self._space) and trial_id not in self._ot_trials:
             # claimed before its parameters are sampled and written one by one: a driver killed
             # in between leaves a trial that close_orphans knows as its own
             self._ot_trials[trial_id] = self._ot_study.ask()
             self._ot_trials[trial_id].set_user_attr("owner", self.owner)
         params = super().suggest(trial_id)
+        if params is not None and trial_id in self._ot_trials:
+            self._mark_proposal(trial_id)
         return None if params is None else to_trial_values(params)
+
+    def _mark_proposal(self, trial_id: str) -> None:
+        """The study trial's Tune id, and how its parameters came (read from the study's own
+        records, complete once they are sampled): written as the trial is proposed, not at its
+        end, where every write delays the start of the trial waiting for its slot."""
+        study_trial = self._ot_trials[trial_id]
+        study_trial.set_user_attr("tune_trial_id", trial_id)
+        frozen = self._ot_study._storage.get_trial(study_trial._trial_id)  # no public getter
+        study_trial.set_user_attr("proposed_by", proposed_by(frozen))
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if not self._told_before_restore(trial_id):
@@ -86,27 +119,42 @@ class MarkedOptunaSearch(OptunaSearch):
             result[TIME_METRIC] = full_budget_seconds(result.get(TIME_METRIC, 0.0), epochs,
                                                       self.max_epochs)
         if study_trial is not None and trial_id not in self._completed_trials:
-            study_trial.set_user_attr("tune_trial_id", trial_id)
+            if "proposed_by" not in study_trial.user_attrs:  # asked by an earlier version
+                self._mark_proposal(trial_id)
             study_trial.set_user_attr("epochs", epochs)
             study_trial.set_user_attr("stopped_early", 0 < epochs < self.max_epochs)
             study_trial.set_user_attr("best_epoch", result.get("best_epoch"))
             study_trial.set_user_attr("errored", bool(error))
             if result.get("failure"):
                 study_trial.set_user_attr("failure", result["failure"])
-            frozen = self._ot_study._storage.get_trial(study_trial._trial_id)  # no public getter
-            study_trial.set_user_attr("proposed_by", proposed_by(frozen))
         super().on_trial_complete(trial_id, None if error else result, error)
+        live = len(self._ot_trials) - len(self._completed_trials)
+        self._yield = getattr(self, "yield_after_end", False) and live > 0
+
+    def restore(self, checkpoint_path: str) -> None:
+        super().restore(checkpoint_path)
+        # the trials the killed driver had asked and, as far as its saved state knows, not
+        # ended: the only ones whose end the study may hold already (_told_before_restore)
+        self._unsure = set(self._ot_trials) - self._completed_trials
 
     def _told_before_restore(self, trial_id: str) -> bool:
         """Whether the study already holds this trial's end, though this searcher (restored
         from Tune's saved state) does not: a driver killed after telling the study and before
         Tune saved its state. The restored Tune trial ends again, or reruns its last epochs;
         Optuna refuses any change to a finished trial (UpdateFinishedTrialError, which would
-        stop the Tuner on every resume), and the study keeps the end it was first told."""
+        stop the Tuner on every resume), and the study keeps the end it was first told.
+
+        Only trials asked before the restore are read back from the study, once each until
+        found unfinished: a trial this driver asked is told by no one else, and the read is a
+        database round trip on every epoch's result."""
+        unsure = getattr(self, "_unsure", set())  # a searcher pickled before it existed
         study_trial = self._ot_trials.get(trial_id)
-        if study_trial is None or trial_id in self._completed_trials:
+        if trial_id not in unsure or study_trial is None or trial_id in self._completed_trials:
             return False
-        return self._ot_study._storage.get_trial(study_trial._trial_id).state.is_finished()
+        if self._ot_study._storage.get_trial(study_trial._trial_id).state.is_finished():
+            return True
+        unsure.discard(trial_id)  # running here now: only this driver will tell it
+        return False
 
 
 def make_trainable(spec: ExperimentSpec, strategy: str, data_ref: ray.ObjectRef,
@@ -129,8 +177,8 @@ def strategy_space(spec: ExperimentSpec, strategy: str):
     return get_space(strategy, context, overrides.get(strategy))
 
 
-def make_searcher(spec: ExperimentSpec, strategy: str, storage: optuna.storages.BaseStorage
-                  ) -> MarkedOptunaSearch:
+def make_searcher(spec: ExperimentSpec, strategy: str, storage: optuna.storages.BaseStorage,
+                  yield_after_end: bool = False) -> MarkedOptunaSearch:
     multi = spec.objective == "acc+time"
     warm = (spec.warm_start or {}).get(strategy, [])
     space = strategy_space(spec, strategy)
@@ -144,6 +192,7 @@ def make_searcher(spec: ExperimentSpec, strategy: str, storage: optuna.storages.
         storage=storage,
         max_epochs=spec.max_epochs,
         owner=str(spec.exp_dir),
+        yield_after_end=yield_after_end,
     )
 
 
@@ -165,7 +214,16 @@ def make_tuner(spec: ExperimentSpec, strategy: str, data_ref: ray.ObjectRef,
         search_alg, param_space = population_search(population)
         num_samples = len(population)
     else:
-        search_alg, num_samples = make_searcher(spec, strategy, storage), spec.samples
+        # no --max-concurrent: every slot busy and one trial waiting for the next free one
+        # (see trial_slots), which takes it while the searcher proposes the next (see suggest).
+        # Not for HyperBand: it pauses trials at its milestones, a limit counts paused trials
+        # as running, and would keep new trials from filling a bracket while those wait.
+        slots = None if spec.max_concurrent or spec.scheduler == "hyperband" else \
+            trial_slots(spec)
+        if slots:
+            common["max_concurrent_trials"] = slots + 1
+        search_alg = make_searcher(spec, strategy, storage, yield_after_end=bool(slots))
+        num_samples = spec.samples
     return tune.Tuner(
         trainable,
         param_space=param_space,
@@ -175,6 +233,50 @@ def make_tuner(spec: ExperimentSpec, strategy: str, data_ref: ray.ObjectRef,
                                     **common),
         run_config=run_config(spec, strategy),
     )
+
+
+def trial_slots(spec: ExperimentSpec) -> int | None:
+    """How many trials the cluster can hold at once: on its live nodes or, if more, on its head
+    and every worker the cluster launcher of `ray up` may start (an autoscaling cluster starts
+    with none). None before ray.init.
+
+    This is what "as many as the resources allow" (no --max-concurrent) means to the searcher.
+    Left to itself, Ray Tune keeps one trial pending at a time for a searcher, so trials start
+    one after another: each only once the one before has its actor. And as a reused actor
+    takes over the pending trial (dropping the actor being started for it), a trial shorter
+    than an actor's start-up never lets a second one come up: 500 trials of 1 s on 2 CPUs ran
+    one at a time. Given max_concurrent_trials, Tune keeps that many pending (all actors start
+    together, and an autoscaler sees the whole demand), and the searcher runs only as far
+    ahead of the free slots as that allows.
+    """
+    if not ray.is_initialized():
+        return None
+    live = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    head = [r for r in live if HEAD_RESOURCE in r]
+    launchable = head + launchable_nodes(LAUNCHER_CONFIG.expanduser())
+    most = max(sum(node_slots(r, spec.cpus_per_trial, spec.gpus_per_trial) for r in nodes)
+               for nodes in (live, launchable))
+    return max(1, most)
+
+
+def node_slots(resources: dict, cpus: float, gpus: float) -> int:
+    """How many trials of `cpus` CPUs and `gpus` GPUs one node holds (fractions add up, as
+    Ray's do: 0.25 GPU each is four to a GPU)."""
+    fits = [math.floor(resources.get("CPU", 0.0) / cpus + 1e-9)] if cpus > 0 else []
+    fits += [math.floor(resources.get("GPU", 0.0) / gpus + 1e-9)] if gpus > 0 else []
+    return min(fits, default=0)
+
+
+def launchable_nodes(config_file: Path) -> list[dict]:
+    """The resources of each worker the cluster launcher may start: its node types' max_workers
+    each, at most the cluster's max_workers in all."""
+    if not config_file.is_file():
+        return []
+    config = yaml.safe_load(config_file.read_text()) or {}
+    types = [t for name, t in (config.get("available_node_types") or {}).items()
+             if name != config.get("head_node_type")]
+    workers = [t.get("resources", {}) for t in types for _ in range(int(t.get("max_workers", 0)))]
+    return workers[: int(config.get("max_workers", len(workers)))]
 
 
 def population_configs(spec: ExperimentSpec, strategy: str) -> list[dict]:

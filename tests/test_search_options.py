@@ -3,11 +3,14 @@ budget, GPU shares and what a cluster can hold: parsing and the pieces behind it
 
 import optuna
 import pytest
+import yaml
 
 from search.pretraining import StageData, stage_for
 from search.resources import ResourceError, check_resources
 from search.samplers import make_sampler, proposed_by, startup_trials
 from search.spec import UsageError, parse_pretrained, parse_spec, parse_strategies
+from search.study import open_storage
+from search.tuning import METRIC, MarkedOptunaSearch, launchable_nodes, node_slots, trial_slots
 from spaces import SpaceContext, get_space, to_trial_values
 from trainables.config import TrialConfig
 from trainables.data.load import load_pretrain_data
@@ -99,6 +102,58 @@ def test_a_request_no_node_can_hold_is_refused_naming_the_largest_node():
         check_resources(1, 2, nodes)
     with pytest.raises(ResourceError):
         check_resources(4, 0.5, [{"CPU": 2.0, "GPU": 1.0}, {"CPU": 8.0, "GPU": 0.0}])
+
+
+def test_the_trials_a_cluster_holds_at_once_count_shares_and_launchable_workers(tmp_path):
+    assert node_slots({"CPU": 2.0}, 1, 0) == 2
+    assert node_slots({"CPU": 2.0, "GPU": 1.0}, 0.5, 0.25) == 4  # quarter GPUs, packed
+    assert node_slots({"CPU": 16.0, "GPU": 1.0}, 1, 1) == 1
+    assert node_slots({"CPU": 0.3}, 0.1, 0) == 3  # 0.3 / 0.1 is 2.999... in floats
+    assert node_slots({"CPU": 8.0}, 1, 1) == 0  # no GPU on it
+    config = tmp_path / "ray_bootstrap_config.yaml"  # what `ray up` leaves on the head
+    config.write_text(yaml.safe_dump({
+        "max_workers": 3, "head_node_type": "head",
+        "available_node_types": {"head": {"resources": {"CPU": 0}, "max_workers": 0},
+                                 "gpu": {"resources": {"CPU": 8, "GPU": 1}, "max_workers": 4}}}))
+    assert launchable_nodes(config) == [{"CPU": 8, "GPU": 1}] * 3  # the cluster's cap
+    assert launchable_nodes(tmp_path / "missing.yaml") == []
+    assert trial_slots(spec(tmp_path, "--strategy", "scratch")) is None  # Ray not started
+
+
+def test_the_searcher_marks_each_proposal_and_yields_once_to_a_waiting_trial(tmp_path):
+    """tune_trial_id and proposed_by are written as a trial is proposed; after a trial ends
+    while another is live, the next suggest is None once (Tune hands the freed actor to the
+    waiting trial first); a trial asked here is never read back from the study per result."""
+    storage = open_storage(None, tmp_path)
+    searcher = MarkedOptunaSearch(space=get_space("scratch", SpaceContext(max_epochs=2)),
+                                  metric=METRIC, mode="max", study_name="s", storage=storage,
+                                  max_epochs=2, owner="me", yield_after_end=True)
+
+    def result(epoch: int) -> dict:
+        return {METRIC: 0.1 * epoch, "training_iteration": epoch, "best_epoch": epoch,
+                "time_total_s": 1.0}
+
+    assert searcher.suggest("a") and searcher.suggest("b")
+    study = optuna.load_study(study_name="s", storage=storage)
+    assert [t.user_attrs["tune_trial_id"] for t in study.trials] == ["a", "b"]
+    assert [t.user_attrs["proposed_by"] for t in study.trials] == ["sampler", "sampler"]
+    reads = searcher._ot_study._storage
+    reads.get_trial = lambda *args: pytest.fail("read back a trial this driver asked")
+    searcher.on_trial_result("a", result(1))
+    del reads.get_trial
+    searcher.on_trial_complete("a", result(1))
+    assert searcher.suggest("c") is None  # b is live: a trial waits for the freed slot
+    assert searcher.suggest("c")
+    searcher.on_trial_complete("b", result(2))
+    searcher.on_trial_complete("c", result(2))
+    assert searcher.suggest("d")  # nothing live: Tune would block, so no yield
+    by_id = {t.user_attrs["tune_trial_id"]: t for t in
+             optuna.load_study(study_name="s", storage=storage).trials}
+    assert by_id["a"].user_attrs["stopped_early"] is True and by_id["a"].intermediate_values
+    assert by_id["b"].user_attrs == {"owner": "me", "tune_trial_id": "b", "epochs": 2,
+                                     "proposed_by": "sampler", "stopped_early": False,
+                                     "best_epoch": 2, "errored": False}
+    assert by_id["b"].state == optuna.trial.TrialState.COMPLETE and by_id["b"].value == 0.2
 
 
 def test_the_startup_phase_is_a_third_of_the_budget_at_least_three():
