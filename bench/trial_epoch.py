@@ -5,9 +5,13 @@
 The harness's epoch is what Ray Tune times between two reports of one trial (`time_this_iter_s`):
 train, evaluate, save the checkpoint (model and optimizer state), report. The trial runs through
 `search/run.py --config`, so Tune, its checkpoint handling and the trainable are the real ones.
-The bare loop trains and evaluates the same model on the same images with the same batch, one
-torch thread as the trial has, and saves nothing. Both are measured in this run, with and
-without augmentation; the first epoch of each (model build, warm-up) is left out. Also printed:
+The trial writes each epoch's checkpoint and reports it on its own reporting thread while the
+next epoch trains (trainables/reporting.py): what the checkpoint costs the epoch is the copy of
+the state into host memory, and the second thread's share of the machine. The bare loop trains
+and evaluates the same model on the same images with the same batch, one torch thread as the
+trial has, and saves nothing. Both are measured in this run, with and without augmentation, the
+bare loop before and after the harness (a machine that drifts during the run weighs on both
+sides); the first epoch of each run (model build, warm-up) is left out. Also printed:
 the disk each trial-epoch writes (its checkpoint), and how an experiment's disk grows with its
 trials: searches of `--disk-trials` trials (2 epochs each, sampled every half second), the most
 they held during the search and what is left after it.
@@ -91,9 +95,10 @@ def measure(backbone: str = "resnet18", per_class: int = 50, epochs: int = 5,
            "epochs": epochs, "rows": {}, "disk": []}
     with tempfile.TemporaryDirectory() as tmp:
         for augment in ("none", "crop_flip"):
+            bare = bare_epochs(backbone, per_class, epochs, batch_size, augment)
             harness, checkpoint = harness_epochs(backbone, per_class, epochs, batch_size,
                                                  augment, Path(tmp))
-            bare = bare_epochs(backbone, per_class, epochs, batch_size, augment)
+            bare += bare_epochs(backbone, per_class, epochs, batch_size, augment)
             out["rows"][augment] = {"harness": statistics.median(harness),
                                     "bare": statistics.median(bare)}
             out["checkpoint_bytes"] = checkpoint

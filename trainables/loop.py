@@ -98,13 +98,16 @@ def run_epoch(optimizer: torch.optim.Optimizer, n: int, batch_loss: BatchLoss, *
               batch_size: int, device: torch.device, generator: torch.Generator,
               scheduler: Any = None, first_update: int = 0,
               scaler: torch.amp.GradScaler | None = None,
-              index_device: torch.device | None = None) -> EpochStats:
+              index_device: torch.device | None = None,
+              between_steps: Callable[[], None] | None = None) -> EpochStats:
     """One epoch of optimizer steps over `n` samples; the caller sets the model's train mode.
 
     `scheduler` is a timm scheduler stepped per update: after this epoch's k-th step it is at
     update `first_update + k`, so a resumed trial continues the same lr curve. `scaler` keeps
     fp16's loss scale across epochs (default: a fresh one). Batch indices live on
     `index_device` (default: `device`): the host's for a split streamed from host memory.
+    `between_steps` runs after every step; what it raises ends the epoch (a trial Tune stopped
+    while its last report was in flight).
     """
     scaler = grad_scaler(device) if scaler is None else scaler
     start = time.perf_counter()
@@ -127,6 +130,8 @@ def run_epoch(optimizer: torch.optim.Optimizer, n: int, batch_loss: BatchLoss, *
         # one host sync per CHECK_STEPS steps
         if step % CHECK_STEPS == 0 and not torch.isfinite(total_loss):
             break
+        if between_steps is not None:
+            between_steps()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return EpochStats(total_loss.item() / seen, correct.item() / seen, seen,
@@ -138,7 +143,7 @@ def train_epoch(
     labels: torch.Tensor, *, batch_size: int, policy: str, magnitude: int = 9,
     normalize: nn.Module, loss_fn: nn.Module, device: torch.device,
     generator: torch.Generator, scheduler: Any = None, first_update: int = 0,
-    scaler: torch.amp.GradScaler | None = None,
+    scaler: torch.amp.GradScaler | None = None, between_steps: Callable[[], None] | None = None,
 ) -> EpochStats:
     """One epoch of classification: augment, normalise, forward, loss, step."""
 
@@ -151,13 +156,14 @@ def train_epoch(
 
     return run_epoch(optimizer, len(labels), batch_loss, batch_size=batch_size, device=device,
                      generator=generator, scheduler=scheduler, first_update=first_update,
-                     scaler=scaler, index_device=images.device)
+                     scaler=scaler, index_device=images.device, between_steps=between_steps)
 
 
 @torch.no_grad()
 def evaluate(
     model: nn.Module, images: Images, labels: torch.Tensor, *, normalize: nn.Module,
     device: torch.device, batch_size: int = 512,
+    between_batches: Callable[[], None] | None = None,
 ) -> EpochStats:
     model.eval()
     start = time.perf_counter()
@@ -170,6 +176,8 @@ def evaluate(
             logits = model(x).float()
         total_loss += nn.functional.cross_entropy(logits, y, reduction="sum")
         correct += (logits.argmax(1) == y).sum()
+        if between_batches is not None:
+            between_batches()
     n = len(labels)
     return EpochStats(total_loss.item() / n, correct.item() / n, n, time.perf_counter() - start)
 

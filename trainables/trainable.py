@@ -1,7 +1,8 @@
 """One trial of one transfer strategy: `fit` trains it, `train_transfer` runs it under Ray Tune.
 
 `fit` reads top to bottom: data, model, strategy, optimizer, then per epoch train, evaluate and
-report. The search calls it through `train_transfer`, which adds Tune's checkpoints; the final
+report. The search calls it through `train_transfer`, which adds Tune's checkpoints (written and
+reported on a second thread while the next epoch trains, trainables/reporting.py); the final
 evaluation (search/evaluate.py) calls it directly, on other splits and seeds. Run settings, data,
 backbone weights and (for frozen backbones) precomputed features arrive through
 `tune.with_parameters` as object-store references, one copy shared by all trials on a node; only
@@ -14,6 +15,7 @@ a tie, as Tune's checkpoint manager keeps it). Each report carries the running `
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -41,9 +43,11 @@ from trainables.loop import (
 from trainables.memory import release_memory
 from trainables.models import build_model
 from trainables.placement import place_data, resident_budget
+from trainables.reporting import BackgroundReports
 from trainables.strategies import get_strategy
 
 CHECKPOINT_FILE = "checkpoint.pt"
+STOP_WAIT_S = 120  # seconds Tune waits for a stopped trial's thread before it drops the actor
 # (metrics of the epoch, a function returning the state to checkpoint, or None: no checkpoint)
 Report = Callable[[dict, Callable[[], dict] | None], None]
 
@@ -55,32 +59,48 @@ def train_transfer(config: dict, *, settings: RunSettings, data: Dataset,
     data, weights, features = (ray.get(x) if isinstance(x, ray.ObjectRef) else x
                                for x in (data, weights, features))
 
+    # Tune reuses this actor for the next trial once the stopped trial's thread has ended,
+    # which it does at its next step: wait for a slow step (a large model on a CPU) rather
+    # than the default 2 s, after which Tune gives up on the actor and starts a process
+    os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", str(STOP_WAIT_S))
+    reports = BackgroundReports(save_and_report)
+
     def report(metrics: dict, state: Callable[[], dict] | None) -> None:
         inject_fault(settings.strategy, metrics["epoch"])  # only when a test asks for one
         # which node trained this epoch (Tune adds its IP; several nodes may share one machine)
         metrics = {**metrics, "node_id": ray.get_runtime_context().get_node_id()}
         if state is None:  # a failed trial's last report: nothing worth resuming from
+            reports.wait()
             tune.report(metrics)
             return
-        with tempfile.TemporaryDirectory() as tmp:
-            torch.save(state(), Path(tmp) / CHECKPOINT_FILE)
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+        reports.submit(metrics, state())  # saved and reported while the next epoch trains
 
     # a reused actor: what its earlier trials freed goes back to the OS, however they ended
-    # (a trial the scheduler stops ends inside tune.report, its model still alive), so its RSS
+    # (a trial the scheduler stops ends between two steps, its model still alive), so its RSS
     # does not climb trial after trial (trainables/memory.py)
     release_memory()
     try:
         fit(settings, TrialConfig.from_dict(config), data.train, data.val, weights, features,
-            num_classes=data.num_classes, report=report, resume=tune_checkpoint())
+            num_classes=data.num_classes, report=report, resume=tune_checkpoint(),
+            between_steps=reports.poll)
+        reports.wait()  # the last epoch's report
     finally:
+        reports.close()
         release_memory()
+
+
+def save_and_report(metrics: dict, state: dict) -> None:
+    """One epoch's checkpoint to Tune: Tune copies the directory into the trial's storage."""
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.save(state, Path(tmp) / CHECKPOINT_FILE)
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
 
 
 def fit(settings: RunSettings, hp: TrialConfig, train: Split, val: Split | None,
         weights: dict[str, torch.Tensor] | None, features: Features | None = None, *,
         num_classes: int, epochs: int | None = None, report: Report | None = None,
-        resume: dict | None = None) -> nn.Module:
+        resume: dict | None = None, between_steps: Callable[[], None] | None = None
+        ) -> nn.Module:
     """Train one config; returns the model after `epochs` (default: settings.max_epochs).
 
     The lr schedule always spans settings.max_epochs, so stopping after `epochs` reproduces the
@@ -128,9 +148,10 @@ def fit(settings: RunSettings, hp: TrialConfig, train: Split, val: Split | None,
                     net, optimizer, train_x, train_y, batch_size=hp.batch_size,
                     policy=hp.augment, magnitude=hp.magnitude, normalize=normalize,
                     loss_fn=loss_fn, device=device, generator=generator, scheduler=scheduler,
-                    first_update=epoch * steps, scaler=scaler)
+                    first_update=epoch * steps, scaler=scaler, between_steps=between_steps)
                 check_finite(stats.loss, epoch + 1)
-                score = (evaluate(net, val_x, val_y, normalize=normalize, device=device)
+                score = (evaluate(net, val_x, val_y, normalize=normalize, device=device,
+                                  between_batches=between_steps)
                          if val_y is not None else None)
         except TrialFailure as failure:
             if report is None:  # the final evaluation: its task fails with this message
