@@ -1,6 +1,6 @@
 """Benchmark a whole trial epoch through the harness against a bare PyTorch loop.
 
-    python bench/trial_epoch.py --epochs 5
+    python bench/trial_epoch.py --epochs 9
 
 The harness's epoch is what Ray Tune times between two reports of one trial (`time_this_iter_s`):
 train, evaluate, save the checkpoint (model and optimizer state), report. The trial runs through
@@ -88,7 +88,7 @@ def bare_epochs(backbone: str, per_class: int, epochs: int, batch_size: int,
     return seconds[1:]
 
 
-def measure(backbone: str = "resnet18", per_class: int = 50, epochs: int = 5,
+def measure(backbone: str = "resnet18", per_class: int = 50, epochs: int = 9,
             batch_size: int = 64, disk_trials: tuple[int, ...] = (4, 8, 16)) -> dict:
     """Every number of the table, all measured in this call."""
     out = {"backbone": backbone, "per_class": per_class, "batch_size": batch_size,
@@ -160,7 +160,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbone", default="resnet18")
     parser.add_argument("--per-class", type=int, default=50, help="demo:N training images")
-    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=9)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--disk-trials", default="4,8,16", metavar="N,N,...",
                         help="trials of the searches whose disk use is measured")
