@@ -148,11 +148,16 @@ def main(argv: list[str] | None = None) -> int:
             continue
         print(f"running {name} ...", flush=True)
         sections[name] = section(name, *run_one(name, args.quick), args.quick)
-    tmp = args.out.with_name(f".{args.out.name}.tmp")
-    tmp.write_text(readme(sections))
-    tmp.replace(args.out)
+        write(args.out, sections)  # after each: a later benchmark that fails loses no table
+    write(args.out, sections)
     print(f"wrote {args.out}")
     return 0
+
+
+def write(out: Path, sections: dict[str, str]) -> None:
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(readme(sections))
+    tmp.replace(out)
 
 
 if __name__ == "__main__":

@@ -174,6 +174,23 @@ def test_run_all_says_the_gpu_benchmark_was_not_measured_without_a_gpu(tmp_path,
         "file had no GPU." in section
 
 
+def test_run_all_keeps_the_tables_written_before_a_benchmark_that_fails(tmp_path,
+                                                                        monkeypatch):
+    from bench import run_all
+
+    def run_one(name: str, quick: bool) -> tuple[str, str, float]:
+        if name == "frozen_fast_path":
+            raise RuntimeError("python bench/frozen_fast_path.py failed")
+        return f"python bench/{name}.py", "measure  value", 1.0
+
+    monkeypatch.setattr(run_all, "run_one", run_one)
+    out = tmp_path / "README.md"
+    with pytest.raises(RuntimeError, match="frozen_fast_path.py failed"):
+        run_all.main(["--only", "data_pipeline,frozen_fast_path", "--out", str(out)])
+    (section,) = out.read_text().split("\n## ")[1:]
+    assert section.startswith("data_pipeline\n") and "    measure  value" in section
+
+
 @pytest.mark.slow  # bench/big_data.py on 1,000 and 4,000 JPEGs, then a 2-trial Tuner on Ray
 def test_big_data_table_and_bounded_memory():
     from bench import big_data
