@@ -13,7 +13,10 @@ experiment state that still names N-1 as the latest. A driver killed in those mi
 leaves a state whose trial cannot be restored ("Could not recover from checkpoint as it does
 not exist on storage anymore"), and the trial ends as errored. So the kills below wait until
 Tune's saved state (its experiment_state-*.json, read here only to time the kill) has caught
-up: then no checkpoint deletion is pending for an epoch's time. Slow: four runs start Ray.
+up with every epoch reported (result.json): then no checkpoint deletion is pending for an
+epoch's time. Trials report as soon as an epoch ends (the checkpoint is written while the next
+trains), so the epochs are made long enough (demo:40, ~0.5 s) that the 10 ms between that check
+and the kill is a small part of one. Slow: four runs start Ray.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ pytestmark = pytest.mark.slow
 RUN = Path(__file__).resolve().parents[1] / "search" / "run.py"
 STRATEGIES = ("scratch", "frozen")  # scratch needs no stage, frozen the supervised one
 SAMPLES, MAX_EPOCHS, GRACE = 5, 3, 2  # ASHA may stop a trial at epoch GRACE
-SEARCH = ["--data", "demo:8", "--backbone", TINY_MODEL, "--strategy", ",".join(STRATEGIES),
+SEARCH = ["--data", "demo:40", "--backbone", TINY_MODEL, "--strategy", ",".join(STRATEGIES),
           "--samples", str(SAMPLES), "--max-epochs", str(MAX_EPOCHS), "--pretrain-epochs", "1",
           "--max-concurrent", "1", "--cpus-per-trial", "1"]
 NAME = "r"
@@ -71,7 +74,7 @@ class Driver:
         return (f"--- run {self.tag}, stdout:\n{self.stdout()[-4000:]}\n"
                 f"--- stderr:\n{self.stderr()[-4000:]}")
 
-    def wait_until(self, condition, what: str, timeout: float) -> None:
+    def wait_until(self, condition, what: str, timeout: float, every: float = 0.05) -> None:
         """Poll `condition` while the driver runs; fail if it exits first or time runs out."""
         deadline = time.monotonic() + timeout
         while not condition():
@@ -81,7 +84,7 @@ class Driver:
             if time.monotonic() > deadline:
                 self.kill()
                 pytest.fail(f"no {what} within {timeout:.0f} s\n{self.output()}")
-            time.sleep(0.05)
+            time.sleep(every)
 
     def wait_exit(self, timeout: float) -> int:
         try:
@@ -252,10 +255,17 @@ def test_killed_drivers_resume_without_losing_or_repeating_anything(interrupted,
     sessions.append(second.pid)
 
     def later_epoch_saved() -> bool:
+        saved = saved_trials(exp_dir, "scratch")
         return any(status == "RUNNING" and epochs > before.get(trial, ("", 0))[1]
-                   for trial, (status, epochs) in saved_trials(exp_dir, "scratch").items())
+                   for trial, (status, epochs) in saved.items()) and caught_up(saved)
 
-    second.wait_until(later_epoch_saved, "a later scratch epoch in Tune's saved state", 300)
+    def caught_up(saved: dict[str, tuple[str, int]]) -> bool:
+        """No epoch reported after Tune's last save: the next one is an epoch away."""
+        return all(len(result_rows(exp_dir / "scratch" / f"trial_{trial}")) == epochs
+                   for trial, (status, epochs) in saved.items() if status == "RUNNING")
+
+    second.wait_until(later_epoch_saved, "a later scratch epoch in Tune's saved state", 300,
+                      every=0.01)
     second.kill()
     wait_for_ray_to_die(second)
     assert "resuming scratch" in second.stdout(), second.output()
