@@ -12,7 +12,8 @@ epoch order.
 What Tune says back reaches the training thread between two steps (`poll`): when the report
 stopped the trial (ASHA, PBT, the end of the search: Tune's report raises SystemExit) or failed
 (a full disk), the training thread raises it too, within one step, so an actor Tune reuses for
-the next trial is free at once (Tune waits 2 s for it before starting another process).
+the next trial is free at once (Tune waits `TUNE_FUNCTION_THREAD_TIMEOUT_S` for it, 2 s unless
+set, before it drops the actor and starts another process; the trainable sets 120 s).
 """
 
 from __future__ import annotations
