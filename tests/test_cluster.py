@@ -67,12 +67,15 @@ class Node:
 def alive_nodes(address: str) -> list[dict]:
     """[{id, head}] of the cluster's live nodes, asked from a driver of its own."""
     script = ("import json, sys, ray; ray.init(address=sys.argv[1], logging_level='ERROR'); "
-              "print(json.dumps([{'id': n['NodeID'], 'head': 'node:__internal_head__' in "
+              "print('NODES', json.dumps([{'id': n['NodeID'], 'head': 'node:__internal_head__' in "
               "n['Resources']} for n in ray.nodes() if n['Alive']]))")
     out = subprocess.run([sys.executable, "-c", script, address], capture_output=True, text=True,
                          timeout=120, env={**os.environ, **ENV})
     assert out.returncode == 0, out.stderr[-2000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    # Ray's driver also prints the cluster's error events (a node that just died) to stdout
+    lines = [line for line in out.stdout.splitlines() if line.startswith("NODES ")]
+    assert lines, out.stdout[-2000:]
+    return json.loads(lines[-1].removeprefix("NODES "))
 
 
 def wait_for_nodes(address: str, count: int, timeout_s: float = 120) -> list[dict]:

@@ -140,7 +140,7 @@ def reuse_search(storage: str) -> None:
                                     reuse_actors=True, max_concurrent_trials=1),
         run_config=tune.RunConfig(name="stop", storage_path=storage, verbose=0),
     ).fit()
-    print(json.dumps([{"error": None if r.error is None else str(r.error),
+    print("TRIALS", json.dumps([{"error": None if r.error is None else str(r.error),
                        "epochs": r.metrics["training_iteration"], "pid": r.metrics["pid"]}
                       for r in grid]))
     ray.shutdown()
@@ -159,7 +159,9 @@ def test_a_trial_asha_stops_mid_epoch_frees_its_reused_actor_for_the_next(tmp_pa
     except subprocess.TimeoutExpired:
         pytest.fail("the search hung: Tune could not reuse the stopped trial's actor")
     assert done.returncode == 0, done.stderr[-3000:]
-    trials = json.loads(done.stdout.strip().splitlines()[-1])
+    # Ray may print its own lines (worker logs, cluster events) after ours
+    trials = json.loads(next(line for line in done.stdout.splitlines()[::-1]
+                             if line.startswith("TRIALS ")).removeprefix("TRIALS "))
     assert [t["error"] for t in trials] == [None] * 3
     assert sorted(t["epochs"] for t in trials) == [1, 1, 2]  # ASHA stopped the hopeless two
     assert len({t["pid"] for t in trials}) == 1  # one actor ran all three

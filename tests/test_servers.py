@@ -24,7 +24,7 @@ me = psutil.Process()
 pids = {me.pid} | {p.pid for p in me.children(recursive=True)}
 found = [(c.laddr.ip, c.laddr.port, psutil.Process(c.pid).name())
          for c in psutil.net_connections("inet") if c.status == "LISTEN" and c.pid in pids]
-print(json.dumps({"listeners": found, "dashboard": context.dashboard_url}))
+print("REPORT", json.dumps({"listeners": found, "dashboard": context.dashboard_url}))
 ray.shutdown()
 """
 
@@ -37,7 +37,9 @@ def test_a_local_ray_listens_on_loopback_only():
         result = subprocess.run([sys.executable, "-c", LISTENERS], cwd=ROOT, text=True,
                                 capture_output=True, timeout=180, env={**env, "RAY_TMPDIR": short})
     assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    # Ray may print its own lines (worker logs, cluster events) after ours
+    report = json.loads(next(line for line in result.stdout.splitlines()[::-1]
+                             if line.startswith("REPORT ")).removeprefix("REPORT "))
     names = {name for _, _, name in report["listeners"]}
     assert {"gcs_server", "raylet"} <= names, names  # the servers were found at all
     public = [(ip, port, name) for ip, port, name in report["listeners"]
