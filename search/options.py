@@ -16,6 +16,14 @@ SEARCHERS = ("tpe", "random", "cmaes", "qmc", "gp")
 SCHEDULERS = ("asha", "hyperband", "median", "pbt", "fifo")
 OBJECTIVES = ("acc", "acc+time")
 
+# --grace-period (epochs) and --reduction-factor where not given, per scheduler. ASHA's are Ray
+# Tune's own (a first rung after 1 epoch, a quarter going on): in bench/search_quality.py they
+# spent fewer trial-epochs than a grace of 2 and halving, and kept the same best trials. The
+# median rule waits for epoch-2 results (one epoch is a noisy signal to stop on), and PBT's
+# interval stays 2 epochs, so a copied checkpoint trains a while before it is judged again.
+SCHEDULER_DEFAULTS = {"asha": (1, 4), "hyperband": (1, 2), "median": (2, 2), "pbt": (2, 2),
+                      "fifo": (1, 4)}
+
 DESCRIPTION = """\
 Search transfer-learning strategies for an image-classification dataset with Ray Tune and
 Optuna: every strategy gets the same number of trials, ASHA stops the poor ones early, and the
@@ -130,13 +138,13 @@ def add_search_options(g: argparse._ArgumentGroup) -> None:
                    help="how trials are stopped early: asha, hyperband, median (stopping "
                    "rule), pbt (population-based training of lr and weight decay) or fifo "
                    "(none) (default: %(default)s)")
-    g.add_argument("--grace-period", type=int, default=2, metavar="N",
+    g.add_argument("--grace-period", type=int, default=None, metavar="N",
                    help="epochs every trial runs before the scheduler may stop it: ASHA's "
                    "first rung, the median rule's grace, PBT's perturbation interval "
-                   "(default: %(default)s)")
-    g.add_argument("--reduction-factor", type=int, default=2, metavar="N",
+                   "(default: 1 for asha, 2 for median and pbt)")
+    g.add_argument("--reduction-factor", type=int, default=None, metavar="N",
                    help="asha, hyperband: 1/N of the trials at a rung go on to the next, N "
-                   "times as many epochs on (default: %(default)s)")
+                   "times as many epochs on (default: 4 for asha, 2 for hyperband)")
     g.add_argument("--objective", choices=OBJECTIVES, default="acc",
                    help="what the study optimises: acc (the best epoch's val_acc), or acc+time "
                    "(val_acc and the trial's training time at its full budget, a Pareto "
@@ -216,3 +224,12 @@ def add_output_options(g: argparse._ArgumentGroup) -> None:
     loud.add_argument("--verbose", action="store_const", const="verbose", dest="verbosity",
                       help="Ray Tune's own full progress output instead of the compact table "
                       "(default: the compact table)")
+
+
+def with_scheduler_defaults(args: argparse.Namespace) -> argparse.Namespace:
+    """`args` with --grace-period and --reduction-factor filled in for its --scheduler."""
+    grace, factor = SCHEDULER_DEFAULTS[args.scheduler]
+    given = vars(args)
+    return argparse.Namespace(**{
+        **given, "grace_period": grace if args.grace_period is None else args.grace_period,
+        "reduction_factor": factor if args.reduction_factor is None else args.reduction_factor})

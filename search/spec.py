@@ -29,7 +29,12 @@ from search.checks import (
     parse_split,
     parse_strategies,
 )
-from search.options import ArgumentParser, UsageError, build_parser  # noqa: F401 (re-exported)
+from search.options import (  # noqa: F401 (ArgumentParser, UsageError: re-exported)
+    ArgumentParser,
+    UsageError,
+    build_parser,
+    with_scheduler_defaults,
+)
 from trainables.cache import area, cache_root, fingerprint
 from trainables.config import TrialConfig
 from trainables.strategies import STRATEGIES
@@ -130,6 +135,7 @@ def parse_spec(argv: list[str] | None = None, prog: str = "run.py") -> Experimen
     if args.config:
         check_no_search_flags(parser, args)
         args, hyperparameters = apply_config(parser, args, argv)
+    args = with_scheduler_defaults(args)
     strategies = parse_strategies(args.strategy)
     if hyperparameters is not None and len(strategies) > 1:
         raise UsageError("--config trains one strategy; it cannot be combined with several "

@@ -33,7 +33,7 @@ from search.schedulers import (
     make_scheduler,
     population_search,
 )
-from search.spec import UsageError
+from search.spec import UsageError, parse_spec
 from tests.helpers import TINY_MODEL
 from trainables.config import RunSettings, TrialConfig
 from trainables.trainable import fit, train_transfer
@@ -66,6 +66,30 @@ def test_every_scheduler_builds(name, kind):
     assert name in SCHEDULERS
     scheduler = make_scheduler(name, max_epochs=6, grace_period=2, reduction_factor=2, seed=0)
     assert isinstance(scheduler, kind)
+
+
+def default_scheduler(name: str, tmp_path: Path, *flags: str):
+    spec = parse_spec(["--strategy", "scratch", "--scheduler", name, "--storage",
+                       str(tmp_path), *flags])
+    return make_scheduler(name, max_epochs=spec.max_epochs, grace_period=spec.grace_period,
+                          reduction_factor=spec.reduction_factor, seed=spec.seed)
+
+
+def test_a_default_search_has_ray_tunes_asha_rungs_and_the_others_keep_two_epochs(tmp_path):
+    """Without --grace-period and --reduction-factor: ASHA is Ray Tune's (rungs at 1 and 4 of
+    the 6 default epochs, a quarter going on), the median rule waits 2 epochs and PBT perturbs
+    every 2; HyperBand halves. Given values win, for every scheduler."""
+    asha = default_scheduler("asha", tmp_path)
+    assert sorted(m for m, _ in asha._brackets[0]._rungs) == [1, 4]
+    assert asha._brackets[0].rf == 4
+    assert default_scheduler("median", tmp_path)._grace_period == 2
+    assert default_scheduler("pbt", tmp_path)._perturbation_interval == 2
+    assert default_scheduler("hyperband", tmp_path)._eta == 2
+    given = default_scheduler("asha", tmp_path, "--grace-period", "2", "--reduction-factor", "2")
+    assert sorted(m for m, _ in given._brackets[0]._rungs) == [2, 4]
+    assert default_scheduler("median", tmp_path, "--grace-period", "3")._grace_period == 3
+    assert default_scheduler("pbt", tmp_path, "--grace-period", "1")._perturbation_interval == 1
+    assert default_scheduler("hyperband", tmp_path, "--reduction-factor", "3")._eta == 3
 
 
 def test_the_list_of_schedulers_is_the_tested_one():
