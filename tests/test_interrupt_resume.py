@@ -45,7 +45,7 @@ STRATEGIES = ("scratch", "frozen")  # scratch needs no stage, frozen the supervi
 SAMPLES, MAX_EPOCHS, GRACE = 5, 3, 2  # ASHA may stop a trial at epoch GRACE
 SEARCH = ["--data", "demo:40", "--backbone", TINY_MODEL, "--strategy", ",".join(STRATEGIES),
           "--samples", str(SAMPLES), "--max-epochs", str(MAX_EPOCHS), "--pretrain-epochs", "1",
-          "--max-concurrent", "1", "--cpus-per-trial", "1"]
+          "--max-concurrent", "1", "--cpus-per-trial", "1", "--grace-period", str(GRACE)]
 NAME = "r"
 
 
