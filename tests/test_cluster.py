@@ -27,7 +27,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.helpers import TINY_MODEL
+from tests.helpers import TINY_MODEL, marked_json
 
 pytestmark = pytest.mark.slow
 
@@ -72,10 +72,7 @@ def alive_nodes(address: str) -> list[dict]:
     out = subprocess.run([sys.executable, "-c", script, address], capture_output=True, text=True,
                          timeout=120, env={**os.environ, **ENV})
     assert out.returncode == 0, out.stderr[-2000:]
-    # Ray's driver also prints the cluster's error events (a node that just died) to stdout
-    lines = [line for line in out.stdout.splitlines() if line.startswith("NODES ")]
-    assert lines, out.stdout[-2000:]
-    return json.loads(lines[-1].removeprefix("NODES "))
+    return marked_json(out.stdout, "NODES")
 
 
 def wait_for_nodes(address: str, count: int, timeout_s: float = 120) -> list[dict]:

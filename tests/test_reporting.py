@@ -17,7 +17,7 @@ import torch
 from ray import tune
 from torch import nn
 
-from tests.helpers import TINY_MODEL
+from tests.helpers import TINY_MODEL, marked_json
 from trainables.config import RunSettings
 from trainables.data.demo import load_demo
 from trainables.loop import run_epoch
@@ -159,9 +159,7 @@ def test_a_trial_asha_stops_mid_epoch_frees_its_reused_actor_for_the_next(tmp_pa
     except subprocess.TimeoutExpired:
         pytest.fail("the search hung: Tune could not reuse the stopped trial's actor")
     assert done.returncode == 0, done.stderr[-3000:]
-    # Ray may print its own lines (worker logs, cluster events) after ours
-    trials = json.loads(next(line for line in done.stdout.splitlines()[::-1]
-                             if line.startswith("TRIALS ")).removeprefix("TRIALS "))
+    trials = marked_json(done.stdout, "TRIALS")
     assert [t["error"] for t in trials] == [None] * 3
     assert sorted(t["epochs"] for t in trials) == [1, 1, 2]  # ASHA stopped the hopeless two
     assert len({t["pid"] for t in trials}) == 1  # one actor ran all three

@@ -1,6 +1,5 @@
 """Servers the product starts listen on loopback only, unless a flag says otherwise."""
 
-import json
 import os
 import subprocess
 import sys
@@ -10,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from search.checks import check_dashboard_host
+from tests.helpers import marked_json
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,9 +37,7 @@ def test_a_local_ray_listens_on_loopback_only():
         result = subprocess.run([sys.executable, "-c", LISTENERS], cwd=ROOT, text=True,
                                 capture_output=True, timeout=180, env={**env, "RAY_TMPDIR": short})
     assert result.returncode == 0, result.stderr[-3000:]
-    # Ray may print its own lines (worker logs, cluster events) after ours
-    report = json.loads(next(line for line in result.stdout.splitlines()[::-1]
-                             if line.startswith("REPORT ")).removeprefix("REPORT "))
+    report = marked_json(result.stdout, "REPORT")
     names = {name for _, _, name in report["listeners"]}
     assert {"gcs_server", "raylet"} <= names, names  # the servers were found at all
     public = [(ip, port, name) for ip, port, name in report["listeners"]
