@@ -145,11 +145,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"skipping {name}: no CUDA GPU on this machine", flush=True)
             sections.setdefault(name, f"## {name}\n\n{SUITE[name][0]}.\n\nNot measured yet: "
                                 "the machine that wrote this file had no GPU.\n")
-            continue
-        print(f"running {name} ...", flush=True)
-        sections[name] = section(name, *run_one(name, args.quick), args.quick)
+        else:
+            print(f"running {name} ...", flush=True)
+            sections[name] = section(name, *run_one(name, args.quick), args.quick)
         write(args.out, sections)  # after each: a later benchmark that fails loses no table
-    write(args.out, sections)
     print(f"wrote {args.out}")
     return 0
 
