@@ -15,7 +15,7 @@ not exist on storage anymore"), and the trial ends as errored. So the kills belo
 Tune's saved state (its experiment_state-*.json, read here only to time the kill) has caught
 up with every epoch reported (result.json): then no checkpoint deletion is pending for an
 epoch's time. Trials report as soon as an epoch ends (the checkpoint is written while the next
-trains), so the epochs are made long enough (demo:40, ~0.5 s) that the 10 ms between that check
+trains), so the epochs are made long enough (demo:40, ~0.3 s) that the 10 ms between that check
 and the kill is a small part of one. Slow: four runs start Ray.
 """
 
