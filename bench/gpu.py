@@ -33,7 +33,8 @@ import torch
 
 from bench.tables import format_table
 from trainables.compiled import compile_net
-from trainables.loop import pick_device, train_epoch
+from trainables.device import pick_device
+from trainables.loop import train_epoch
 from trainables.models import build_model, normalizer
 
 ROOT = Path(__file__).resolve().parents[1]

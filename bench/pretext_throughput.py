@@ -23,7 +23,7 @@ from bench.tables import format_table
 from trainables.colorization import train_colorization
 from trainables.data.dataset import Split
 from trainables.data.demo import load_demo
-from trainables.loop import pick_device
+from trainables.device import pick_device
 from trainables.pretrain import StageConfig, train_supervised
 
 

@@ -34,8 +34,9 @@ from analysis.stats import gap_ci, mean_ci
 from trainables.cache import DiskFullError, atomic_file
 from trainables.config import RunSettings, TrialConfig
 from trainables.data.dataset import DataError, Dataset, Split
+from trainables.device import pick_device
 from trainables.export import save_model
-from trainables.loop import pick_device, predict
+from trainables.loop import predict
 from trainables.models import normalizer
 from trainables.placement import to_device
 from trainables.trainable import fit

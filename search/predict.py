@@ -24,8 +24,9 @@ def predict_files(model_dir: Path, paths: list[str], batch_size: int = 64
     import torch
 
     from trainables.data.imagefolder import decode
+    from trainables.device import pick_device
     from trainables.export import load_model
-    from trainables.loop import pick_device, predict
+    from trainables.loop import predict
 
     model, norm, meta = load_model(model_dir)
     device = pick_device()

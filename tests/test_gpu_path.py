@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from tests.helpers import TINY_MODEL
-from trainables import loop, placement
+from trainables import device, loop, placement
 from trainables.config import RunSettings, TrialConfig
 from trainables.placement import HostSplit, fetch, place_data, resident_budget
 from trainables.trainable import fit
@@ -26,35 +26,35 @@ def run_fit(data, hp=HP, **settings):
 def test_a_gpu_turns_on_cudnn_autotuning(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
-    assert loop.pick_device().type == "cuda"
+    assert device.pick_device().type == "cuda"
     assert torch.backends.cudnn.benchmark
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert loop.pick_device().type == "cpu"
+    assert device.pick_device().type == "cpu"
 
 
 @pytest.mark.parametrize("bf16, expected", [(True, torch.bfloat16), (False, torch.float16)])
 def test_bf16_where_the_gpu_has_it_else_fp16(monkeypatch, bf16, expected):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: bf16)
-    assert loop.amp_dtype(torch.device("cuda")) == expected
-    assert loop.amp_dtype(torch.device("cpu")) is None  # fp32 on CPUs
-    assert not loop.grad_scaler(torch.device("cpu")).is_enabled()
+    assert device.amp_dtype(torch.device("cuda")) == expected
+    assert device.amp_dtype(torch.device("cpu")) is None  # fp32 on CPUs
+    assert not device.grad_scaler(torch.device("cpu")).is_enabled()
 
 
 def test_fp16_steps_are_loss_scaled_and_an_overflowing_step_is_skipped(monkeypatch):
     """The fp16 path, on the CPU's fp16 autocast: a step whose scaled gradients overflow
     leaves the weights as they were and halves the scale; the others train."""
-    monkeypatch.setattr(loop, "amp_dtype", lambda device: torch.float16)
+    monkeypatch.setattr(device, "amp_dtype", lambda device: torch.float16)
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                           nn.Linear(8, 4))
     x, y = torch.randn(32, 3, 12, 12), torch.randint(0, 4, (32,))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    scaler = loop.grad_scaler(torch.device("cpu"))
+    scaler = device.grad_scaler(torch.device("cpu"))
     assert scaler.is_enabled()
     blow_up = {"on": True}
 
     def batch_loss(idx):
-        with loop.autocast(torch.device("cpu")):
+        with device.autocast(torch.device("cpu")):
             logits = model(x[idx])
         assert logits.dtype == torch.float16
         loss = nn.functional.cross_entropy(logits.float(), y[idx])

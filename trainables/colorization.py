@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from trainables.data.augment import random_flip
-from trainables.loop import autocast, channels_last, pick_device, run_epoch
+from trainables.device import autocast, channels_last, pick_device
+from trainables.loop import run_epoch
 from trainables.models import create_backbone, model_kwargs
 from trainables.placement import to_device
 

@@ -14,7 +14,8 @@ import time
 import torch
 from torch import nn
 
-from trainables.loop import autocast, batch_starts, channels_last
+from trainables.device import autocast, channels_last
+from trainables.loop import batch_starts
 from trainables.placement import Images, fetch
 
 

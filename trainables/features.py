@@ -15,7 +15,7 @@ from torch import nn
 
 from trainables.cache import atomic_file
 from trainables.data.dataset import Dataset
-from trainables.loop import autocast, channels_last, pick_device
+from trainables.device import autocast, channels_last, pick_device
 from trainables.models import create_backbone, normalizer
 from trainables.placement import to_device
 

@@ -9,7 +9,6 @@ on the device (no host copy per batch). No DataLoader, no worker processes, no d
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -19,43 +18,8 @@ import torch
 from torch import nn
 
 from trainables.data.augment import augment
+from trainables.device import autocast, channels_last, grad_scaler
 from trainables.placement import Images, fetch
-
-
-def pick_device() -> torch.device:
-    if not torch.cuda.is_available():
-        return torch.device("cpu")
-    # a trial's shapes are fixed (one batch size, one image size), so cuDNN's autotuner picks
-    # each convolution's fastest algorithm once, in the first steps, and keeps it
-    torch.backends.cudnn.benchmark = True
-    return torch.device("cuda")
-
-
-def amp_dtype(device: torch.device) -> torch.dtype | None:
-    """The autocast dtype: bf16 on GPUs that have it (Ampere on), fp16 on older ones; none on
-    CPUs, where bf16 is slower than fp32 without AMX."""
-    if device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) \
-        else torch.float16
-
-
-def autocast(device: torch.device):
-    dtype = amp_dtype(device)
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
-
-
-def grad_scaler(device: torch.device) -> torch.amp.GradScaler:
-    """Loss scaling for fp16, whose small gradients underflow to zero; bf16 has fp32's range
-    and needs none (a disabled scaler passes the loss and the step straight through)."""
-    return torch.amp.GradScaler(device.type, enabled=amp_dtype(device) == torch.float16)
-
-
-def channels_last(x: torch.Tensor) -> torch.Tensor:
-    # NHWC is the fast layout for convolutions with cuDNN and oneDNN; features stay 2-D.
-    return x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 else x
 
 
 def batch_starts(n: int, batch_size: int) -> range:

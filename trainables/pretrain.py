@@ -28,7 +28,8 @@ from trainables.cache import atomic_dir, fingerprint
 from trainables.colorization import train_colorization
 from trainables.config import STAGES
 from trainables.data.dataset import Dataset
-from trainables.loop import evaluate, pick_device, train_epoch
+from trainables.device import pick_device
+from trainables.loop import evaluate, train_epoch
 from trainables.models import (
     backbone_state,
     create_backbone,
