@@ -26,28 +26,23 @@ from ray import tune
 from timm.scheduler import CosineLRScheduler
 from torch import nn
 
+from trainables import stopping
 from trainables.compiled import compile_net
 from trainables.config import RunSettings, TrialConfig
 from trainables.data.dataset import Dataset, Split
+from trainables.device import grad_scaler, hold_to_share, pick_device, release_gpu_memory
 from trainables.failures import TrialFailure, check_finite, memory_guard
 from trainables.faults import inject_epoch_fault, inject_fault
 from trainables.features import Features
-from trainables.loop import (
-    EpochStats,
-    evaluate,
-    grad_scaler,
-    pick_device,
-    steps_per_epoch,
-    train_epoch,
-)
+from trainables.loop import EpochStats, evaluate, steps_per_epoch, train_epoch
 from trainables.memory import release_memory
 from trainables.models import build_model
 from trainables.placement import place_data, resident_budget
 from trainables.reporting import BackgroundReports
+from trainables.stopping import STOP_WAIT_S, JoinedOnStop
 from trainables.strategies import get_strategy
 
 CHECKPOINT_FILE = "checkpoint.pt"
-STOP_WAIT_S = 120  # seconds Tune waits for a stopped trial's thread before it drops the actor
 # (metrics of the epoch, a function returning the state to checkpoint, or None: no checkpoint)
 Report = Callable[[dict, Callable[[], dict] | None], None]
 
@@ -62,8 +57,13 @@ def train_transfer(config: dict, *, settings: RunSettings, data: Dataset,
     # Tune reuses this actor for the next trial once the stopped trial's thread has ended,
     # which it does at its next step: wait for a slow step (a large model on a CPU) rather
     # than the default 2 s, after which Tune gives up on the actor and starts a process
-    os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", str(STOP_WAIT_S))
+    os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", str(int(STOP_WAIT_S)))
+    stopping.begin()  # the thread a stop joins (trainables/stopping.py)
     reports = BackgroundReports(save_and_report)
+
+    def between_steps() -> None:
+        stopping.check()  # Tune stopped the trial: end here, within one step
+        reports.poll()  # what the last report raised (a stop, a full disk)
 
     def report(metrics: dict, state: Callable[[], dict] | None) -> None:
         inject_fault(settings.strategy, metrics["epoch"])  # only when a test asks for one
@@ -77,16 +77,24 @@ def train_transfer(config: dict, *, settings: RunSettings, data: Dataset,
 
     # a reused actor: what its earlier trials freed goes back to the OS, however they ended
     # (a trial the scheduler stops ends between two steps, its model still alive), so its RSS
-    # does not climb trial after trial (trainables/memory.py)
+    # does not climb trial after trial (trainables/memory.py), and to the GPU, for the next
+    # trial here or a neighbour on the same GPU
     release_memory()
+    release_gpu_memory()
     try:
         fit(settings, TrialConfig.from_dict(config), data.train, data.val, weights, features,
             num_classes=data.num_classes, report=report, resume=tune_checkpoint(),
-            between_steps=reports.poll)
+            between_steps=between_steps)
         reports.wait()  # the last epoch's report
     finally:
         reports.close()
         release_memory()
+        release_gpu_memory()
+
+
+# Ray's wrap_function puts these classes before its FunctionTrainable: the trial's thread is
+# joined when Tune stops the trial, before the actor exits or takes the next trial
+train_transfer.__mixins__ = (JoinedOnStop,)
 
 
 def save_and_report(metrics: dict, state: dict) -> None:
@@ -109,6 +117,7 @@ def fit(settings: RunSettings, hp: TrialConfig, train: Split, val: Split | None,
     torch.manual_seed(settings.seed)
     torch.set_num_threads(max(1, int(settings.cpus_per_trial)))
     device = pick_device()
+    hold_to_share(device, settings.gpus_per_trial)  # packed trials: each within its share
     epochs = settings.max_epochs if epochs is None else epochs
     # model, strategy, and the data on the device (the head alone on cached features when the
     # backbone is frozen and nothing augments)
