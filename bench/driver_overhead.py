@@ -47,14 +47,14 @@ def measure(trials: int = 500, trial_seconds: float = 1.0, baselines: bool = Fal
     import ray
     from ray import tune
 
-    from search.resources import ray_target
+    from search.resources import init_ray
     from search.spec import parse_spec
 
     with tempfile.TemporaryDirectory() as tmp:
         spec = parse_spec(["--strategy", "scratch", "--samples", str(trials), "--max-epochs",
                            "1", "--storage", tmp, "--name", "overhead", "--quiet"])
         spec.exp_dir.mkdir(parents=True)
-        ray.init(**ray_target(None, "127.0.0.1"), include_dashboard=False)
+        init_ray(None, "127.0.0.1", include_dashboard=False)
         try:
             concurrency = int(ray.cluster_resources()["CPU"])
             trainable = tune.with_resources(

@@ -78,7 +78,7 @@ def evaluate_experiment(exp_dir: Path, seeds: int = 3, strategies: tuple[str, ..
                         cache_dir: str | None = None, address: str | None = None) -> Path:
     """Evaluate, write `<exp>/eval/`, return its path. Starts Ray unless it is running."""
     from search.pretraining import load_stage_data, run_stages
-    from search.resources import ray_target
+    from search.resources import init_ray
     from search.spec import spec_from_experiment
     from trainables.data.load import load_dataset
 
@@ -104,7 +104,7 @@ def evaluate_experiment(exp_dir: Path, seeds: int = 3, strategies: tuple[str, ..
     sources = load_stage_data(spec)
     started = not ray.is_initialized()
     if started:
-        ray.init(**ray_target(address), logging_level=logging.WARNING, include_dashboard=False)
+        init_ray(address, logging_level=logging.WARNING, include_dashboard=False)
     try:
         # one copy of each split in the object store: train and val shared by the stages and
         # the seeds' tasks, test by the tasks alone

@@ -109,6 +109,19 @@ def ray_target(address: str | None, dashboard_host: str | None = None) -> dict:
     return {"address": "local", "dashboard_host": dashboard_host}
 
 
+def init_ray(address: str | None, dashboard_host: str | None = None, **kwargs):
+    """ray.init on `ray_target(address, dashboard_host)`; returns Ray's context. A local
+    instance started here is watched by search/reaper.py, which ends what is left of it once
+    this process has gone, even killed with SIGKILL."""
+    target = ray_target(address, dashboard_host)
+    context = ray.init(**target, **kwargs)
+    if target["address"] == "local":
+        from search.reaper import start_reaper
+
+        start_reaper()
+    return context
+
+
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 

@@ -90,8 +90,8 @@ def search_on_ray(spec, data, sources, prog: str):
         ResourceError,
         check_resources,
         check_storage_reach,
+        init_ray,
         node_resources,
-        ray_target,
     )
     from trainables.failures import first_line
     from trainables.pretrain import StageError
@@ -103,7 +103,7 @@ def search_on_ray(spec, data, sources, prog: str):
     # workers' INFO lines (a "Checkpoint successfully created" per epoch) only with --verbose
     level = "INFO" if spec.verbosity == "verbose" else "WARNING"
     try:
-        context = ray.init(**ray_target(spec.address, spec.dashboard_host),
+        context = init_ray(spec.address, spec.dashboard_host,
                            logging_level=logging.WARNING,
                            logging_config=ray.LoggingConfig(log_level=level))
     except (ConnectionError, RuntimeError) as error:  # a refused token is a RuntimeError
