@@ -38,7 +38,7 @@ from trainables.device import pick_device
 from trainables.export import save_model
 from trainables.loop import predict
 from trainables.models import normalizer
-from trainables.placement import to_device
+from trainables.reporting import host_copy
 from trainables.trainable import fit
 
 EVAL_DIR = "eval"
@@ -56,14 +56,13 @@ def train_and_test(settings: RunSettings, hp: TrialConfig, data: Dataset, test: 
     model = fit(settings, hp, train, val, weights, num_classes=data.num_classes, epochs=epochs)
     device = pick_device()
     norm = normalizer(model).to(device)
-    probs, feats = predict(model, to_device(test.images, device), normalize=norm,
-                           device=device)
+    # the model stays on its device throughout: what is kept is a host copy of its state
+    probs, feats = predict(model, test.images, normalize=norm, device=device)
     out = {"probs": probs.numpy(), "features": feats.numpy(),
            "seconds": time.perf_counter() - start,
-           "state": model.cpu().state_dict() if keep_model else None}
+           "state": host_copy(model.state_dict()) if keep_model else None}
     if val is not None:
-        val_probs, _ = predict(model, to_device(val.images, device), normalize=norm,
-                               device=device)
+        val_probs, _ = predict(model, val.images, normalize=norm, device=device)
         out["val_acc"] = float((val_probs.argmax(1).numpy() == val.labels).mean())
     return out
 

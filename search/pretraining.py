@@ -18,9 +18,14 @@ from tensorboardX import SummaryWriter
 
 from search.checks import stage_kind
 from search.spec import ExperimentSpec
-from trainables.cache import area, atomic_file, fingerprint
+from trainables.cache import area, atomic_file
 from trainables.data.dataset import DataError, Dataset
-from trainables.features import compute_features, read_features, write_features
+from trainables.features import (
+    compute_features,
+    features_key,
+    read_features,
+    write_features,
+)
 from trainables.pretrain import (
     SAMPLES_FILE,
     Stage,
@@ -128,7 +133,8 @@ def run_stages(spec: ExperimentSpec, data: Dataset, data_ref: ray.ObjectRef,
             if stage.trains:  # a Ray task resolves a reference argument to its value
                 own = stage.kind == "colorization" and sources.pretext is None
                 source = data_ref if own else stage_data(stage.kind, data, sources)
-            running[stage] = task.remote(stage, source, int(spec.cpus_per_trial))
+            running[stage] = task.remote(stage, source, int(spec.cpus_per_trial),
+                                         spec.gpus_per_trial)
     for stage, (state_ref, record_ref) in running.items():  # started together: side by side
         state, record = ray.get([state_ref, record_ref])
         if stage.trains:
@@ -166,14 +172,14 @@ def run_features(spec: ExperimentSpec, data: Dataset, data_ref: ray.ObjectRef,
             refs[strategy] = None
             continue
         if stage not in done:
-            path = area(spec.cache_dir, "features") / (
-                fingerprint(stage.key, data.fingerprint, spec.backbone) + ".npz")
+            path = area(spec.cache_dir, "features") / (features_key(
+                stage.key, data.fingerprint, spec.backbone, spec.gpus_per_trial) + ".npz")
             cached = read_features(path)
             if cached is not None:
                 done[stage] = ray.put(cached)
             else:
                 done[stage] = task.remote(spec.backbone, weights[strategy], data_ref,
-                                          int(spec.cpus_per_trial))
+                                          int(spec.cpus_per_trial), spec.gpus_per_trial)
                 write_features(path, ray.get(done[stage]))
         refs[strategy] = done[stage]
     return refs

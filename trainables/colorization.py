@@ -12,10 +12,10 @@ import torch
 from torch import nn
 
 from trainables.data.augment import random_flip
-from trainables.device import autocast, channels_last, pick_device
+from trainables.device import autocast, channels_last, hold_to_share, pick_device
 from trainables.loop import run_epoch
 from trainables.models import create_backbone, model_kwargs
-from trainables.placement import to_device
+from trainables.placement import Images, fetch, place_inputs, resident_budget
 
 # sRGB (linear) -> XYZ, D65, and the D65 reference white.
 _RGB_TO_XYZ = torch.tensor([[0.412453, 0.357580, 0.180423],
@@ -145,23 +145,28 @@ def sample_grid(unet: ColorizationUNet, images: torch.Tensor) -> np.ndarray:
 
 
 @torch.no_grad()
-def ab_error(unet: ColorizationUNet, images: torch.Tensor, batch_size: int = 256) -> float:
-    """Mean absolute error of the predicted a and b channels on `images`, in Lab units: a
-    measure of the pretext task on held-out images, comparable across runs (the loss is in
-    units of AB_SCALE). Eval mode, so BatchNorm uses its running statistics."""
+def ab_error(unet: ColorizationUNet, images: Images, device: torch.device | None = None,
+             batch_size: int = 256) -> float:
+    """Mean absolute error of the predicted a and b channels on `images` (on `device`, or
+    streamed to it), in Lab units: a measure of the pretext task on held-out images,
+    comparable across runs (the loss is in units of AB_SCALE). Eval mode, so BatchNorm uses
+    its running statistics."""
     unet.eval()
-    total = torch.zeros((), dtype=torch.float64, device=images.device)
+    device = device or images.device
+    total = torch.zeros((), dtype=torch.float64, device=device)
     for begin in range(0, len(images), batch_size):
-        grey, ab = lab_inputs(images[begin : begin + batch_size])
-        with autocast(images.device):
+        grey, ab = lab_inputs(fetch(images, slice(begin, begin + batch_size), device))
+        with autocast(device):
             predicted = unet(channels_last(grey))
         total += (predicted.float() - ab).abs().sum(dtype=torch.float64)
-    return total.item() * AB_SCALE / (2 * images[:, 0].numel())
+    pixels = len(images) * images.shape[-2] * images.shape[-1]
+    return total.item() * AB_SCALE / (2 * pixels)
 
 
 def train_colorization(backbone: str, images_np: np.ndarray, config, log: list[float] | None = None,
                        init: dict[str, torch.Tensor] | None = None, *,
-                       val_images: np.ndarray | None = None, val_log: list[float] | None = None
+                       val_images: np.ndarray | None = None, val_log: list[float] | None = None,
+                       gpus_per_trial: float = 0.0
                        ) -> tuple[dict[str, torch.Tensor], np.ndarray]:
     """Train the U-Net (L1 on ab) on unlabeled images; return its encoder as backbone weights,
     and a sample grid. With `config.decoder_epochs`, the decoder trains alone first (encoder
@@ -169,20 +174,23 @@ def train_colorization(backbone: str, images_np: np.ndarray, config, log: list[f
     encoder would otherwise send large, random gradients into the encoder.
 
     Appends each epoch's training loss to `log` and, given held-out `val_images`, their ab error
-    in Lab units (`ab_error`) to `val_log`."""
+    in Lab units (`ab_error`) to `val_log`. It keeps to a trial's rules on the GPU: its share
+    of the memory (`gpus_per_trial`), and the images resident only within a trial's budget."""
     torch.manual_seed(config.seed)
     device = pick_device()
+    hold_to_share(device, gpus_per_trial)
     unet = ColorizationUNet(backbone)
     if init is not None:
         backbone_to_encoder(init, unet.encoder)
     unet = unet.to(device, memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(unet.parameters(), lr=config.lr / 50)
-    images = to_device(images_np, device)
-    held_out = to_device(val_images, device) if val_images is not None else images[:0]
+    (images, held_out), _ = place_inputs([images_np, val_images], device,
+                                         resident_budget(device, gpus_per_trial))
     generator = torch.Generator().manual_seed(config.seed)
 
     def batch_loss(idx: torch.Tensor) -> tuple[torch.Tensor, int]:
-        grey, ab = lab_inputs(random_flip(images[idx]))  # Lab in fp32, outside autocast
+        # Lab in fp32, outside autocast
+        grey, ab = lab_inputs(random_flip(fetch(images, idx, device)))
         with autocast(device):
             predicted = unet(channels_last(grey))
         return nn.functional.l1_loss(predicted.float(), ab), 0
@@ -194,10 +202,10 @@ def train_colorization(backbone: str, images_np: np.ndarray, config, log: list[f
         if not encoder_trains:
             unet.encoder.eval()
         stats = run_epoch(optimizer, len(images), batch_loss, batch_size=config.batch_size,
-                          device=device, generator=generator)
+                          device=device, generator=generator, index_device=images.device)
         if log is not None:
             log.append(stats.loss)
-        if val_log is not None and len(held_out):
-            val_log.append(ab_error(unet, held_out))
-    grid = sample_grid(unet, images[:8])
+        if val_log is not None and held_out is not None and len(held_out):
+            val_log.append(ab_error(unet, held_out, device))
+    grid = sample_grid(unet, fetch(images, slice(0, 8), device))
     return encoder_to_backbone(unet.encoder.state_dict(), create_backbone(backbone)), grid

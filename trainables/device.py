@@ -39,6 +39,15 @@ def precision(device: torch.device) -> str:
     return f"{device.type}-{str(dtype).removeprefix('torch.')}"
 
 
+def task_precision(gpus_per_trial: float) -> str:
+    """The precision a task with `gpus_per_trial` of a GPU computes in, as this process sees
+    it: the CPU's without a GPU; with one, the GPU's where this process has a GPU too (one
+    machine: the same kind), else just "cuda"."""
+    if gpus_per_trial <= 0:
+        return precision(torch.device("cpu"))
+    return precision(torch.device("cuda")) if torch.cuda.is_available() else "cuda"
+
+
 def autocast(device: torch.device):
     dtype = amp_dtype(device)
     if dtype is None:

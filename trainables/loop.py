@@ -14,12 +14,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from trainables.data.augment import augment
 from trainables.device import autocast, channels_last, grad_scaler
-from trainables.placement import Images, fetch
+from trainables.placement import HostSplit, Images, fetch, host_tensor
 
 
 def batch_starts(n: int, batch_size: int) -> range:
@@ -147,17 +148,20 @@ def evaluate(
 
 
 @torch.no_grad()
-def predict(model: nn.Module, images: torch.Tensor, *, normalize: nn.Module,
+def predict(model: nn.Module, images: np.ndarray | torch.Tensor, *, normalize: nn.Module,
             device: torch.device, batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
-    """Class probabilities (N, C) and the classifier's input features (N, D), on the CPU.
+    """Class probabilities (N, C) and the classifier's input features (N, D), on the CPU, of
+    uint8 images in host memory. They stream to the device a batch at a time: one pass over a
+    split of any size holds one batch of it there, never the whole split.
 
     timm's `forward_head(pre_logits=True)` is what the classifier sees: pooled, normed, and
     the same vector the frozen fast path trains on.
     """
     model.eval()
+    source = HostSplit(images if isinstance(images, torch.Tensor) else host_tensor(images))
     probs, feats = [], []
     for begin in range(0, len(images), batch_size):
-        x = channels_last(normalize(images[begin : begin + batch_size].to(device)))
+        x = channels_last(normalize(fetch(source, slice(begin, begin + batch_size), device)))
         with autocast(device):
             pre = model.forward_head(model.forward_features(x), pre_logits=True)
             logits = model.get_classifier()(pre)

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from trainables.data.dataset import Split
+from trainables.device import gpu_share
 from trainables.models import normalizer
 
 if TYPE_CHECKING:  # features.py computes its features with the loop, which fetches from here
@@ -41,6 +42,10 @@ class HostSplit:
     @property
     def device(self) -> torch.device:
         return self.tensor.device
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.tensor.shape
 
 
 Images = torch.Tensor | HostSplit
@@ -82,8 +87,7 @@ def resident_budget(device: torch.device, gpus_per_trial: float,
         return float("inf")
     if total_memory is None:
         total_memory = torch.cuda.get_device_properties(device).total_memory
-    share = min(gpus_per_trial, 1.0) if gpus_per_trial > 0 else 1.0
-    return RESIDENT_FRACTION * share * total_memory
+    return RESIDENT_FRACTION * gpu_share(gpus_per_trial) * total_memory
 
 
 def place_data(model: nn.Module, features: Features | None, train: Split, val: Split | None,
@@ -102,9 +106,19 @@ def place_data(model: nn.Module, features: Features | None, train: Split, val: S
     else:
         net, normalize = model, normalizer(model).to(device)
         inputs = [train.images, val.images if val is not None else None]
-    resident = sum(x.nbytes for x in inputs if x is not None) <= budget
-    train_x, val_x = (None if x is None else to_device(x, device) if resident
-                      else HostSplit(host_tensor(x)) for x in inputs)
+    (train_x, val_x), resident = place_inputs(inputs, device, budget)
     val_y = to_device(val.labels, device) if val is not None else None
     return (net, normalize, (train_x, to_device(train.labels, device)), (val_x, val_y),
             resident)
+
+
+def place_inputs(arrays: list[np.ndarray | None], device: torch.device, budget: float
+                 ) -> tuple[list[Images | None], bool]:
+    """The arrays on the device when together they fit in `budget` bytes, else each left in
+    host memory to stream from (None stays None); and whether they are resident. Every split
+    that trains or is evaluated on the device goes through here: the trials', the pretraining
+    stages' and the final evaluation's."""
+    resident = sum(x.nbytes for x in arrays if x is not None) <= budget
+    placed = [None if x is None else to_device(x, device) if resident
+              else HostSplit(host_tensor(x)) for x in arrays]
+    return placed, resident

@@ -28,7 +28,7 @@ from trainables.cache import atomic_dir, fingerprint
 from trainables.colorization import train_colorization
 from trainables.config import STAGES
 from trainables.data.dataset import Dataset
-from trainables.device import pick_device
+from trainables.device import hold_to_share, pick_device
 from trainables.loop import evaluate, train_epoch
 from trainables.models import (
     backbone_state,
@@ -37,7 +37,7 @@ from trainables.models import (
     model_kwargs,
     normalizer,
 )
-from trainables.placement import to_device
+from trainables.placement import place_inputs, resident_budget, to_device
 
 WEIGHTS_FILE, RECORD_FILE, SAMPLES_FILE = "backbone.pt", "record.json", "samples.png"
 
@@ -185,15 +185,18 @@ def file_state(backbone: str, weights_file: str) -> dict[str, torch.Tensor]:
 
 
 def train_supervised(backbone: str, source: Dataset, config: StageConfig,
-                     log: list[float] | None = None, val_log: list[float] | None = None
-                     ) -> dict[str, torch.Tensor]:
+                     log: list[float] | None = None, val_log: list[float] | None = None, *,
+                     gpus_per_trial: float = 0.0) -> dict[str, torch.Tensor]:
     """Train the whole backbone on the labeled source set; return it without classifier.
 
     Appends each epoch's training loss to `log`, and its accuracy on `source.val` (held out,
-    when there is one) to `val_log`: how well the stage learned, which a loss cannot say.
+    when there is one) to `val_log`: how well the stage learned, which a loss cannot say. The
+    stage runs with a trial's resources (`gpus_per_trial`), and keeps to a trial's rules: its
+    share of the GPU's memory, and its splits resident only within a trial's budget.
     """
     torch.manual_seed(config.seed)
     device = pick_device()
+    hold_to_share(device, gpus_per_trial)
     model = timm.create_model(backbone, pretrained=False, num_classes=source.num_classes,
                               **model_kwargs(backbone))
     model = model.to(device, memory_format=torch.channels_last)
@@ -201,9 +204,9 @@ def train_supervised(backbone: str, source: Dataset, config: StageConfig,
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.9,
                                 weight_decay=5e-4, nesterov=True)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
-    images = to_device(source.train.images, device)
+    (images, val_images), _ = place_inputs([source.train.images, source.val.images], device,
+                                           resident_budget(device, gpus_per_trial))
     labels = to_device(source.train.labels, device)
-    val_images = to_device(source.val.images, device)
     val_labels = to_device(source.val.labels, device)
     generator = torch.Generator().manual_seed(config.seed)
     for _ in range(config.epochs):
@@ -222,13 +225,14 @@ def train_supervised(backbone: str, source: Dataset, config: StageConfig,
     return backbone_state(model)
 
 
-def run_stage(stage: Stage, data: Dataset | None, threads: int = 0
+def run_stage(stage: Stage, data: Dataset | None, threads: int = 0, gpus_per_trial: float = 0.0
               ) -> tuple[dict[str, torch.Tensor] | None, dict]:
     """Compute a stage's backbone weights; returns (state dict or None, a record of the run).
 
     `data` is what the stage trains on: the labeled source set for `supervised`, the images
     (train split, labels ignored) for `colorization`. A stage that trains measures itself on
-    `data.val` every epoch (`val_acc`, `val_l1`); its record also says what it trained on.
+    `data.val` every epoch (`val_acc`, `val_l1`); its record also says what it trained on. It
+    runs with one trial's resources: `threads` CPU threads and `gpus_per_trial` of a GPU.
     """
     if threads:
         torch.set_num_threads(threads)
@@ -241,13 +245,14 @@ def run_stage(stage: Stage, data: Dataset | None, threads: int = 0
         if data is None:
             raise StageError("supervised pretraining needs a labeled source set")
         extra["val_acc"] = []
-        state = train_supervised(stage.backbone, data, stage.config, losses, extra["val_acc"])
+        state = train_supervised(stage.backbone, data, stage.config, losses, extra["val_acc"],
+                                 gpus_per_trial=gpus_per_trial)
     elif stage.kind == "colorization":
         init = imagenet_state(stage.backbone, None) if stage.config.init == "imagenet" else None
         extra["val_l1"] = []
         state, extra["samples"] = train_colorization(
             stage.backbone, data.train.images, stage.config, losses, init,
-            val_images=data.val.images, val_log=extra["val_l1"])
+            val_images=data.val.images, val_log=extra["val_l1"], gpus_per_trial=gpus_per_trial)
     else:
         raise StageError(f"unknown stage {stage.kind!r}; expected one of {STAGES}")
     if stage.trains:
