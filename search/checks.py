@@ -136,16 +136,20 @@ def check_numbers(args: argparse.Namespace) -> None:
 
 
 def check_gpus(gpus: float) -> None:
-    """Whole GPUs, or 1/k of one: Ray packs k such trials onto a GPU, and a share like 0.3
-    would leave a tenth of every GPU idle."""
+    """0, 1, or 1/k of a GPU: Ray packs k such trials onto a GPU, and a share like 0.3 would
+    leave a tenth of every GPU idle. More than one is refused: a trial trains on one device
+    (there is no data-parallel training), so its other GPUs would sit idle, held."""
     if not math.isfinite(gpus) or gpus < 0:
         raise UsageError(f"--gpus-per-trial {gpus:g}: must be a number, 0 or more")
+    if gpus > 1:
+        raise UsageError(f"--gpus-per-trial {gpus:g}: a trial trains on one GPU (there is no "
+                         "data-parallel training), so the others would sit idle; give 1, and "
+                         "the search runs one trial per GPU side by side")
     k = round(1 / gpus) if 0 < gpus < 1 else 0
     share = k > 0 and abs(gpus * k - 1) < 1e-3  # 0.33 or 0.333 for a third
-    if gpus and not (gpus == int(gpus) or share):
-        fix = f"e.g. {1 / max(k, 1):.4g}" if gpus < 1 else f"e.g. {int(gpus)}"
-        raise UsageError(f"--gpus-per-trial {gpus:g}: use a whole number, or a fraction 1/k "
-                         f"such as 0.5 or 0.25 ({fix})")
+    if gpus and not (gpus == 1 or share):
+        raise UsageError(f"--gpus-per-trial {gpus:g}: use 1, or a fraction 1/k such as 0.5 "
+                         f"or 0.25 (e.g. {1 / max(k, 1):.4g})")
 
 
 def parse_keep(text: str) -> int | None:

@@ -186,8 +186,9 @@ def add_resource_options(g: argparse._ArgumentGroup) -> None:
                    help="CPU cores per trial and per pretraining task; also its torch threads "
                    "(default: %(default)s)")
     g.add_argument("--gpus-per-trial", type=float, default=0.0, metavar="N",
-                   help="GPUs per trial: a whole number, or a fraction 1/k (0.5, 0.25, ...) "
-                   "that packs k trials onto one GPU (default: %(default)s)")
+                   help="GPUs per trial: 1, or a fraction 1/k (0.5, 0.25, ...) that packs k "
+                   "trials onto one GPU, each held to its share of the GPU's memory "
+                   "(default: %(default)s)")
     g.add_argument("--compile", action="store_true",
                    help="torch.compile each trial's network before its first epoch; the "
                    "compile time is reported apart as compile_s (default: eager)")

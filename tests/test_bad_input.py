@@ -182,7 +182,7 @@ CASES = [
      image_folder(per_class=30), "--weights FILE, or run on --data demo"),
     # cluster
     ("address unreachable", [*S, "--address", "127.0.0.1:{port}"], None, "cannot reach"),
-    ("resources", [*S, "--data", "demo:4", "--gpus-per-trial", "4"], None,
+    ("resources", [*S, "--data", "demo:4", "--cpus-per-trial", "512"], None,
      "no node of this Ray cluster has that much"),
     ("optuna storage", [*S, "--optuna-storage", "redis://x"], None, "--optuna-storage"),
 ]
