@@ -62,7 +62,7 @@ def run_search(spec: ExperimentSpec, data: Dataset, sources: StageData) -> Searc
         print(f"{'resuming' if restored else 'searching'} {strategy}: {planned_trials(spec)} "
               f"trials x up to {spec.max_epochs} epochs", flush=True)
         tuner = (restore_tuner(spec, strategy, data_ref, stages) if restored
-                 else make_tuner(spec, strategy, data_ref, stages, storage))
+                 else make_tuner(spec, strategy, data_ref, stages, storage, len(data.train)))
         grid = tuner.fit()
         checkpoint(storage)  # the study's write-ahead log into optuna.db, before any upload
         if not finished(grid, spec):

@@ -8,11 +8,10 @@ from __future__ import annotations
 from search.options import UsageError
 from search.pretraining import StageData, stage_for
 from search.spec import ExperimentSpec
-from spaces import SpaceContext, get_space
+from spaces import get_space, run_context
 from spaces.dims import Choices, Fixed, Range, dimensions, explore
 from spaces.overrides import load_space_file
 from trainables.data.dataset import Dataset
-from trainables.models import num_blocks
 from trainables.pretrain import StageError, check_imagenet_weights, file_state
 
 
@@ -29,13 +28,13 @@ def check_inputs(spec: ExperimentSpec, data: Dataset, sources: StageData) -> Non
         raise UsageError(str(error)) from None
 
 
-def smallest_batch(spec: ExperimentSpec, strategy: str) -> tuple[int, str]:
+def smallest_batch(spec: ExperimentSpec, strategy: str, train_images: int | None = None
+                   ) -> tuple[int, str]:
     """The smallest batch size a strategy's trials can have, and where it comes from."""
     if spec.hyperparameters is not None:
         return int(spec.hyperparameters["batch_size"]), f"--config {spec.config_file}"
     overrides = load_space_file(spec.space_file, spec.strategies) if spec.space_file else {}
-    context = SpaceContext(num_blocks=num_blocks(spec.backbone), max_epochs=spec.max_epochs)
-    space = get_space(strategy, context, overrides.get(strategy))
+    space = get_space(strategy, run_context(spec, train_images), overrides.get(strategy))
     dim = dimensions(explore(space.trace))["batch_size"]
     where = "--space" if "batch_size" in overrides.get(strategy, {}) else "the built-in space"
     if isinstance(dim, Range):
@@ -60,7 +59,7 @@ def check_batch_sizes(spec: ExperimentSpec, data: Dataset) -> None:
     its own data is exempt: its search already ran that batch there (a space whose smallest
     choice fits may sample a larger one), and a config must rerun what it recorded."""
     for strategy in spec.strategies:
-        batch, where = smallest_batch(spec, strategy)
+        batch, where = smallest_batch(spec, strategy, len(data.train))
         if batch > len(data.train) and not config_on_its_own_data(spec):
             raise UsageError(
                 f"{strategy}: batch size {batch} (the smallest in {where}) is larger than the "

@@ -30,10 +30,7 @@ def main(argv: list[str] | None = None, prog: str = "run.py") -> int:
             # the wait on a port that is open but is no Ray head (read when ray is imported)
             os.environ.setdefault("RAY_NUM_REDIS_GET_RETRIES", "3")
         if spec.show_space:
-            from spaces.overrides import show_spaces
-
-            print(show_spaces(spec), end="")
-            return 0
+            return show_space(spec)
         data, sources = load_inputs(spec)
     except (UsageError, DataError, DiskFullError) as error:
         return fail(prog, error)
@@ -51,6 +48,18 @@ def main(argv: list[str] | None = None, prog: str = "run.py") -> int:
         return finish(spec, search.outcomes, prog)
     except DiskFullError as error:
         return fail(prog, error)
+
+
+def show_space(spec) -> int:
+    """--show-space: the spaces this run would search; its training split's size bounds the
+    batch sizes on a GPU, so the data is loaded (and cached) as the search would."""
+    from spaces.overrides import show_spaces
+    from trainables.data.load import load_dataset
+
+    data = load_dataset(spec.data, image_size=spec.image_size, seed=spec.seed, split=spec.split,
+                        cache_dir=spec.cache_dir)
+    print(show_spaces(spec, len(data.train)), end="")
+    return 0
 
 
 def load_inputs(spec):

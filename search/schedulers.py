@@ -23,7 +23,7 @@ from __future__ import annotations
 import copy
 import math
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import MISSING, fields
 
@@ -46,8 +46,7 @@ from trainables.config import TrialConfig
 TIME_ATTR = "training_iteration"  # one per epoch: grace periods and intervals are in epochs
 
 # PBT moves lr and weight_decay within the ranges the spaces search (spaces.registry.common):
-# lr depends on the optimizer, AdamW's range being lower than SGD's.
-PBT_LR = LR_RANGES
+# lr depends on the optimizer, AdamW's range being lower than SGD's, and on the device.
 PBT_WEIGHT_DECAY = (1e-6, 1e-2)
 
 
@@ -96,8 +95,10 @@ def pbt_interval(grace_period: int, perturbation_interval: int | None) -> int:
 
 
 def make_scheduler(name: str, *, max_epochs: int, grace_period: int, reduction_factor: int,
-                   seed: int, perturbation_interval: int | None = None) -> TrialScheduler:
-    """The scheduler `name`; metric and mode come from tune.TuneConfig."""
+                   seed: int, perturbation_interval: int | None = None,
+                   lr_ranges: Mapping[str, tuple[float, float]] = LR_RANGES) -> TrialScheduler:
+    """The scheduler `name`; metric and mode come from tune.TuneConfig. PBT perturbs lr
+    within `lr_ranges`, the space's (SpaceContext.lr_ranges)."""
     check_scheduler(name, max_epochs, grace_period, reduction_factor,
                     perturbation_interval=perturbation_interval)
     if name == "asha":
@@ -117,7 +118,8 @@ def make_scheduler(name: str, *, max_epochs: int, grace_period: int, reduction_f
                                   min_samples_required=3)
     if name == "pbt":
         return SeededPBT(seed=seed, max_t=max_epochs,
-                         perturbation_interval=pbt_interval(grace_period, perturbation_interval))
+                         perturbation_interval=pbt_interval(grace_period, perturbation_interval),
+                         lr_ranges=lr_ranges)
     return FIFOScheduler()
 
 
@@ -135,18 +137,20 @@ class SeededPBT(PopulationBasedTraining):
 
     def __init__(self, *, seed: int, max_t: int, perturbation_interval: int,
                  quantile_fraction: float = 0.25, resample_probability: float = 0.25,
-                 perturbation_factors: tuple[float, float] = (1.2, 0.8)):
+                 perturbation_factors: tuple[float, float] = (1.2, 0.8),
+                 lr_ranges: Mapping[str, tuple[float, float]] = LR_RANGES):
         super().__init__(
             time_attr=TIME_ATTR,
             perturbation_interval=perturbation_interval,
             # the keys PBT mutates; these domains only fill a config that lacks the key
-            hyperparam_mutations={"lr": tune.loguniform(*PBT_LR["sgd"]),
+            hyperparam_mutations={"lr": tune.loguniform(*lr_ranges["sgd"]),
                                   "weight_decay": tune.loguniform(*PBT_WEIGHT_DECAY)},
             quantile_fraction=quantile_fraction,  # bottom 25% copy the top 25%
             resample_probability=resample_probability,
             perturbation_factors=perturbation_factors,
         )
         self._max_t = max_t
+        self._lr_ranges = dict(lr_ranges)
         self._random_state = random.Random(seed).getstate()
 
     @contextmanager
@@ -174,7 +178,7 @@ class SeededPBT(PopulationBasedTraining):
         config = copy.deepcopy(trial_to_clone.config)
         operations = {}
         for key in self._hyperparam_mutations:
-            low, high = pbt_bounds(key, config)
+            low, high = pbt_bounds(key, config, getattr(self, "_lr_ranges", LR_RANGES))
             if random.random() < self._resample_probability:
                 value, operations[key] = log_uniform(low, high), "resample"
             else:
@@ -184,9 +188,10 @@ class SeededPBT(PopulationBasedTraining):
         return config, operations
 
 
-def pbt_bounds(key: str, config: dict) -> tuple[float, float]:
+def pbt_bounds(key: str, config: dict, lr_ranges: Mapping[str, tuple[float, float]]
+               ) -> tuple[float, float]:
     if key == "lr":
-        return PBT_LR[config.get("optimizer", "sgd")]
+        return lr_ranges[config.get("optimizer", "sgd")]
     return PBT_WEIGHT_DECAY
 
 

@@ -36,10 +36,9 @@ from search.samplers import make_sampler, proposed_by
 from search.schedulers import initial_population, make_scheduler, population_search
 from search.spec import ExperimentSpec
 from search.warm_start import study_points
-from spaces import SpaceContext, get_space, to_trial_values
+from spaces import get_space, run_context, to_trial_values
 from spaces.overrides import load_space_file
 from trainables.config import RunSettings
-from trainables.models import num_blocks
 from trainables.trainable import train_transfer
 
 log = logging.getLogger(__name__)
@@ -170,18 +169,19 @@ def make_trainable(spec: ExperimentSpec, strategy: str, data_ref: ray.ObjectRef,
     )
 
 
-def strategy_space(spec: ExperimentSpec, strategy: str):
-    """The strategy's define-by-run space, with the experiment's --space overrides."""
+def strategy_space(spec: ExperimentSpec, strategy: str, train_images: int | None = None):
+    """The strategy's define-by-run space, in the run's context (its device and training
+    split bound the batch sizes), with the experiment's --space overrides."""
     overrides = load_space_file(spec.space_file, spec.strategies) if spec.space_file else {}
-    context = SpaceContext(num_blocks=num_blocks(spec.backbone), max_epochs=spec.max_epochs)
-    return get_space(strategy, context, overrides.get(strategy))
+    return get_space(strategy, run_context(spec, train_images), overrides.get(strategy))
 
 
 def make_searcher(spec: ExperimentSpec, strategy: str, storage: optuna.storages.BaseStorage,
-                  yield_after_end: bool = False) -> MarkedOptunaSearch:
+                  yield_after_end: bool = False, train_images: int | None = None
+                  ) -> MarkedOptunaSearch:
     multi = spec.objective == "acc+time"
     warm = (spec.warm_start or {}).get(strategy, [])
-    space = strategy_space(spec, strategy)
+    space = strategy_space(spec, strategy, train_images)
     return MarkedOptunaSearch(
         space=space,
         metric=[METRIC, TIME_METRIC] if multi else METRIC,
@@ -197,7 +197,10 @@ def make_searcher(spec: ExperimentSpec, strategy: str, storage: optuna.storages.
 
 
 def make_tuner(spec: ExperimentSpec, strategy: str, data_ref: ray.ObjectRef,
-               stages: StageOutputs, storage: optuna.storages.BaseStorage) -> tune.Tuner:
+               stages: StageOutputs, storage: optuna.storages.BaseStorage,
+               train_images: int | None = None) -> tune.Tuner:
+    """The strategy's Tuner; `train_images`, the training split's size, bounds the batch
+    sizes its space samples on a GPU."""
     trainable = make_trainable(spec, strategy, data_ref, stages)
     common = {"metric": METRIC, "mode": "max", "trial_dirname_creator": trial_dirname,
               "max_concurrent_trials": spec.max_concurrent}
@@ -207,10 +210,11 @@ def make_tuner(spec: ExperimentSpec, strategy: str, data_ref: ray.ObjectRef,
                           run_config=run_config(spec, strategy))
     scheduler = make_scheduler(spec.scheduler, max_epochs=spec.max_epochs,
                                grace_period=spec.grace_period,
-                               reduction_factor=spec.reduction_factor, seed=spec.seed)
+                               reduction_factor=spec.reduction_factor, seed=spec.seed,
+                               lr_ranges=run_context(spec, train_images).lr_ranges)
     param_space = None
     if spec.scheduler == "pbt":  # Ray runs PBT without a searcher: the population comes first
-        population = population_configs(spec, strategy)
+        population = population_configs(spec, strategy, train_images)
         search_alg, param_space = population_search(population)
         num_samples = len(population)
     else:
@@ -222,7 +226,8 @@ def make_tuner(spec: ExperimentSpec, strategy: str, data_ref: ray.ObjectRef,
             trial_slots(spec)
         if slots:
             common["max_concurrent_trials"] = slots + 1
-        search_alg = make_searcher(spec, strategy, storage, yield_after_end=bool(slots))
+        search_alg = make_searcher(spec, strategy, storage, yield_after_end=bool(slots),
+                                   train_images=train_images)
         num_samples = spec.samples
     return tune.Tuner(
         trainable,
@@ -279,10 +284,12 @@ def launchable_nodes(config_file: Path) -> list[dict]:
     return workers[: int(config.get("max_workers", len(workers)))]
 
 
-def population_configs(spec: ExperimentSpec, strategy: str) -> list[dict]:
+def population_configs(spec: ExperimentSpec, strategy: str, train_images: int | None = None
+                       ) -> list[dict]:
     """PBT's first generation: warm-start configs, then draws of the sampler from the space."""
     warm = list((spec.warm_start or {}).get(strategy, []))[: spec.samples]
-    drawn = initial_population(strategy_space(spec, strategy), spec.samples - len(warm),
+    drawn = initial_population(strategy_space(spec, strategy, train_images),
+                               spec.samples - len(warm),
                                make_sampler(spec.searcher, spec.samples, spec.seed),
                                to_trial_values)
     return warm + drawn

@@ -18,6 +18,7 @@ from spaces.registry import (
     SpaceContext,
     get_space,
     register_space,
+    run_context,
     space_dimensions,
     to_study_params,
     to_trial_values,
@@ -26,5 +27,5 @@ from spaces.registry import (
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
 
-__all__ = ["SPACES", "Dims", "SpaceContext", "get_space", "register_space", "space_dimensions",
-           "to_study_params", "to_trial_values"]
+__all__ = ["SPACES", "Dims", "SpaceContext", "get_space", "register_space", "run_context",
+           "space_dimensions", "to_study_params", "to_trial_values"]

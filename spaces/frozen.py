@@ -6,7 +6,7 @@ from spaces.registry import SpaceContext, common, register_space
 
 @register_space("frozen")
 def frozen(dims: Dims, context: SpaceContext) -> None:
-    common(dims)
+    common(dims, context)
     if dims.categorical("head", ["linear", "mlp"]) == "mlp":
         dims.categorical("head_hidden", [128, 256, 512])
         dims.float("head_dropout", 0.0, 0.5)

@@ -41,7 +41,7 @@ import yaml
 
 from spaces.describe import describe_space, describe_spaces
 from spaces.dims import Choices, Dim, Fixed, Range
-from spaces.registry import LR_NAMES, SPACES, SpaceContext, space_dimensions
+from spaces.registry import LR_NAMES, SPACES, run_context, space_dimensions
 from trainables.config import OPTIMIZERS, TrialConfig
 
 ALL_KEYS = ("all", "*")
@@ -84,14 +84,11 @@ def load_space_file(path: str, strategies: Sequence[str]) -> dict[str, dict[str,
             for s in strategies}
 
 
-def show_spaces(spec: Any) -> str:
+def show_spaces(spec: Any, train_images: int | None = None) -> str:
     """--show-space: the run's effective spaces (an ExperimentSpec's strategies, --space file,
-    backbone depth and epoch budget) as a --space file."""
-    from trainables.models import num_blocks  # loads timm and torch: only once asked to print
-
+    backbone depth, epoch budget, device, image size and training split) as a --space file."""
     overrides = load_space_file(spec.space_file, spec.strategies) if spec.space_file else None
-    context = SpaceContext(num_blocks=num_blocks(spec.backbone), max_epochs=spec.max_epochs)
-    return describe_spaces(spec.strategies, context, overrides)
+    return describe_spaces(spec.strategies, run_context(spec, train_images), overrides)
 
 
 def read_yaml(path: str) -> dict:

@@ -3,6 +3,7 @@ parameter names and TrialConfig's fields."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -16,14 +17,54 @@ LR_NAMES = {f"lr_{optimizer}": optimizer for optimizer in OPTIMIZERS}  # lr_sgd 
 DEFAULT_OPTIMIZER = next(f.default for f in fields(TrialConfig) if f.name == "optimizer")
 SGD_LR = (1e-3, 0.3)
 LR_RANGES = {"sgd": SGD_LR, "adamw": (SGD_LR[0] / 100, SGD_LR[1] / 30)}  # AdamW's is lower
+CPU_BATCHES = (32, 64, 128)  # a CPU trial's batch sizes, whatever the image size
+# On a GPU, one trial's largest batch at 128 px: where a ResNet-18 in bf16 nearly fills an
+# H100-class GPU (about 34,000 img/s at batch 256 on an H200). It scales with 1 / image side.
+GPU_BATCH_AT_128PX = 512
+MIN_STEPS = 8  # a batch leaves an epoch at least this many steps of the training split
 
 
 @dataclass(frozen=True)
 class SpaceContext:
-    """What a space may depend on besides the trial: the backbone's depth and the epoch budget."""
+    """What a space may depend on besides the trial: the backbone's depth, the epoch budget,
+    and the trial's device, image size and training split (which bound its batch sizes)."""
 
     num_blocks: int = 5  # the backbone's blocks (trainables.anatomy): what freeze_depth counts
     max_epochs: int = 6
+    device: str = "cpu"  # "cuda" when each trial has a GPU, or a share of one
+    image_size: int = 32
+    train_images: int | None = None  # the training split's size; None where not known
+
+    @property
+    def batch_sizes(self) -> tuple[int, ...]:
+        """A CPU's batch sizes, or on a GPU three powers of two up to one that fills it at
+        this image size (512 at 128 px, 256 at 224 px), as far as the training split gives
+        MIN_STEPS steps an epoch, and never smaller than a CPU's."""
+        if self.device != "cuda":
+            return CPU_BATCHES
+        largest = 2 ** round(math.log2(GPU_BATCH_AT_128PX * 128 / self.image_size))
+        if self.train_images:
+            largest = min(largest, 2 ** int(math.log2(max(self.train_images // MIN_STEPS, 1))))
+        largest = max(largest, CPU_BATCHES[-1])
+        return (largest // 4, largest // 2, largest)
+
+    @property
+    def lr_ranges(self) -> dict[str, tuple[float, float]]:
+        """Each optimizer's lr range, scaled with the square root of how much larger the
+        batches are than a CPU's (Krizhevsky 2014; Hoffer et al. 2017): a GPU's 4x larger
+        batches search lrs 2x higher."""
+        scale = math.sqrt(self.batch_sizes[-1] / CPU_BATCHES[-1])
+        return {name: (low * scale, high * scale) for name, (low, high) in LR_RANGES.items()}
+
+
+def run_context(spec: Any, train_images: int | None = None) -> SpaceContext:
+    """The context of a run (an ExperimentSpec): its backbone's depth, epoch budget, device
+    (a GPU where its trials have one), image size and, where loaded, its training split."""
+    from trainables.models import num_blocks  # loads timm and torch: only for a run
+
+    return SpaceContext(num_blocks=num_blocks(spec.backbone), max_epochs=spec.max_epochs,
+                        device="cuda" if spec.gpus_per_trial > 0 else "cpu",
+                        image_size=spec.image_size, train_images=train_images)
 
 
 Space = Callable[[Dims, SpaceContext], None]
@@ -111,12 +152,13 @@ def to_study_params(values: Mapping[str, Any]) -> dict[str, Any]:
     return params
 
 
-def common(dims: Dims) -> None:
-    """Optimizer and its lr (log; AdamW's range is lower than SGD's), batch size, augmentation
-    policy (with RandAugment's magnitude), weight decay (log) and label smoothing."""
+def common(dims: Dims, context: SpaceContext) -> None:
+    """Optimizer and its lr (log; AdamW's range is lower than SGD's), batch size (larger on a
+    GPU, with the lr ranges to match), augmentation policy (with RandAugment's magnitude),
+    weight decay (log) and label smoothing."""
     optimizer = dims.categorical("optimizer", list(OPTIMIZERS))
-    dims.float(f"lr_{optimizer}", *LR_RANGES[optimizer], log=True)
-    dims.categorical("batch_size", [32, 64, 128])
+    dims.float(f"lr_{optimizer}", *context.lr_ranges[optimizer], log=True)
+    dims.categorical("batch_size", list(context.batch_sizes))
     if dims.categorical("augment", list(AUGMENTATIONS)) == "randaugment":
         dims.int("magnitude", 1, 20)
     dims.float("weight_decay", 1e-6, 1e-2, log=True)

@@ -6,4 +6,4 @@ from spaces.registry import SpaceContext, common, register_space
 
 @register_space("scratch")
 def scratch(dims: Dims, context: SpaceContext) -> None:
-    common(dims)
+    common(dims, context)

@@ -6,5 +6,5 @@ from spaces.registry import SpaceContext, common, lr_mult, register_space
 
 @register_space("unfrozen")
 def unfrozen(dims: Dims, context: SpaceContext) -> None:
-    common(dims)
+    common(dims, context)
     lr_mult(dims)

@@ -24,7 +24,6 @@ from ray.tune.search import SearchGenerator
 from ray.tune.search.optuna import OptunaSearch
 
 from search.schedulers import (
-    PBT_LR,
     PBT_WEIGHT_DECAY,
     SCHEDULERS,
     SeededPBT,
@@ -34,6 +33,7 @@ from search.schedulers import (
     population_search,
 )
 from search.spec import UsageError, parse_spec
+from spaces import SpaceContext
 from tests.helpers import TINY_MODEL
 from trainables.config import RunSettings, TrialConfig
 from trainables.trainable import fit, train_transfer
@@ -168,18 +168,22 @@ def explore(pbt: SeededPBT, config: dict) -> dict:
     return new
 
 
-def test_pbt_explore_is_seeded_bounded_by_optimizer_and_leaves_global_random_alone():
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_pbt_explore_is_seeded_bounded_by_optimizer_and_leaves_global_random_alone(device):
+    """Within the space's lr range of each optimizer: a GPU's is higher, as its batches are."""
+    lr_ranges = SpaceContext(device=device, image_size=128).lr_ranges
     outer = random.getstate()
     configs = [{"optimizer": "sgd", "lr": 0.3, "weight_decay": 1e-6, "batch_size": 64},
                {"optimizer": "adamw", "lr": 1e-5, "weight_decay": 1e-2, "batch_size": 32}]
     runs = []
     for _ in range(2):
-        pbt = make_scheduler("pbt", max_epochs=6, grace_period=1, reduction_factor=2, seed=7)
+        pbt = make_scheduler("pbt", max_epochs=6, grace_period=1, reduction_factor=2, seed=7,
+                             lr_ranges=lr_ranges)
         runs.append([explore(pbt, c) for c in configs * 50])
     assert runs[0] == runs[1]
     assert random.getstate() == outer
     for old, new in zip(configs * 50, runs[0], strict=True):
-        low, high = PBT_LR[old["optimizer"]]
+        low, high = lr_ranges[old["optimizer"]]
         assert low <= new["lr"] <= high
         assert PBT_WEIGHT_DECAY[0] <= new["weight_decay"] <= PBT_WEIGHT_DECAY[1]
         assert (new["optimizer"], new["batch_size"]) == (old["optimizer"], old["batch_size"])

@@ -78,3 +78,40 @@ def test_a_best_config_reruns_its_batch_on_its_own_data_but_not_on_smaller(tmp_p
                         "--storage", str(tmp_path / "runs")])
     with pytest.raises(UsageError, match="batch size 64 .* training split of demo:4"):
         check_batch_sizes(moved, load_dataset("demo:4", cache_dir=tmp_path / "cache"))
+
+
+@pytest.mark.parametrize("device, size, train_images, batches", [
+    ("cpu", 128, 9000, (32, 64, 128)),  # a CPU's, whatever the data
+    ("cuda", 128, 9000, (128, 256, 512)),  # fills an H200 at 128 px
+    ("cuda", 224, 9000, (64, 128, 256)),
+    ("cuda", 32, 50_000, (512, 1024, 2048)),
+    ("cuda", 128, 4000, (64, 128, 256)),  # 4,000 images: at least 8 steps an epoch
+    ("cuda", 32, 500, (32, 64, 128)),  # the demo: never below a CPU's
+    ("cuda", 128, None, (128, 256, 512)),  # training split unknown
+])
+def test_a_gpu_trial_samples_batches_that_fill_it_within_its_training_split(
+        device, size, train_images, batches):
+    from spaces import SpaceContext, space_dimensions
+
+    context = SpaceContext(device=device, image_size=size, train_images=train_images)
+    for strategy in STRATEGIES:
+        dims = space_dimensions(strategy, context)
+        assert dims["batch_size"].choices == batches
+        # lr ranges scale with the square root of the batch sizes' growth over a CPU's
+        scale = (batches[-1] / 128) ** 0.5
+        assert dims["lr_sgd"].low == pytest.approx(1e-3 * scale)
+        assert dims["lr_sgd"].high == pytest.approx(0.3 * scale)
+        assert dims["lr_adamw"].high == pytest.approx(0.01 * scale)
+
+
+def test_show_space_prints_what_a_gpu_search_samples():
+    from types import SimpleNamespace
+
+    from spaces.overrides import show_spaces
+
+    run = SimpleNamespace(strategies=("scratch",), space_file=None, backbone="resnet18",
+                          max_epochs=5, image_size=128, gpus_per_trial=0.25)
+    assert "batch_size: [128, 256, 512]" in show_spaces(run, train_images=9000)
+    assert "sgd: {low: 0.002, high: 0.6, log: true}" in show_spaces(run, train_images=9000)
+    cpu = SimpleNamespace(**{**vars(run), "gpus_per_trial": 0.0})
+    assert "batch_size: [32, 64, 128]" in show_spaces(cpu, train_images=9000)
