@@ -4,6 +4,17 @@ import torch
 from trainables.data.demo import load_demo
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` check what only a CUDA GPU can show; elsewhere they skip."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (marker gpu): run them where one is, "
+                            "e.g. with `python bench/gpu.py --check`")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def tiny_demo():
     return load_demo(train_per_class=8, image_size=32)

@@ -69,3 +69,35 @@ def test_flip_and_crop_keep_shape_dtype_and_pixels():
 def test_randaugment_magnitude_is_checked():
     with pytest.raises(ValueError, match="magnitude"):
         rand_augment(IMAGES, magnitude=31)
+
+
+@pytest.mark.parametrize("ranges", [RAND, TRIVIAL_WIDE])
+@pytest.mark.parametrize("size", [16, 33])
+def test_a_gpus_whole_batch_selection_gives_the_cpus_sub_batch_images(ranges, size):
+    """On a GPU every operation runs on the whole batch and each sample keeps its own
+    operation's result (no host sync); on a CPU it runs on the sub-batch that drew it. Same
+    images, sample for sample, for any draw of operations, levels and signs."""
+    from trainables.data.autoaugment import on_sub_batch, on_whole_batch
+
+    generator = torch.Generator().manual_seed(size)
+    for _ in range(20):
+        x = torch.randint(0, 256, (24, 3, size, size), dtype=torch.uint8, generator=generator)
+        x[0] = 77  # a flat image: autocontrast and equalize leave it as it is
+        op = torch.randint(0, len(OPS), (24,), generator=generator)
+        level = torch.rand(24, generator=generator)
+        sign = torch.where(torch.rand(24, generator=generator) < 0.5, -1.0, 1.0)
+        whole = apply_ops(x, op, level, sign, ranges, select=on_whole_batch)
+        assert torch.equal(whole, apply_ops(x, op, level, sign, ranges, select=on_sub_batch))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("policy", ["flip", "crop_flip", "trivialaugment", "randaugment"])
+def test_augmentation_issues_no_host_sync_on_a_gpu(policy):
+    x = torch.randint(0, 256, (128, 3, 64, 64), dtype=torch.uint8, device="cuda")
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out = augment(x, policy, magnitude=9)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert out.shape == x.shape and out.dtype == torch.uint8 and out.is_cuda

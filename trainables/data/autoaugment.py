@@ -2,15 +2,16 @@
 
 torchvision's `TrivialAugmentWide` and `RandAugment` draw one operation per call, so a batch
 would share it. Here every sample draws its own operation, magnitude and sign, and each
-operation runs once on the sub-batch that drew it (one `grid_sample` for all geometric ones), on
-the batch's device. Operations, magnitude ranges and bins follow torchvision's definitions,
-except that translations are a fraction of the image side (torchvision: 32 px for
-TrivialAugmentWide, 150/331 of the side for RandAugment), so a policy means the same at 32 px
-as at 224 px.
+operation runs once for the samples that drew it (one `grid_sample` for all geometric ones), on
+the batch's device, with no host synchronisation on a GPU (`apply_ops`). Operations, magnitude
+ranges and bins follow torchvision's definitions, except that translations are a fraction of
+the image side (torchvision: 32 px for TrivialAugmentWide, 150/331 of the side for
+RandAugment), so a policy means the same at 32 px as at 224 px.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -58,59 +59,94 @@ def _sharpen_base(x: torch.Tensor) -> torch.Tensor:
 
 
 def _affine(x: torch.Tensor, op: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-    """Shear, translate or rotate each sample by its own value; zero fill, nearest neighbour."""
-    b = x.shape[0]
-    theta = torch.zeros(b, 2, 3, device=x.device, dtype=x.dtype)
-    theta[:, 0, 0] = theta[:, 1, 1] = 1
-    angle = torch.deg2rad(value)
+    """Shear, translate or rotate each sample by its own value; zero fill, nearest neighbour.
+    A sample whose op is none of these gets the identity."""
     is_op = {name: op == OPS.index(name) for name in GEOMETRIC}
-    theta[:, 0, 1] = torch.where(is_op["shear_x"], value, 0)
-    theta[:, 1, 0] = torch.where(is_op["shear_y"], value, 0)
-    theta[:, 0, 2] = torch.where(is_op["translate_x"], 2 * value, 0)  # normalised coordinates
-    theta[:, 1, 2] = torch.where(is_op["translate_y"], 2 * value, 0)
     rot = is_op["rotate"]
-    theta[rot, 0, 0] = torch.cos(angle[rot])
-    theta[rot, 0, 1] = -torch.sin(angle[rot])
-    theta[rot, 1, 0] = torch.sin(angle[rot])
-    theta[rot, 1, 1] = torch.cos(angle[rot])
+    angle = torch.deg2rad(value)
+    cos, sin = torch.where(rot, torch.cos(angle), 1.0), torch.where(rot, torch.sin(angle), 0.0)
+    theta = torch.stack([
+        cos, torch.where(is_op["shear_x"], value, -sin),
+        torch.where(is_op["translate_x"], 2 * value, 0.0),  # normalised coordinates
+        torch.where(is_op["shear_y"], value, sin), cos,
+        torch.where(is_op["translate_y"], 2 * value, 0.0),
+    ], 1).view(-1, 2, 3).to(x.dtype)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
 
 
+def _posterize(x: torch.Tensor, level: torch.Tensor, min_bits: int) -> torch.Tensor:
+    bits = (8 - (level * (8 - min_bits)).round()).to(torch.int32)
+    return x & (256 - 2 ** (8 - bits)).to(torch.uint8).view(-1, 1, 1, 1)
+
+
+def _solarize(x: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+    threshold = (255 * (1 - level)).view(-1, 1, 1, 1)
+    return torch.where(x >= threshold, 255 - x, x)
+
+
+def _autocontrast(x: torch.Tensor) -> torch.Tensor:
+    """torchvision's autocontrast of uint8 images, with `torch.where` where it assigns through
+    a boolean mask (a host sync on CUDA)."""
+    image = x.float()
+    low = image.amin(dim=(-2, -1), keepdim=True)
+    high = image.amax(dim=(-2, -1), keepdim=True)
+    flat = high == low
+    inv_scale = torch.where(flat, 1.0, (high - low).mul(1.0 / 255))
+    return (image - torch.where(flat, 0.0, low)).div(inv_scale).clamp(0, 255).to(torch.uint8)
+
+
+BLEND_BASES = (("brightness", torch.zeros_like),
+               ("color", lambda t: _grey(t).expand_as(t)),
+               ("contrast", lambda t: _grey(t).mean((1, 2, 3), keepdim=True).expand_as(t)),
+               ("sharpness", _sharpen_base))
+
+Select = Callable[..., torch.Tensor]
+
+
+def on_sub_batch(out: torch.Tensor, mask: torch.Tensor, fn: Callable[..., torch.Tensor],
+                 *params: torch.Tensor) -> torch.Tensor:
+    """`fn` on the samples in `mask` alone, with their parameters; the rest as they were."""
+    idx = mask.nonzero().squeeze(1)
+    if len(idx):
+        out[idx] = fn(out[idx], *(p[idx] for p in params))
+    return out
+
+
+def on_whole_batch(out: torch.Tensor, mask: torch.Tensor, fn: Callable[..., torch.Tensor],
+                   *params: torch.Tensor) -> torch.Tensor:
+    """`fn` on every sample, kept for those in `mask`: no sub-batch whose size the host must
+    read back from the device."""
+    return torch.where(mask.view(-1, 1, 1, 1), fn(out, *params), out)
+
+
 def apply_ops(x: torch.Tensor, op: torch.Tensor, level: torch.Tensor, sign: torch.Tensor,
-              ranges: OpRanges) -> torch.Tensor:
-    """Apply operation `op[i]` at `level[i]` in [0, 1] with `sign[i]` (+-1) to uint8 image i."""
+              ranges: OpRanges, select: Select | None = None) -> torch.Tensor:
+    """Apply operation `op[i]` at `level[i]` in [0, 1] with `sign[i]` (+-1) to uint8 image i.
+
+    Each operation runs on the samples that drew it. On a GPU it runs on the whole batch and
+    each sample keeps its own operation's result (`on_whole_batch`): a sub-batch's size is
+    data on the device, and reading it back (`nonzero`, `len`) would stall the host a dozen
+    times per batch. Elsewhere it runs on its sub-batch (`on_sub_batch`), which costs a CPU
+    less. Both give the same images: operations are per sample.
+    """
+    select = select or (on_whole_batch if x.device.type == "cuda" else on_sub_batch)
     out = x.float()
     signed = level * sign
+    scale = torch.tensor([0.0, ranges.shear, ranges.shear, ranges.translate, ranges.translate,
+                          ranges.rotate] + [0.0] * (len(OPS) - 6), device=x.device)
     geometric = (op >= OPS.index("shear_x")) & (op <= OPS.index("rotate"))
-    if geometric.any():
-        scale = torch.tensor([0.0, ranges.shear, ranges.shear, ranges.translate,
-                              ranges.translate, ranges.rotate], device=x.device)
-        g = geometric.nonzero().squeeze(1)
-        out[g] = _affine(out[g], op[g], signed[g] * scale[op[g]])
+    out = select(out, geometric, _affine, op, signed * scale[op])
     factor = 1 + signed * ranges.enhance
-    for name, base in (("brightness", lambda t: torch.zeros_like(t)),
-                       ("color", lambda t: _grey(t).expand_as(t)),
-                       ("contrast", lambda t: _grey(t).mean((1, 2, 3), keepdim=True).expand_as(t)),
-                       ("sharpness", _sharpen_base)):
-        idx = (op == OPS.index(name)).nonzero().squeeze(1)
-        if len(idx):
-            out[idx] = _blend(out[idx], base(out[idx]), factor[idx])
+    for name, base in BLEND_BASES:
+        out = select(out, op == OPS.index(name), lambda t, f, base=base: _blend(t, base(t), f),
+                     factor)
     out = out.round().clamp(0, 255).to(torch.uint8)
-    idx = (op == OPS.index("posterize")).nonzero().squeeze(1)
-    if len(idx):
-        bits = (8 - (level[idx] * (8 - ranges.posterize_min_bits)).round()).to(torch.int32)
-        mask = (256 - 2 ** (8 - bits)).to(torch.uint8).view(-1, 1, 1, 1)
-        out[idx] = out[idx] & mask
-    idx = (op == OPS.index("solarize")).nonzero().squeeze(1)
-    if len(idx):
-        threshold = (255 * (1 - level[idx])).view(-1, 1, 1, 1)
-        out[idx] = torch.where(out[idx] >= threshold, 255 - out[idx], out[idx])
-    for name, fn in (("autocontrast", TF.autocontrast), ("equalize", TF.equalize)):
-        idx = (op == OPS.index(name)).nonzero().squeeze(1)
-        if len(idx):
-            out[idx] = fn(out[idx])  # per-image statistics, batched
-    return out
+    out = select(out, op == OPS.index("posterize"),
+                 lambda t, lv: _posterize(t, lv, ranges.posterize_min_bits), level)
+    out = select(out, op == OPS.index("solarize"), _solarize, level)
+    out = select(out, op == OPS.index("autocontrast"), _autocontrast)
+    return select(out, op == OPS.index("equalize"), TF.equalize)  # per image, batched
 
 
 def _draw(b: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
