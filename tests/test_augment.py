@@ -101,3 +101,19 @@ def test_augmentation_issues_no_host_sync_on_a_gpu(policy):
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert out.shape == x.shape and out.dtype == torch.uint8 and out.is_cuda
+
+
+@pytest.mark.gpu
+def test_the_pretext_tasks_lab_conversion_issues_no_host_sync_on_a_gpu():
+    from trainables.colorization import lab_inputs, lab_to_rgb
+
+    x = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8, device="cuda")
+    lab_inputs(x)  # the constants go to the GPU once, on first use
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        grey, ab = lab_inputs(random_flip(x))
+        rgb = lab_to_rgb(torch.cat([(grey[:, :1] + 1) * 50, ab * 110], 1))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert rgb.shape == x.shape and rgb.is_cuda

@@ -162,5 +162,91 @@ def test_embedding_records_its_precision(tiny_demo):
     from trainables.features import compute_features
 
     features = compute_features(TINY_MODEL, None, tiny_demo)
-    assert features.precision == "cpu-float32"
+    assert features.precision == device_rules.precision(device_rules.pick_device())
     assert features.train.shape[0] == len(tiny_demo.train) and features.train.dtype == np.float32
+
+
+# --- on a GPU: what the CPU tests above pin by their mechanism --------------------------------
+
+def random_split(n: int, size: int):
+    from trainables.data.dataset import Split
+
+    rng = np.random.default_rng(0)
+    return Split(rng.integers(0, 256, (n, 3, size, size), dtype=np.uint8),
+                 rng.integers(0, 10, n).astype(np.int64), [f"{i}.png" for i in range(n)])
+
+
+@pytest.mark.gpu
+def test_a_trial_that_outgrows_its_share_of_the_gpu_runs_out_of_memory_alone():
+    """1/512 of the GPU (280 MB of an H200) holds a ResNet-18 and its data, not a batch of 256
+    images at 128 px: the trial ends as out of memory at its batch size, and the memory it
+    took goes back."""
+    from trainables.trainable import fit
+
+    reports = []
+    hp = TrialConfig(lr=0.05, batch_size=256, augment="none", weight_decay=1e-4)
+    try:
+        fit(RunSettings("scratch", "resnet18", 2, 0, gpus_per_trial=1 / 512), hp,
+            random_split(512, 128), random_split(64, 128), None, num_classes=10,
+            report=lambda metrics, state: reports.append(metrics))
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0)
+    assert [r.get("failure_kind") for r in reports] == ["out of memory"]
+    assert reports[0]["failure"].startswith("out of memory at batch size 256 on cuda")
+
+
+@pytest.mark.gpu
+def test_training_and_evaluation_sync_with_the_host_per_epoch_not_per_step():
+    """The number of synchronising calls in an epoch does not grow with its steps (10 or 20,
+    under the finite-loss check's 50): augmentation, the step, the running totals and the
+    evaluation batches all stay on the GPU."""
+    import warnings
+
+    from trainables.loop import evaluate, train_epoch
+    from trainables.models import build_model, normalizer
+
+    cuda = torch.device("cuda")
+    model = build_model("resnet18", 10).to(cuda, memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    x = torch.randint(0, 256, (640, 3, 32, 32), dtype=torch.uint8, device=cuda)
+    y = torch.randint(0, 10, (640,), device=cuda)
+    normalize = normalizer(model).to(cuda)
+
+    def syncs(n: int) -> int:
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                train_epoch(model, optimizer, x[:n], y[:n], batch_size=32, policy="randaugment",
+                            normalize=normalize, loss_fn=nn.CrossEntropyLoss(), device=cuda,
+                            generator=torch.Generator().manual_seed(0))
+                evaluate(model, x[:n], y[:n], normalize=normalize, device=cuda, batch_size=32)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        return sum("synchroniz" in str(w.message) for w in caught)
+
+    syncs(320)  # warm-up: cuDNN's autotuner tries its algorithms once per shape
+    assert syncs(320) == syncs(640)
+
+
+@pytest.mark.gpu
+def test_a_finished_trial_gives_the_cuda_cache_back(tiny_demo):
+    from trainables.trainable import fit
+
+    model = fit(RunSettings("scratch", "resnet18", 1, 0), HP, tiny_demo.train, tiny_demo.val,
+                None, num_classes=10)
+    del model
+    assert torch.cuda.memory_reserved() > torch.cuda.memory_allocated()  # cached, unused
+    device_rules.release_gpu_memory()
+    assert torch.cuda.memory_reserved() - torch.cuda.memory_allocated() < 32 * 2**20
+
+
+@pytest.mark.gpu
+def test_a_gpu_computes_and_keys_its_features_in_its_own_precision(tiny_demo):
+    from trainables.features import compute_features, features_key
+
+    features = compute_features(TINY_MODEL, None, tiny_demo, gpus_per_trial=0.5)
+    torch.cuda.set_per_process_memory_fraction(1.0)
+    assert features.precision == device_rules.precision(torch.device("cuda")) != "cpu-float32"
+    assert features_key("s", "d", TINY_MODEL, 0.5) != features_key("s", "d", TINY_MODEL, 0.0)

@@ -111,9 +111,12 @@ def test_a_split_over_budget_streams_and_trains_exactly_as_a_resident_one(monkey
 def test_compile_happens_before_the_first_epoch_and_trains_like_eager(monkeypatch, tiny_demo):
     """Every graph the epochs call is compiled up front: with recompiles made errors after
     that, both epochs run; the weights, BatchNorm statistics and random streams it touched
-    are put back, so the compiled trial matches the eager one."""
+    are put back, so the compiled trial matches the eager one. On the CPU wherever it runs:
+    in fp32 the two match to 1e-4 after two epochs, a bound that bf16's rounding, which
+    differs between eager kernels and inductor's fused ones, does not keep."""
     from trainables import compiled as compiled_module
 
+    monkeypatch.setattr("trainables.trainable.pick_device", lambda: torch.device("cpu"))
     original = compiled_module.compile_net
     seen = {}
 

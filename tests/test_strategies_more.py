@@ -78,8 +78,11 @@ def test_lp_ft_probes_then_fine_tunes_at_the_switch_epoch(tiny_demo):
     assert all(diff[n] for n, _ in model.named_parameters())
 
 
-def test_frozen_fast_path_matches_the_full_forward(tiny_demo):
-    """Head on precomputed features == head on the frozen backbone's live output."""
+def test_frozen_fast_path_matches_the_full_forward(tiny_demo, monkeypatch):
+    """Head on precomputed features == head on the frozen backbone's live output. Both paths
+    run on the CPU, in fp32, wherever the test runs: it compares the paths to fp32 rounding,
+    and a GPU would compute the features in bf16, which is not what it checks."""
+    monkeypatch.setattr("trainables.features.pick_device", lambda: torch.device("cpu"))
     config = TrialConfig(lr=0.1, batch_size=16, augment="none", weight_decay=1e-4)
     torch.manual_seed(0)
     state = build_model(TINY_MODEL, 10).state_dict()

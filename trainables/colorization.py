@@ -6,6 +6,8 @@ repeated to three channels, so its weights drop straight into an RGB classifier 
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import timm
 import torch
@@ -22,14 +24,24 @@ _RGB_TO_XYZ = torch.tensor([[0.412453, 0.357580, 0.180423],
                             [0.212671, 0.715160, 0.072169],
                             [0.019334, 0.119193, 0.950227]])
 _WHITE = torch.tensor([0.950456, 1.0, 1.088754])
+
+
+@functools.cache
+def _on(device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor,
+                                                            torch.Tensor]:
+    """(RGB -> XYZ, its inverse, the white point) on a device, copied there once: a copy per
+    batch from host memory would make the host wait for the GPU every step."""
+    return tuple(t.to(device, dtype) for t in (_RGB_TO_XYZ, torch.linalg.inv(_RGB_TO_XYZ),
+                                                _WHITE))
 AB_SCALE = 110.0  # |a|, |b| stay below ~110 for sRGB colours: ab / 110 lies in [-1, 1]
 
 
 def rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
     """(B, 3, H, W) sRGB in [0, 1] -> Lab with L in [0, 100] and a, b roughly in [-110, 110]."""
     linear = torch.where(rgb > 0.04045, ((rgb + 0.055) / 1.055) ** 2.4, rgb / 12.92)
-    xyz = torch.einsum("ij,bjhw->bihw", _RGB_TO_XYZ.to(rgb), linear)
-    xyz = xyz / _WHITE.to(rgb).view(1, 3, 1, 1)
+    to_xyz, _, white = _on(rgb.device, rgb.dtype)
+    xyz = torch.einsum("ij,bjhw->bihw", to_xyz, linear)
+    xyz = xyz / white.view(1, 3, 1, 1)
     eps = (6 / 29) ** 3
     f = torch.where(xyz > eps, xyz.clamp_min(eps) ** (1 / 3), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
     lightness = 116 * f[:, 1] - 16
@@ -44,8 +56,9 @@ def lab_to_rgb(lab: torch.Tensor) -> torch.Tensor:
     f = torch.stack([fy + lab[:, 1] / 500, fy, fy - lab[:, 2] / 200], 1)
     delta = 6 / 29
     xyz = torch.where(f > delta, f**3, 3 * delta**2 * (f - 4 / 29))
-    xyz = xyz * _WHITE.to(lab).view(1, 3, 1, 1)
-    linear = torch.einsum("ij,bjhw->bihw", torch.linalg.inv(_RGB_TO_XYZ).to(lab), xyz)
+    _, to_rgb, white = _on(lab.device, lab.dtype)
+    xyz = xyz * white.view(1, 3, 1, 1)
+    linear = torch.einsum("ij,bjhw->bihw", to_rgb, xyz)
     linear = linear.clamp(0, 1)
     return torch.where(linear > 0.0031308, 1.055 * linear ** (1 / 2.4) - 0.055, 12.92 * linear)
 

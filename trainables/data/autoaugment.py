@@ -133,10 +133,12 @@ def apply_ops(x: torch.Tensor, op: torch.Tensor, level: torch.Tensor, sign: torc
     select = select or (on_whole_batch if x.device.type == "cuda" else on_sub_batch)
     out = x.float()
     signed = level * sign
-    scale = torch.tensor([0.0, ranges.shear, ranges.shear, ranges.translate, ranges.translate,
-                          ranges.rotate] + [0.0] * (len(OPS) - 6), device=x.device)
     geometric = (op >= OPS.index("shear_x")) & (op <= OPS.index("rotate"))
-    out = select(out, geometric, _affine, op, signed * scale[op])
+    # each geometric op's largest value, chosen on the device (a table copied there per batch
+    # would be a host sync)
+    largest = torch.where(op <= OPS.index("shear_y"), ranges.shear, torch.where(
+        op <= OPS.index("translate_y"), ranges.translate, ranges.rotate))
+    out = select(out, geometric, _affine, op, torch.where(geometric, signed * largest, 0.0))
     factor = 1 + signed * ranges.enhance
     for name, base in BLEND_BASES:
         out = select(out, op == OPS.index(name), lambda t, f, base=base: _blend(t, base(t), f),
