@@ -1,24 +1,33 @@
-"""Benchmark the GPU path: one trial's training throughput, packed trials, a whole demo search.
+"""Benchmark the GPU path, or check a GPU machine end to end.
 
-    python bench/gpu.py
+    python bench/gpu.py            # the throughput table, about 3 minutes on one H200
+    python bench/gpu.py --check    # every part on this GPU, each PASS or FAIL (bench/gpu_check.py)
 
-1. One trial's training throughput: ResNet-18 at 224 px through the trials' own loop
-   (trainables.loop.train_epoch: uint8 images resident on the GPU, bf16 autocast, channels
-   last, cuDNN's autotuner), eager and under torch.compile, whose compile time is printed apart.
-   Images are random uint8 (speed does not depend on content); the first epoch warms up.
-2. Packed trials: the same loop at 64 px as Ray tasks of a quarter GPU each, one alone and
-   then four side by side (they wait for each other before timing); total images per second.
-3. A whole `--strategy all` demo search at 64 px with `--gpus-per-trial 0.25`: its wall time,
-   and the GPU's utilisation and memory sampled with nvidia-smi every half second.
+The table:
+1. One trial's training throughput: ResNet-18 at 224 px, batch 256, through the trials' own
+   loop (trainables.loop.train_epoch: images resident on the GPU, bf16 autocast, channels last,
+   cuDNN's autotuner), eager and under torch.compile, whose compile time is printed apart.
+2. The bare loop alone at the search's size (128 px, batch 256): plain torch with the trials'
+   precision and layout, no augmentation, no harness. The ceiling a search is measured against.
+3. Packing where one trial cannot fill the GPU: at 32 px and batch 128, four quarter-GPU trials
+   side by side (Ray tasks that wait for each other before timing) against one alone.
+4. A packed search as a user runs it: 16 trials of up to 5 epochs on 9,000 images at 128 px
+   (demo:900), four at a time (`--gpus-per-trial 0.25`). Its wall time split into start (the
+   interpreter, imports, Ray), data, stages, trials and finish (search/phases.py); the images
+   its trials trained per second during the trial phase, summed over the concurrent trials,
+   against the bare loop; and the GPU's utilisation then (nvidia-smi every half second). The
+   data is prepared once before, untimed: the search reads it from a warm cache, as a second
+   search on the machine would.
 
-`--device cpu` runs the same three measurements on the CPU at tiny sizes, with Ray's logical
-GPU for the packing: a check that the script works where no GPU is (the tests), not a number
-about GPUs.
+Images in 1 to 3 are random uint8 (speed does not depend on content); each first epoch warms
+up. `--device cpu` runs everything at tiny sizes on the CPU, with Ray's logical GPU for the
+packing: a check that the script works where no GPU is, not a number about GPUs.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import statistics
 import subprocess
@@ -33,17 +42,30 @@ import torch
 
 from bench.tables import format_table
 from trainables.compiled import compile_net
-from trainables.device import pick_device
+from trainables.device import autocast, channels_last, pick_device
 from trainables.loop import train_epoch
 from trainables.models import build_model, normalizer
 
 ROOT = Path(__file__).resolve().parents[1]
 GPU = {"backbone": "resnet18", "size": 224, "batch": 256, "images": 20480, "epochs": 3,
-       "packed_size": 64, "packed_images": 20480, "search_samples": 8, "search_epochs": 6,
-       "pretrain_epochs": 10, "cpus_per_trial": 3, "data": "demo"}
+       "bare_size": 128, "bare_batch": 256, "packed_size": 32, "packed_batch": 128,
+       "packed_images": 40960, "search_data": "demo:900", "search_size": 128,
+       "search_samples": 16, "search_epochs": 5, "cpus_per_trial": 3, "gpus_per_trial": 0.25}
 CPU = {"backbone": "test_resnet", "size": 32, "batch": 32, "images": 128, "epochs": 2,
-       "packed_size": 32, "packed_images": 128, "search_samples": 1, "search_epochs": 1,
-       "pretrain_epochs": 1, "cpus_per_trial": 0.5, "data": "demo:4"}
+       "bare_size": 32, "bare_batch": 32, "packed_size": 32, "packed_batch": 32,
+       "packed_images": 128, "search_data": "demo:8", "search_size": 32, "search_samples": 2,
+       "search_epochs": 2, "cpus_per_trial": 0.5, "gpus_per_trial": 0.0}
+GOALS = {"wall_s": 40.0, "of_bare": 0.70}  # the packed search, on one GPU
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def random_images(images: int, size: int, device: torch.device):
+    return (torch.randint(0, 256, (images, 3, size, size), dtype=torch.uint8, device=device),
+            torch.randint(0, 10, (images,), device=device))
 
 
 def throughput(backbone: str, size: int, batch: int, images: int, epochs: int,
@@ -53,8 +75,7 @@ def throughput(backbone: str, size: int, batch: int, images: int, epochs: int,
     device = pick_device()
     torch.manual_seed(0)
     model = build_model(backbone, 10).to(device, memory_format=torch.channels_last)
-    x = torch.randint(0, 256, (images, 3, size, size), dtype=torch.uint8, device=device)
-    y = torch.randint(0, 10, (images,), device=device)
+    x, y = random_images(images, size, device)
     normalize = normalizer(model).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     model.train()
@@ -78,6 +99,32 @@ def throughput(backbone: str, size: int, batch: int, images: int, epochs: int,
             "end": time.time(), "images": images * epochs, "device": device.type}
 
 
+def bare(backbone: str, size: int, batch: int, images: int, epochs: int) -> float:
+    """Images per second of a plain loop: the trials' precision and layout, nothing else."""
+    device = pick_device()
+    torch.manual_seed(0)
+    model = build_model(backbone, 10).to(device, memory_format=torch.channels_last).train()
+    x, y = random_images(images, size, device)
+    normalize = normalizer(model).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    steps = images // batch
+
+    def epoch() -> float:
+        start = time.perf_counter()
+        for begin in range(0, steps * batch, batch):
+            with autocast(device):
+                logits = model(channels_last(normalize(x[begin : begin + batch])))
+            loss = torch.nn.functional.cross_entropy(logits.float(), y[begin : begin + batch])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        sync(device)
+        return steps * batch / (time.perf_counter() - start)
+
+    epoch()
+    return statistics.median(epoch() for _ in range(epochs))
+
+
 @ray.remote
 class Barrier:
     def __init__(self, parties: int):
@@ -95,7 +142,7 @@ def packed(k: int, cfg: dict) -> dict:
     first one's start to the last one's end."""
     task = ray.remote(num_gpus=0.25, num_cpus=cfg["cpus_per_trial"])(throughput)
     barrier = Barrier.remote(k)
-    runs = ray.get([task.remote(cfg["backbone"], cfg["packed_size"], cfg["batch"],
+    runs = ray.get([task.remote(cfg["backbone"], cfg["packed_size"], cfg["packed_batch"],
                                 cfg["packed_images"], cfg["epochs"], barrier=barrier,
                                 threads=max(1, int(cfg["cpus_per_trial"])))
                     for _ in range(k)])
@@ -103,43 +150,64 @@ def packed(k: int, cfg: dict) -> dict:
     return {"trials": k, "images_per_s": sum(r["images"] for r in runs) / wall}
 
 
-def sample_gpu(samples: list[tuple[float, float]], done: threading.Event) -> None:
-    """(utilisation %, memory used MiB) every half second, from nvidia-smi."""
+def sample_gpu(samples: list[tuple[float, float, float]], done: threading.Event) -> None:
+    """(time, utilisation %, memory used MiB) every half second, from nvidia-smi."""
     query = ["nvidia-smi", "--query-gpu=utilization.gpu,memory.used",
              "--format=csv,noheader,nounits"]
     while not done.wait(0.5):
         out = subprocess.run(query, capture_output=True, text=True, timeout=10).stdout
         first = out.strip().splitlines()[0].split(",")
-        samples.append((float(first[0]), float(first[1])))
+        samples.append((time.time(), float(first[0]), float(first[1])))
 
 
-def demo_search(cfg: dict, gpus_per_trial: float, tmp: Path) -> dict:
-    """Wall time of a whole `--strategy all` demo search, and the GPU's samples meanwhile."""
-    samples: list[tuple[float, float]] = []
+def search_command(cfg: dict, storage: Path, cache: Path, name: str) -> list[str]:
+    return [sys.executable, str(ROOT / "search" / "run.py"), "--data", cfg["search_data"],
+            "--image-size", str(cfg["search_size"]), "--strategy", "scratch",
+            "--samples", str(cfg["search_samples"]), "--max-epochs", str(cfg["search_epochs"]),
+            "--gpus-per-trial", str(cfg["gpus_per_trial"]),
+            "--cpus-per-trial", str(cfg["cpus_per_trial"]), "--backbone", cfg["backbone"],
+            "--storage", str(storage), "--name", name, "--cache-dir", str(cache), "--quiet"]
+
+
+def packed_search(cfg: dict, tmp: Path, cache: Path) -> dict:
+    """A whole search as a user runs it: wall time by phase, trial-phase throughput, GPU use."""
+    from analysis import load_results
+    from search.phases import TIMINGS_FILE
+    from trainables.data.load import load_dataset
+
+    # prepared once (or found in `cache`), before the clock starts
+    data = load_dataset(cfg["search_data"], image_size=cfg["search_size"], cache_dir=cache)
+    samples: list[tuple[float, float, float]] = []
     done = threading.Event()
-    sampler = threading.Thread(target=sample_gpu, args=(samples, done), daemon=True)
     if shutil.which("nvidia-smi"):
-        sampler.start()
-    command = [sys.executable, str(ROOT / "search" / "run.py"), "--data", cfg["data"],
-               "--strategy", "all", "--image-size", str(cfg["packed_size"]),
-               "--samples", str(cfg["search_samples"]), "--max-epochs",
-               str(cfg["search_epochs"]), "--gpus-per-trial", str(gpus_per_trial),
-               "--cpus-per-trial", str(cfg["cpus_per_trial"]),
-               "--pretrain-epochs", str(cfg["pretrain_epochs"]), "--backbone", cfg["backbone"],
-               "--storage", str(tmp / "runs"), "--name", "demo",
-               "--cache-dir", str(tmp / "cache"), "--quiet"]
+        threading.Thread(target=sample_gpu, args=(samples, done), daemon=True).start()
     start = time.perf_counter()
-    subprocess.run(command, check=True, capture_output=True, cwd=tmp, timeout=3600)
+    run = subprocess.run(search_command(cfg, tmp / "runs", cache, "search"),
+                         capture_output=True, text=True, cwd=tmp, timeout=1800)
     wall = time.perf_counter() - start
     done.set()
-    return {"wall_s": wall, "samples": samples}
+    if run.returncode:
+        raise RuntimeError(f"the search failed ({run.returncode}):\n{run.stderr[-3000:]}")
+    exp = tmp / "runs" / "search"
+    timings = json.loads((exp / TIMINGS_FILE).read_text())
+    trials = load_results(exp)
+    n = len(data.train)
+    images = sum(epochs * (n - (n % batch == 1))  # a last batch of one is dropped
+                 for epochs, batch in zip(trials["epochs"], trials["batch_size"], strict=True))
+    begin = timings["entered_at"]["trials"]
+    during = [(u, m) for t, u, m in samples if begin <= t <= begin + timings["seconds"]["trials"]]
+    return {"wall_s": wall, "seconds": timings["seconds"], "images": images,
+            "trial_epochs": int(trials["epochs"].sum()), "samples": during,
+            "batches": sorted(trials["batch_size"].unique().tolist())}
 
 
-def measure(cfg: dict) -> dict:
+def measure(cfg: dict, cache: Path | None = None) -> dict:
     m = {"cfg": cfg}
     one = (cfg["backbone"], cfg["size"], cfg["batch"], cfg["images"], cfg["epochs"])
     m["eager"] = throughput(*one)
     m["compiled"] = throughput(*one, compiled=True)
+    m["bare"] = bare(cfg["backbone"], cfg["bare_size"], cfg["bare_batch"], cfg["images"],
+                     cfg["epochs"])
     gpus = 1 if torch.cuda.is_available() else 0
     ray.init(num_cpus=4 * cfg["cpus_per_trial"] if not gpus else None,
              num_gpus=None if gpus else 1, include_dashboard=False)  # logical GPU on a CPU
@@ -148,52 +216,91 @@ def measure(cfg: dict) -> dict:
     finally:
         ray.shutdown()
     with tempfile.TemporaryDirectory() as tmp:
-        m["search"] = demo_search(cfg, 0.25 if gpus else 0.0, Path(tmp))
+        m["search"] = packed_search(cfg, Path(tmp), cache or Path(tmp) / "cache")
     return m
+
+
+def verdict(met: bool) -> str:
+    return "goal met" if met else "goal NOT met"
+
+
+def search_rows(m: dict) -> list[tuple[str, str, str]]:
+    cfg, search = m["cfg"], m["search"]
+    gpu = torch.cuda.is_available()
+    seconds = search["seconds"]
+    start = search["wall_s"] - sum(seconds.values())
+    rate = search["images"] / seconds["trials"]
+    of_bare = rate / m["bare"]
+    what = (f"{cfg['search_data']} at {cfg['search_size']} px, {cfg['search_samples']} trials "
+            f"x up to {cfg['search_epochs']} epochs, --gpus-per-trial {cfg['gpus_per_trial']:g}")
+    rows = [(f"search ({what}): wall time", f"{search['wall_s']:.1f} s",
+             f"{verdict(search['wall_s'] <= GOALS['wall_s'])}: <= {GOALS['wall_s']:.0f} s"
+             if gpu else ""),
+            ("  start: interpreter, imports, checks", f"{start:.1f} s", "")]
+    rows += [(f"  {name}", f"{s:.1f} s", "") for name, s in seconds.items()]
+    rows += [("  images trained per second in the trial phase, all trials", f"{rate:,.0f} img/s",
+              f"{of_bare:.2f}x the bare loop" + (
+                  f", {verdict(of_bare >= GOALS['of_bare'])}: >= {GOALS['of_bare']:.2f}x"
+                  if gpu else "")),
+             ("  trial-epochs trained; batch sizes sampled", f"{search['trial_epochs']}",
+              ", ".join(map(str, search["batches"])))]
+    if search["samples"]:
+        util = [u for u, _ in search["samples"]]
+        rows += [("  GPU utilisation in the trial phase, mean / median",
+                  f"{statistics.mean(util):.0f}% / {statistics.median(util):.0f}%",
+                  f"{len(util)} samples every 0.5 s"),
+                 ("  GPU memory used, peak", f"{max(m for _, m in search['samples']):,.0f} MiB",
+                  "")]
+    else:
+        rows.append(("  GPU utilisation", "no nvidia-smi", ""))
+    return rows
 
 
 def table(m: dict) -> list[tuple[str, str, str]]:
     cfg, eager, compiled = m["cfg"], m["eager"], m["compiled"]
     what = f"{cfg['backbone']} at {cfg['size']} px, batch {cfg['batch']}, {eager['device']}"
     one, four = m["packed"]
-    util = [u for u, _ in m["search"]["samples"]]
-    rows = [
+    return [
         (f"one trial, eager ({what})", f"{eager['images_per_s']:,.0f} img/s", ""),
         (f"one trial, --compile ({what})", f"{compiled['images_per_s']:,.0f} img/s",
          f"{compiled['images_per_s'] / eager['images_per_s']:.2f}x eager"),
         ("  its compile time, apart from the epochs", f"{compiled['compile_s']:.1f} s", ""),
-        (f"1 trial of a quarter GPU at {cfg['packed_size']} px", f"{one['images_per_s']:,.0f}"
-         " img/s", ""),
+        (f"bare loop alone ({cfg['backbone']} at {cfg['bare_size']} px, batch "
+         f"{cfg['bare_batch']})", f"{m['bare']:,.0f} img/s", "the search's ceiling"),
+        (f"1 trial of a quarter GPU at {cfg['packed_size']} px, batch {cfg['packed_batch']}",
+         f"{one['images_per_s']:,.0f} img/s", ""),
         (f"4 packed trials of a quarter GPU at {cfg['packed_size']} px, total",
          f"{four['images_per_s']:,.0f} img/s",
          f"{four['images_per_s'] / one['images_per_s']:.2f}x one trial"),
-        (f"{cfg['data']} search, --strategy all, {cfg['search_samples']} trials each, "
-         f"{cfg['search_epochs']} epochs, {cfg['packed_size']} px: wall time",
-         f"{m['search']['wall_s']:.0f} s", ""),
+        *search_rows(m),
     ]
-    if util:
-        memory = max(mem for _, mem in m["search"]["samples"])
-        rows += [("  GPU utilisation, mean / median of samples every 0.5 s",
-                  f"{statistics.mean(util):.0f}% / {statistics.median(util):.0f}%",
-                  f"{len(util)} samples"),
-                 ("  GPU memory used, peak", f"{memory:,.0f} MiB", "")]
-    else:
-        rows.append(("  GPU utilisation", "no nvidia-smi", ""))
-    return rows
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
                         help="cpu: tiny sizes, a check that the script works")
-    args = parser.parse_args()
+    parser.add_argument("--check", action="store_true",
+                        help="prove this machine end to end: tests, a search with its final "
+                        "evaluation, predict, the report and this table, each PASS or FAIL")
+    parser.add_argument("--out", default=None, metavar="DIR",
+                        help="--check: where each part's log goes (default: a temporary folder)")
+    parser.add_argument("--cache-dir", default=None, metavar="DIR",
+                        help="the search's prepared data (default: a temporary folder)")
+    args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.exit(2, "gpu.py: error: no CUDA GPU on this machine; run it where one is, or "
                     "with --device cpu to check the script at tiny sizes\n")
+    if args.check:
+        from bench import gpu_check
+
+        return gpu_check.main(args.device, args.out)
     from bench import gpu  # Ray pickles the tasks by reference to this module, not __main__
 
-    print(format_table(gpu.table(gpu.measure(GPU if args.device == "cuda" else CPU))))
+    cache = Path(args.cache_dir) if args.cache_dir else None
+    print(format_table(gpu.table(gpu.measure(GPU if args.device == "cuda" else CPU, cache))))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -51,8 +51,9 @@ SUITE: dict[str, tuple[str, list[str], list[str]]] = {
         "seeds", [], [*TINY, "--seeds", "1", "--per-class", "4", "--pretrain-epochs", "1",
                       "--epochs", "1"]),
     "gpu": (
-        "the GPU path: one trial's ResNet-18 throughput at 224 px (eager and compiled), four "
-        "packed trials against one, a whole demo search's wall time and GPU utilisation",
+        "the GPU path: one trial's ResNet-18 throughput at 224 px (eager and compiled), the bare "
+        "loop, four packed trials against one at 32 px, and a whole packed search: its wall time "
+        "by phase, its trials' images per second against the bare loop, GPU utilisation",
         [], ["--device", "cpu"]),
     "pretext_throughput": (
         "the colorization pretext stage's training throughput against the supervised stage's, "

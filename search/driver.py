@@ -19,6 +19,7 @@ from ray import tune
 
 from analysis.remote import join_uri, upload
 from search.outcomes import read_outcomes, summarise_errors, trial_outcomes, write_outcomes
+from search.phases import RUN
 from search.pretraining import StageData, StageOutputs, run_stages, write_stage_outputs
 from search.spec import ExperimentSpec
 from search.study import checkpoint, open_storage, storage_label
@@ -48,12 +49,14 @@ class Search:
 def run_search(spec: ExperimentSpec, data: Dataset, sources: StageData) -> Search:
     if spec.verbosity != "verbose":  # not "A new study created in RDB ..." per strategy
         optuna.logging.set_verbosity(optuna.logging.WARNING)
+    RUN.enter("stages")
     data_ref = ray.put(data.for_search())  # one copy in the object store for stages and trials
     stages = run_stages(spec, data, data_ref, sources)
     if not spec.resume:
         spec = start_experiment(spec, data, stages)
     storage = open_storage(spec.optuna_storage, spec.exp_dir) if spec.has_study else None
     search = Search(outcomes=read_outcomes(spec.exp_dir) if spec.resume else {})
+    RUN.enter("trials")
     for strategy in spec.strategies:
         if strategy in search.outcomes:
             print(f"{strategy}: already searched, kept", flush=True)
@@ -78,6 +81,7 @@ def run_search(spec: ExperimentSpec, data: Dataset, sources: StageData) -> Searc
         write_outcomes(spec.exp_dir, strategy, search.outcomes[strategy])
         print(summarise_errors(strategy, search.outcomes[strategy]), flush=True)
         publish(spec)
+    RUN.enter("finish")  # Ray's shutdown, the checkpoints' pruning, the leaderboard
     return search
 
 

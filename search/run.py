@@ -15,6 +15,7 @@ import os
 import sys
 from pathlib import Path
 
+from search.phases import RUN
 from search.spec import UsageError, parse_spec
 from trainables.cache import DiskFullError
 from trainables.data.dataset import DataError
@@ -31,6 +32,7 @@ def main(argv: list[str] | None = None, prog: str = "run.py") -> int:
             os.environ.setdefault("RAY_NUM_REDIS_GET_RETRIES", "3")
         if spec.show_space:
             return show_space(spec)
+        RUN.enter("data")
         data, sources = load_inputs(spec)
     except (UsageError, DataError, DiskFullError) as error:
         return fail(prog, error)
@@ -111,6 +113,7 @@ def search_on_ray(spec, data, sources, prog: str):
     quiet_ray_output(spec.verbosity)  # Ray's own status tables off: the progress table replaces
     # workers' INFO lines (a "Checkpoint successfully created" per epoch) only with --verbose
     level = "INFO" if spec.verbosity == "verbose" else "WARNING"
+    RUN.enter("ray start")
     try:
         context = init_ray(spec.address, spec.dashboard_host,
                            logging_level=logging.WARNING,
@@ -163,9 +166,13 @@ def finish(spec, outcomes: dict[str, list[dict]], prog: str) -> int:
     if spec.final_eval and len(failed) < len(spec.strategies):
         from search.evaluate import evaluate_experiment
 
+        RUN.enter("final evaluation")
         evaluate_experiment(spec.exp_dir, seeds=spec.final_eval, cache_dir=str(spec.cache_dir),
                             address=spec.address)
+        RUN.enter("finish")
     show_leaderboard(spec.exp_dir, spec.exp_uri)
+    RUN.write(spec.exp_dir)
+    print(RUN.summary())
     publish(spec)
     if failed:
         print(f"{prog}: error: no successful trial for {', '.join(failed)}; see the errors "

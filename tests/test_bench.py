@@ -144,24 +144,50 @@ def test_pretext_throughput_table():
     assert sup == f"{m['supervised']:.0f} img/s" and col == f"{m['colorization']:.0f} img/s"
 
 
-@pytest.mark.slow  # compiles a network, starts Ray, and runs a 6-trial search
-def test_gpu_script_runs_its_measurements_on_a_cpu():
-    """bench/gpu.py --device cpu: the GPU benchmark's three parts at tiny sizes, with Ray's
-    logical GPU for the packing (no GPU numbers: a check that the script works)."""
+@pytest.mark.slow  # a search with its final evaluation, the report, then the table's search
+def test_the_gpu_check_runs_every_part_small_on_a_cpu(tmp_path):
+    """bench/gpu.py --check --device cpu: tests, a search with its final evaluation, predict,
+    the report and the throughput table at tiny sizes, each PASS (no GPU numbers: a check
+    that the check works)."""
+    from bench import gpu_check
+
+    assert gpu_check.main("cpu", str(tmp_path)) == 0
+    summary = (tmp_path / "summary.txt").read_text()
+    for part in ("tests", "search", "predict", "report", "table"):
+        assert f"PASS  {part}" in summary, summary
+    assert "4 of 4 images classified" in summary
+    for row in ("bare loop alone (test_resnet at 32 px, batch 32)",
+                "4 packed trials of a quarter GPU at 32 px, total",
+                "search (demo:8 at 32 px, 2 trials x up to 2 epochs", "  trials  ",
+                "images trained per second in the trial phase, all trials"):
+        assert row in summary, row
+
+
+def test_the_gpu_table_splits_the_search_and_judges_it_against_the_bare_loop(monkeypatch):
     from bench import gpu
 
-    m = gpu.measure(gpu.CPU)
-    assert m["eager"]["device"] == m["compiled"]["device"] == "cpu"
-    assert m["eager"]["compile_s"] == 0 < m["compiled"]["compile_s"]
-    one, four = m["packed"]
-    assert (one["trials"], four["trials"]) == (1, 4)
-    rows = gpu.table(m)
-    names = [name for name, _, _ in rows]
-    assert names[0].startswith("one trial, eager (test_resnet at 32 px, batch 32, cpu)")
-    assert names[4] == "4 packed trials of a quarter GPU at 32 px, total"
-    assert rows[4][2] == f"{four['images_per_s'] / one['images_per_s']:.2f}x one trial"
-    assert names[5].startswith("demo:4 search, --strategy all, 1 trials each")
-    assert rows[-1][1] == "no nvidia-smi"
+    monkeypatch.setattr(gpu.torch.cuda, "is_available", lambda: True)
+    m = {"cfg": gpu.GPU, "bare": 30_000.0,
+         "eager": {"images_per_s": 12_000.0, "device": "cuda"},
+         "compiled": {"images_per_s": 15_000.0, "compile_s": 20.0},
+         "packed": [{"trials": 1, "images_per_s": 20_000.0},
+                    {"trials": 4, "images_per_s": 50_000.0}],
+         "search": {"wall_s": 38.0, "images": 450_000, "trial_epochs": 50, "batches": [256],
+                    "seconds": {"data": 1.0, "ray start": 4.0, "stages": 0.5, "trials": 20.0,
+                                "finish": 2.5},
+                    "samples": [(80.0, 9000.0), (90.0, 12000.0)]}}
+    rows = {name.strip(): (value, note) for name, value, note in gpu.table(m)}
+    wall = next(v for k, v in rows.items() if k.startswith("search (demo:900 at 128 px"))
+    assert wall == ("38.0 s", "goal met: <= 40 s")
+    assert rows["start: interpreter, imports, checks"][0] == "10.0 s"  # 38 - 28 in the phases
+    assert rows["images trained per second in the trial phase, all trials"] == (
+        "22,500 img/s", "0.75x the bare loop, goal met: >= 0.70x")
+    assert rows["4 packed trials of a quarter GPU at 32 px, total"][1] == "2.50x one trial"
+    assert rows["GPU utilisation in the trial phase, mean / median"][0] == "85% / 85%"
+    m["search"]["seconds"]["trials"] = 40.0
+    rows = {name.strip(): note for name, _, note in gpu.table(m)}
+    assert rows["images trained per second in the trial phase, all trials"].endswith(
+        "goal NOT met: >= 0.70x")
 
 
 def test_run_all_says_the_gpu_benchmark_was_not_measured_without_a_gpu(tmp_path, monkeypatch):

@@ -1,0 +1,179 @@
+"""`python bench/gpu.py --check`: prove a GPU machine end to end, each part PASS or FAIL.
+
+    python bench/gpu.py --check --out DIR
+    python bench/gpu.py --check --device cpu    # the same parts, small, on a CPU (a slow test)
+
+1. tests: the gpu-marked tests and the quick suite (`pytest -m "gpu or not slow"`), on parallel
+   workers where pytest-xdist is installed; on a CPU, only the tests of the device rules.
+2. search: a packed demo search of every strategy (`--gpus-per-trial 0.25`), ending with the
+   final evaluation over 2 seeds.
+3. predict: search/predict.py on four test images, with the model the evaluation kept.
+4. report: analysis/report.py on that search.
+5. table: bench/gpu.py's throughput table, with nothing else running.
+
+Part 1 runs beside parts 2 to 4 (the tests mostly on the CPU's cores, the search on the GPU),
+and the table's data is prepared meanwhile; the table then runs alone. Each part has its own
+timeout, and a part that times out is killed with its processes. On one H200 the whole check
+takes under 8 minutes. Each part's output goes to its log in --out.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# per device: the search's arguments, and each part's timeout in seconds
+SEARCH = {
+    "cuda": ["--data", "demo", "--strategy", "all", "--samples", "3", "--max-epochs", "2",
+             "--pretrain-epochs", "3", "--gpus-per-trial", "0.25", "--cpus-per-trial", "2"],
+    "cpu": ["--data", "demo:4", "--strategy", "scratch,frozen", "--samples", "2",
+            "--max-epochs", "1", "--pretrain-epochs", "1", "--backbone", "test_resnet",
+            "--cpus-per-trial", "1"],
+}
+TIMEOUT_S = {"cuda": {"tests": 300, "search": 300, "predict": 60, "report": 120, "table": 330},
+             "cpu": {"tests": 300, "search": 600, "predict": 120, "report": 300, "table": 900}}
+
+
+@dataclass
+class Part:
+    name: str
+    ok: bool
+    seconds: float
+    detail: str
+
+
+def run(command: list[str], log: Path, timeout_s: float, **kwargs) -> int | None:
+    """The command's exit code, its output in `log`; None when it ran past `timeout_s`, after
+    which it is killed with every process it started."""
+    with open(log, "w") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
+                                   start_new_session=True, **kwargs)
+        try:
+            return process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            out.write(f"\n[killed after {timeout_s:g} s]\n")
+            return None
+
+
+def outcome(name: str, code: int | None, start: float, detail: str, ok: bool = True) -> Part:
+    if code is None:
+        return Part(name, False, time.perf_counter() - start, "timed out")
+    return Part(name, code == 0 and ok, time.perf_counter() - start,
+                detail if code == 0 else f"exit code {code}; {detail}")
+
+
+def last_line(log: Path) -> str:
+    lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    return lines[-1].strip("= ") if lines else ""
+
+
+def tests(device: str, out: Path) -> Part:
+    start = time.perf_counter()
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m",
+               "gpu or not slow"]
+    if device == "cpu":
+        command += ["tests/test_device.py"]
+    elif importlib.util.find_spec("xdist"):
+        command += ["-n", str(max(1, min(8, (os.cpu_count() or 2) // 2)))]
+    code = run(command, out / "tests.log", TIMEOUT_S[device]["tests"], cwd=ROOT)
+    return outcome("tests", code, start, last_line(out / "tests.log"))
+
+
+def search(device: str, out: Path, tmp: Path) -> Part:
+    start = time.perf_counter()
+    command = [sys.executable, str(ROOT / "search" / "run.py"), *SEARCH[device],
+               "--final-eval", "2", "--storage", str(tmp / "runs"), "--name", "check",
+               "--cache-dir", str(tmp / "cache"), "--quiet"]
+    code = run(command, out / "search.log", TIMEOUT_S[device]["search"], cwd=tmp)
+    summary = tmp / "runs" / "check" / "eval" / "summary.md"
+    return outcome("search", code, start, f"final evaluation: {summary.is_file()}; "
+                   f"{last_line(out / 'search.log')}", ok=summary.is_file())
+
+
+def predict(device: str, out: Path, tmp: Path) -> Part:
+    from PIL import Image
+
+    from trainables.data.load import load_dataset
+
+    start = time.perf_counter()
+    models = sorted((tmp / "runs" / "check" / "eval" / "model").glob("*"))
+    if not models:
+        return Part("predict", False, 0.0, "no kept model: the search failed")
+    data = load_dataset(SEARCH[device][1], cache_dir=tmp / "cache")
+    paths = []
+    for i, image in enumerate(data.test.images[:4]):
+        paths.append(str(tmp / f"test{i}.png"))
+        Image.fromarray(image.transpose(1, 2, 0)).save(paths[-1])
+    log = out / "predict.log"
+    code = run([sys.executable, str(ROOT / "search" / "predict.py"), str(models[0]), *paths],
+               log, TIMEOUT_S[device]["predict"])
+    answered = [line for line in log.read_text().splitlines() if line.split("\t")[0] in paths]
+    return outcome("predict", code, start, f"{len(answered)} of {len(paths)} images classified "
+                   f"by {models[0].name}'s model", ok=len(answered) == len(paths))
+
+
+def report(device: str, out: Path, tmp: Path) -> Part:
+    start = time.perf_counter()
+    exp = tmp / "runs" / "check"
+    code = run([sys.executable, str(ROOT / "analysis" / "report.py"), str(exp)],
+               out / "report.log", TIMEOUT_S[device]["report"])
+    written = exp / "report" / "report.md"
+    plots = len(list(written.parent.glob("*.png")))
+    return outcome("report", code, start, f"report.md with {plots} plots",
+                   ok=written.is_file())
+
+
+def table(device: str, out: Path, cache: Path) -> Part:
+    start = time.perf_counter()
+    code = run([sys.executable, str(ROOT / "bench" / "gpu.py"), "--device", device,
+                "--cache-dir", str(cache)], out / "table.log", TIMEOUT_S[device]["table"],
+               cwd=ROOT)
+    return outcome("table", code, start, "the throughput table below")
+
+
+def prepare_table_data(device: str, cache: Path) -> subprocess.Popen:
+    """The table's search data, prepared (and cached) while the other parts run."""
+    from bench.gpu import CPU, GPU
+
+    cfg = GPU if device == "cuda" else CPU
+    code = ("from trainables.data.load import load_dataset; load_dataset("
+            f"{cfg['search_data']!r}, image_size={cfg['search_size']}, cache_dir={str(cache)!r})")
+    return subprocess.Popen([sys.executable, "-c", code], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def main(device: str, out: str | None) -> int:
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        out_dir = Path(out) if out else tmp / "logs"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        preparing = prepare_table_data(device, tmp / "table-cache")
+        parts: dict[str, Part] = {}
+        beside = threading.Thread(target=lambda: parts.update(tests=tests(device, out_dir)))
+        beside.start()
+        parts["search"] = search(device, out_dir, tmp)
+        parts["predict"] = predict(device, out_dir, tmp)
+        parts["report"] = report(device, out_dir, tmp)
+        beside.join()
+        preparing.wait()
+        parts["table"] = table(device, out_dir, tmp / "table-cache")
+        lines = [f"bench/gpu.py --check --device {device}: "
+                 f"{time.perf_counter() - started:.0f} s in all"]
+        lines += [f"  {'PASS' if p.ok else 'FAIL'}  {p.name:<8} {p.seconds:6.0f} s  {p.detail}"
+                  for p in (parts[n] for n in ("tests", "search", "predict", "report", "table"))]
+        text = "\n".join(lines) + "\n\n" + (out_dir / "table.log").read_text(errors="replace")
+        (out_dir / "summary.txt").write_text(text)
+        print(text)
+    return 0 if all(p.ok for p in parts.values()) else 1
