@@ -108,8 +108,12 @@ def test_prediction_streams_a_split_a_batch_at_a_time(monkeypatch, tiny_demo):
 
 def test_a_fractional_trial_is_held_to_its_share_of_gpu_memory(monkeypatch, tiny_demo):
     held = []
-    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction",
-                        lambda fraction, device=None: held.append(fraction))
+
+    def set_fraction(fraction, device=None):  # torch's own checks of its arguments
+        assert isinstance(fraction, float) and (device is None or isinstance(device, int))
+        held.append(fraction)
+
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", set_fraction)
     cuda = torch.device("cuda")
     for gpus in (0.25, 0.5, 1.0, 0.0):
         device_rules.hold_to_share(cuda, gpus)
@@ -237,9 +241,11 @@ def test_a_finished_trial_gives_the_cuda_cache_back(tiny_demo):
     model = fit(RunSettings("scratch", "resnet18", 1, 0), HP, tiny_demo.train, tiny_demo.val,
                 None, num_classes=10)
     del model
-    assert torch.cuda.memory_reserved() > torch.cuda.memory_allocated()  # cached, unused
+    cached = torch.cuda.memory_reserved() - torch.cuda.memory_allocated()  # held, unused
+    assert cached > 0
     device_rules.release_gpu_memory()
-    assert torch.cuda.memory_reserved() - torch.cuda.memory_allocated() < 32 * 2**20
+    # what stays is only what shares a segment with a live tensor (cuBLAS's workspaces)
+    assert torch.cuda.memory_reserved() - torch.cuda.memory_allocated() <= cached / 4
 
 
 @pytest.mark.gpu

@@ -70,8 +70,11 @@ print(reports[-1][0]["failure"], len(reports), reports[-1][1])
 
 
 def test_running_out_of_host_memory_names_the_batch_size():
+    # the host's memory: the trial runs on the CPU, also where a GPU is (whose driver would
+    # not even start within the address-space limit)
     result = subprocess.run([sys.executable, "-c", OUT_OF_HOST_MEMORY], capture_output=True,
-                            text=True, timeout=120, cwd=ROOT)
+                            text=True, timeout=120, cwd=ROOT,
+                            env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.startswith("out of memory at batch size 64 on cpu")
     assert result.stdout.split(")")[-1].split() == ["1", "None"]  # one report, no checkpoint

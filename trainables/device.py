@@ -77,8 +77,9 @@ def hold_to_share(device: torch.device, gpus_per_trial: float) -> None:
     its share runs out of memory itself, instead of taking its neighbours' memory and making
     them fail. torch's caching allocator raises OutOfMemoryError at the limit, which the trial
     reports as out of memory at its batch size (trainables.failures.memory_guard)."""
-    if device.type == "cuda":
-        torch.cuda.set_per_process_memory_fraction(gpu_share(gpus_per_trial), device)
+    if device.type == "cuda":  # torch wants the device's index: None is the current one
+        torch.cuda.set_per_process_memory_fraction(float(gpu_share(gpus_per_trial)),
+                                                   device.index)
 
 
 def release_gpu_memory() -> None:
