@@ -39,7 +39,7 @@ SEARCH = {
             "--max-epochs", "1", "--pretrain-epochs", "1", "--backbone", "test_resnet",
             "--cpus-per-trial", "1"],
 }
-TIMEOUT_S = {"cuda": {"tests": 300, "search": 300, "predict": 60, "report": 120, "table": 330},
+TIMEOUT_S = {"cuda": {"tests": 300, "search": 240, "predict": 45, "report": 90, "table": 240},
              "cpu": {"tests": 300, "search": 600, "predict": 120, "report": 300, "table": 900}}
 
 
@@ -159,21 +159,28 @@ def main(device: str, out: str | None) -> int:
         tmp = Path(tmp_name)
         out_dir = Path(out) if out else tmp / "logs"
         out_dir.mkdir(parents=True, exist_ok=True)
+        summary = out_dir / "summary.txt"
+        summary.write_text(f"bench/gpu.py --check --device {device}\n")
+
+        def done(part: Part) -> Part:  # each part's line as it ends: a killed check keeps them
+            with open(summary, "a") as file:
+                file.write(f"  {'PASS' if part.ok else 'FAIL'}  {part.name:<8} "
+                           f"{part.seconds:6.0f} s  {part.detail}\n")
+            return part
+
         preparing = prepare_table_data(device, tmp / "table-cache")
         parts: dict[str, Part] = {}
-        beside = threading.Thread(target=lambda: parts.update(tests=tests(device, out_dir)))
+        beside = threading.Thread(target=lambda: parts.update(tests=done(tests(device,
+                                                                               out_dir))))
         beside.start()
-        parts["search"] = search(device, out_dir, tmp)
-        parts["predict"] = predict(device, out_dir, tmp)
-        parts["report"] = report(device, out_dir, tmp)
+        parts["search"] = done(search(device, out_dir, tmp))
+        parts["predict"] = done(predict(device, out_dir, tmp))
+        parts["report"] = done(report(device, out_dir, tmp))
         beside.join()
         preparing.wait()
-        parts["table"] = table(device, out_dir, tmp / "table-cache")
-        lines = [f"bench/gpu.py --check --device {device}: "
-                 f"{time.perf_counter() - started:.0f} s in all"]
-        lines += [f"  {'PASS' if p.ok else 'FAIL'}  {p.name:<8} {p.seconds:6.0f} s  {p.detail}"
-                  for p in (parts[n] for n in ("tests", "search", "predict", "report", "table"))]
-        text = "\n".join(lines) + "\n\n" + (out_dir / "table.log").read_text(errors="replace")
-        (out_dir / "summary.txt").write_text(text)
-        print(text)
+        parts["table"] = done(table(device, out_dir, tmp / "table-cache"))
+        with open(summary, "a") as file:
+            file.write(f"{time.perf_counter() - started:.0f} s in all\n\n"
+                       + (out_dir / "table.log").read_text(errors="replace"))
+        print(summary.read_text())
     return 0 if all(p.ok for p in parts.values()) else 1
