@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -42,7 +43,7 @@ import torch
 
 from bench.tables import format_table
 from trainables.compiled import compile_net
-from trainables.device import autocast, channels_last, pick_device
+from trainables.device import autocast, channels_last, pick_device, release_gpu_memory
 from trainables.loop import train_epoch
 from trainables.models import build_model, normalizer
 
@@ -191,14 +192,33 @@ def packed_search(cfg: dict, tmp: Path, cache: Path) -> dict:
     exp = tmp / "runs" / "search"
     timings = json.loads((exp / TIMINGS_FILE).read_text())
     trials = load_results(exp)
-    n = len(data.train)
-    images = sum(epochs * (n - (n % batch == 1))  # a last batch of one is dropped
-                 for epochs, batch in zip(trials["epochs"], trials["batch_size"], strict=True))
+    epochs = timeline(exp, len(data.train))
     begin = timings["entered_at"]["trials"]
     during = [(u, m) for t, u, m in samples if begin <= t <= begin + timings["seconds"]["trials"]]
-    return {"wall_s": wall, "seconds": timings["seconds"], "images": images,
-            "trial_epochs": int(trials["epochs"].sum()), "samples": during,
+    return {"wall_s": wall, "seconds": timings["seconds"], "images": int(epochs["images"].sum()),
+            "trial_epochs": len(epochs), "samples": during, "epochs": epochs,
             "batches": sorted(trials["batch_size"].unique().tolist())}
+
+
+def timeline(exp: Path, train_images: int):
+    """One row per trial-epoch: its trial, batch size, images trained, seconds training (at
+    the epoch's own images_per_s) and seconds between its report and the one before (Tune's
+    time_this_iter_s: the epoch, its evaluation, its checkpoint's copy, and for a first epoch
+    the trial's setup)."""
+    import pandas as pd
+
+    from analysis.results import epoch_rows, trial_dirs
+
+    rows = []
+    for trial_dir in trial_dirs(exp, "scratch"):
+        batch = json.loads((trial_dir / "params.json").read_text())["batch_size"]
+        trained = train_images - (train_images % batch == 1)  # a last batch of one is dropped
+        for r in epoch_rows(trial_dir):
+            rows.append({"trial": trial_dir.name, "epoch": r["training_iteration"],
+                         "batch_size": batch, "images": trained,
+                         "train_s": trained / r["images_per_s"],
+                         "iteration_s": r["time_this_iter_s"], "reported_at": r["timestamp"]})
+    return pd.DataFrame(rows)
 
 
 def measure(cfg: dict, cache: Path | None = None) -> dict:
@@ -243,7 +263,8 @@ def search_rows(m: dict) -> list[tuple[str, str, str]]:
                   f", {verdict(of_bare >= GOALS['of_bare'])}: >= {GOALS['of_bare']:.2f}x"
                   if gpu else "")),
              ("  trial-epochs trained; batch sizes sampled", f"{search['trial_epochs']}",
-              ", ".join(map(str, search["batches"])))]
+              ", ".join(map(str, search["batches"]))),
+             *where_trial_time_goes(search, cfg)]
     if search["samples"]:
         util = [u for u, _ in search["samples"]]
         rows += [("  GPU utilisation in the trial phase, mean / median",
@@ -254,6 +275,26 @@ def search_rows(m: dict) -> list[tuple[str, str, str]]:
     else:
         rows.append(("  GPU utilisation", "no nvidia-smi", ""))
     return rows
+
+
+def where_trial_time_goes(search: dict, cfg: dict) -> list[tuple[str, str, str]]:
+    """A trial's training rate inside its epochs, and what of the trial phase was training."""
+    epochs = search["epochs"]
+    slots = round(1 / cfg["gpus_per_trial"]) if cfg["gpus_per_trial"] else \
+        int((os.cpu_count() or 1) // cfg["cpus_per_trial"])  # as many as Ray places at once
+    slot_s = slots * search["seconds"]["trials"]
+    in_trials = epochs["iteration_s"].sum()
+    return [
+        (f"  a trial's training rate inside its epochs, median ({slots} at once)",
+         f"{(epochs['images'] / epochs['train_s']).median():,.0f} img/s", ""),
+        (f"  of the {slots} slots' time in the trial phase: training epochs",
+         f"{epochs['train_s'].sum() / slot_s:.0%}",
+         f"{epochs['train_s'].sum():.1f} s of {slot_s:.1f} s"),
+        ("  trials' other time: setup, evaluation, waiting on reports",
+         f"{(in_trials - epochs['train_s'].sum()) / slot_s:.0%}", ""),
+        ("  no trial running: actor starts, Tune between trials",
+         f"{max(slot_s - in_trials, 0.0) / slot_s:.0%}", ""),
+    ]
 
 
 def table(m: dict) -> list[tuple[str, str, str]]:
@@ -285,8 +326,15 @@ def main(argv: list[str] | None = None) -> int:
                         "evaluation, predict, the report and this table, each PASS or FAIL")
     parser.add_argument("--out", default=None, metavar="DIR",
                         help="--check: where each part's log goes (default: a temporary folder)")
+    parser.add_argument("--parts", default=None, metavar="P,...",
+                        help="--check: only these parts (default: tests,search,predict,report,"
+                        "table)")
     parser.add_argument("--cache-dir", default=None, metavar="DIR",
                         help="the search's prepared data (default: a temporary folder)")
+    parser.add_argument("--only-search", action="store_true",
+                        help="measure the packed search alone (part 4)")
+    parser.add_argument("--timeline", default=None, metavar="CSV",
+                        help="write the search's trial-epochs, one per row, to CSV")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.exit(2, "gpu.py: error: no CUDA GPU on this machine; run it where one is, or "
@@ -294,11 +342,24 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         from bench import gpu_check
 
-        return gpu_check.main(args.device, args.out)
+        return gpu_check.main(args.device, args.out, args.parts)
     from bench import gpu  # Ray pickles the tasks by reference to this module, not __main__
 
+    cfg = GPU if args.device == "cuda" else CPU
     cache = Path(args.cache_dir) if args.cache_dir else None
-    print(format_table(gpu.table(gpu.measure(GPU if args.device == "cuda" else CPU, cache))))
+    if args.only_search:  # the bare loop, its ceiling, and the search
+        m = {"cfg": cfg, "bare": gpu.bare(cfg["backbone"], cfg["bare_size"], cfg["bare_batch"],
+                                          cfg["images"], cfg["epochs"])}
+        release_gpu_memory()  # the search's trials may have the whole GPU
+        with tempfile.TemporaryDirectory() as tmp:
+            m["search"] = gpu.packed_search(cfg, Path(tmp), cache or Path(tmp))
+        rows = gpu.search_rows(m)
+    else:
+        m = gpu.measure(cfg, cache)
+        rows = gpu.table(m)
+    if args.timeline:
+        m["search"]["epochs"].to_csv(args.timeline, index=False)
+    print(format_table(rows))
     return 0
 
 

@@ -10,16 +10,22 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import os
 
 import torch
+
+# cuDNN's autotuner: on (1), it times every algorithm of each convolution at each new input
+# shape and keeps the fastest; off (0), cuDNN's heuristics choose at once. bench/gpu.py's
+# search compares the two with this variable.
+CUDNN_AUTOTUNE_ENV = "TRANSFER_SEARCH_CUDNN_AUTOTUNE"
 
 
 def pick_device() -> torch.device:
     if not torch.cuda.is_available():
         return torch.device("cpu")
-    # a trial's shapes are fixed (one batch size, one image size), so cuDNN's autotuner picks
-    # each convolution's fastest algorithm once, in the first steps, and keeps it
-    torch.backends.cudnn.benchmark = True
+    # a trial's shapes are fixed (one batch size, one image size), so the autotuner picks each
+    # convolution's fastest algorithm once, in the first steps, and keeps it
+    torch.backends.cudnn.benchmark = os.environ.get(CUDNN_AUTOTUNE_ENV, "1") != "0"
     return torch.device("cuda")
 
 
