@@ -164,6 +164,8 @@ def test_the_gpu_check_runs_every_part_small_on_a_cpu(tmp_path):
 
 
 def test_the_gpu_table_splits_the_search_and_judges_it_against_the_bare_loop(monkeypatch):
+    import pandas as pd
+
     from bench import gpu
 
     monkeypatch.setattr(gpu.torch.cuda, "is_available", lambda: True)
@@ -175,7 +177,9 @@ def test_the_gpu_table_splits_the_search_and_judges_it_against_the_bare_loop(mon
          "search": {"wall_s": 38.0, "images": 450_000, "trial_epochs": 50, "batches": [256],
                     "seconds": {"data": 1.0, "ray start": 4.0, "stages": 0.5, "trials": 20.0,
                                 "finish": 2.5},
-                    "samples": [(80.0, 9000.0), (90.0, 12000.0)]}}
+                    "samples": [(80.0, 9000.0), (90.0, 12000.0)],
+                    "epochs": pd.DataFrame({"images": [9000, 9000], "train_s": [10.0, 15.0],
+                                            "iteration_s": [14.0, 21.0]})}}
     rows = {name.strip(): (value, note) for name, value, note in gpu.table(m)}
     wall = next(v for k, v in rows.items() if k.startswith("search (demo:900 at 128 px"))
     assert wall == ("38.0 s", "goal met: <= 40 s")
@@ -184,6 +188,13 @@ def test_the_gpu_table_splits_the_search_and_judges_it_against_the_bare_loop(mon
         "22,500 img/s", "0.75x the bare loop, goal met: >= 0.70x")
     assert rows["4 packed trials of a quarter GPU at 32 px, total"][1] == "2.50x one trial"
     assert rows["GPU utilisation in the trial phase, mean / median"][0] == "85% / 85%"
+    # 4 slots of the 20 s trial phase: 25 s of training epochs, 10 s else in trials, 45 s none
+    assert rows["a trial's training rate inside its epochs, median (4 at once)"][0] == \
+        "750 img/s"
+    assert rows["of the 4 slots' time in the trial phase: training epochs"] == (
+        "31%", "25.0 s of 80.0 s")
+    assert rows["trials' other time: setup, evaluation, waiting on reports"][0] == "12%"
+    assert rows["no trial running: actor starts, Tune between trials"][0] == "56%"
     m["search"]["seconds"]["trials"] = 40.0
     rows = {name.strip(): note for name, _, note in gpu.table(m)}
     assert rows["images trained per second in the trial phase, all trials"].endswith(
