@@ -75,8 +75,10 @@ def outcome(name: str, code: int | None, start: float, detail: str, ok: bool = T
                 detail if code == 0 else f"exit code {code}; {detail}")
 
 
-def last_line(log: Path) -> str:
-    lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
+def last_line(log: Path, starting: str = "") -> str:
+    """The log's last non-empty line (that starts with `starting`)."""
+    lines = [line for line in log.read_text(errors="replace").splitlines()
+             if line.strip() and line.startswith(starting)]
     return lines[-1].strip("= ") if lines else ""
 
 
@@ -100,7 +102,7 @@ def search(device: str, out: Path, tmp: Path) -> Part:
     code = run(command, out / "search.log", TIMEOUT_S[device]["search"], cwd=tmp)
     summary = tmp / "runs" / "check" / "eval" / "summary.md"
     return outcome("search", code, start, f"final evaluation: {summary.is_file()}; "
-                   f"{last_line(out / 'search.log')}", ok=summary.is_file())
+                   f"{last_line(out / 'search.log', 'time: ')}", ok=summary.is_file())
 
 
 def predict(device: str, out: Path, tmp: Path) -> Part:

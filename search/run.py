@@ -42,14 +42,9 @@ def main(argv: list[str] | None = None, prog: str = "run.py") -> int:
         search = search_on_ray(spec, data, sources, prog)
     except KeyboardInterrupt:  # before the Tuner, which handles Ctrl-C itself
         return interrupted(spec, prog, None)
-    if isinstance(search, int):
+    if isinstance(search, int):  # the search's exit code, finish included
         return search
-    if search.interrupted:
-        return interrupted(spec, prog, search.interrupted)
-    try:
-        return finish(spec, search.outcomes, prog)
-    except DiskFullError as error:
-        return fail(prog, error)
+    return interrupted(spec, prog, search.interrupted)
 
 
 def show_space(spec) -> int:
@@ -92,7 +87,8 @@ def load_inputs(spec):
 
 
 def search_on_ray(spec, data, sources, prog: str):
-    """Ray up, resources checked, the search; returns its Search, or an exit code."""
+    """Ray up, resources checked, the search, then its finish; returns the run's exit code, or
+    the Search when it was interrupted."""
     import ray
 
     from search.driver import run_search
@@ -127,7 +123,10 @@ def search_on_ray(spec, data, sources, prog: str):
         if not spec.storage_uri:
             check_storage_reach(spec.storage)
         show_dashboards(spec, context.dashboard_url)
-        return run_search(spec, data, sources)
+        search = run_search(spec, data, sources)
+        # the final evaluation's tasks run on this Ray, whose workers are up: starting another
+        # instance for them costs a Ray start (5 to 11 s measured)
+        return search if search.interrupted else finish(spec, search.outcomes, prog)
     except (StageError, ResourceError, DiskFullError) as error:  # a stage's cause: the message
         return fail(prog, getattr(error, "cause", error))
     finally:
