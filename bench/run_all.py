@@ -140,12 +140,15 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(names) - set(SUITE))
     if unknown:
         parser.error(f"unknown benchmarks {unknown}; choose from {', '.join(SUITE)}")
-    sections = read_sections(args.out) if args.only else {}
+    previous = read_sections(args.out)
+    sections = dict(previous) if args.only else {}
     for name in names:
         if name in NEEDS_GPU and not args.quick and not has_gpu():
+            # a table measured on a GPU stays until a GPU measures it again
             print(f"skipping {name}: no CUDA GPU on this machine", flush=True)
-            sections.setdefault(name, f"## {name}\n\n{SUITE[name][0]}.\n\nNot measured yet: "
-                                "the machine that wrote this file had no GPU.\n")
+            sections[name] = previous.get(name) or (
+                f"## {name}\n\n{SUITE[name][0]}.\n\nNot measured yet: the machine that wrote "
+                "this file had no GPU.\n")
         else:
             print(f"running {name} ...", flush=True)
             sections[name] = section(name, *run_one(name, args.quick), args.quick)

@@ -262,3 +262,15 @@ def test_big_data_table_and_bounded_memory():
     assert rows[-3][2].startswith("1 object(s)") and rows[-1][2].startswith("read-only")
     text = big_data.format_table(rows)
     assert text.splitlines()[0].split() == ["measure", "value", "ratio"]
+
+
+def test_run_all_keeps_a_gpu_table_where_no_gpu_can_measure_it_again(tmp_path, monkeypatch):
+    from bench import run_all
+
+    monkeypatch.setattr(run_all, "has_gpu", lambda: False)
+    monkeypatch.setattr(run_all, "run_one", lambda name, quick: ("cmd", "measure  value", 1.0))
+    out = tmp_path / "README.md"
+    out.write_text(run_all.readme({"gpu": "## gpu\n\nmeasured on an H200\n"}))
+    assert run_all.main(["--only", "gpu,frozen_fast_path", "--out", str(out)]) == 0
+    assert run_all.main(["--out", str(out)]) == 0  # every benchmark, the GPU's skipped
+    assert "## gpu\n\nmeasured on an H200\n" in out.read_text()
