@@ -39,7 +39,6 @@ from trainables.memory import release_memory
 from trainables.models import build_model
 from trainables.placement import place_data, resident_budget
 from trainables.reporting import BackgroundReports
-from trainables.stopping import STOP_WAIT_S, JoinedOnStop
 from trainables.strategies import get_strategy
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -57,7 +56,7 @@ def train_transfer(config: dict, *, settings: RunSettings, data: Dataset,
     # Tune reuses this actor for the next trial once the stopped trial's thread has ended,
     # which it does at its next step: wait for a slow step (a large model on a CPU) rather
     # than the default 2 s, after which Tune gives up on the actor and starts a process
-    os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", str(int(STOP_WAIT_S)))
+    os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", str(int(stopping.STOP_WAIT_S)))
     stopping.begin()  # the thread a stop joins (trainables/stopping.py)
     reports = BackgroundReports(save_and_report)
 
@@ -94,7 +93,7 @@ def train_transfer(config: dict, *, settings: RunSettings, data: Dataset,
 
 # Ray's wrap_function puts these classes before its FunctionTrainable: the trial's thread is
 # joined when Tune stops the trial, before the actor exits or takes the next trial
-train_transfer.__mixins__ = (JoinedOnStop,)
+train_transfer.__mixins__ = (stopping.JoinedOnStop,)
 
 
 def save_and_report(metrics: dict, state: dict) -> None:
