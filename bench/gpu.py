@@ -256,7 +256,8 @@ def search_rows(m: dict) -> list[tuple[str, str, str]]:
     rows = [(f"search ({what}): wall time", f"{search['wall_s']:.1f} s",
              f"{verdict(search['wall_s'] <= GOALS['wall_s'])}: <= {GOALS['wall_s']:.0f} s"
              if gpu else ""),
-            ("  start: interpreter, imports, checks", f"{start:.1f} s", "")]
+            ("  start and exit: interpreter, imports, checks, Ray's shutdown", f"{start:.1f} s",
+             "")]
     rows += [(f"  {name}", f"{s:.1f} s", "") for name, s in seconds.items()]
     rows += [("  images trained per second in the trial phase, all trials", f"{rate:,.0f} img/s",
               f"{of_bare:.2f}x the bare loop" + (
