@@ -25,6 +25,12 @@ class Phases:
         self._entered: list[tuple[str, float]] = []
         self._first: dict[str, float] = {}  # the wall-clock time each phase was first entered
 
+    def start(self, name: str) -> None:
+        """A new run's first phase: what an earlier run in this process timed is dropped."""
+        self._entered.clear()
+        self._first.clear()
+        self.enter(name)
+
     def enter(self, name: str) -> None:
         self._entered.append((name, time.perf_counter()))
         self._first.setdefault(name, time.time())

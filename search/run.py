@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None, prog: str = "run.py") -> int:
             os.environ.setdefault("RAY_NUM_REDIS_GET_RETRIES", "3")
         if spec.show_space:
             return show_space(spec)
-        RUN.enter("data")
+        RUN.start("data")
         data, sources = load_inputs(spec)
     except (UsageError, DataError, DiskFullError) as error:
         return fail(prog, error)

@@ -209,3 +209,24 @@ def test_tensorboard_events_hold_val_acc_of_every_epoch_of_every_trial(all_strat
             assert [s.value for s in scalars] == pytest.approx([r["val_acc"] for r in rows])
             checked += 1
     assert checked == 2 * len(strategies)
+
+
+def test_a_runs_phases_add_up_and_a_new_run_starts_afresh(tmp_path, monkeypatch):
+    import json
+
+    from search import phases
+
+    clock = iter([0.0, 1.0, 3.0, 4.0, 10.0, 20.0, 21.0, 25.0])
+    monkeypatch.setattr(phases.time, "perf_counter", lambda: next(clock))
+    run = phases.Phases()
+    run.start("data")  # 0
+    run.enter("trials")  # 1
+    run.enter("finish")  # 3
+    run.enter("trials")  # 4: entered again, adds up
+    assert run.seconds() == {"data": 1.0, "trials": 2.0 + 6.0, "finish": 1.0}  # at 10
+    run.write(tmp_path)  # seconds read at 20
+    written = json.loads((tmp_path / phases.TIMINGS_FILE).read_text())
+    assert written["seconds"] == {"data": 1.0, "trials": 18.0, "finish": 1.0}
+    assert set(written["entered_at"]) == {"data", "trials", "finish"}
+    run.start("data")  # 21: another run in this process
+    assert run.seconds() == {"data": 4.0}  # at 25
