@@ -12,8 +12,9 @@ The table:
 3. Packing where one trial cannot fill the GPU: at 32 px and batch 128, four quarter-GPU trials
    side by side (Ray tasks that wait for each other before timing) against one alone.
 4. A packed search as a user runs it: 16 trials of up to 5 epochs on 9,000 images at 128 px
-   (demo:900), four at a time (`--gpus-per-trial 0.25`). Its wall time split into start (the
-   interpreter, imports, Ray), data, stages, trials and finish (search/phases.py); the images
+   (demo:900), four at a time (`--gpus-per-trial 0.25`). Its wall time split into data, Ray's
+   start, stages, trials and finish (search/phases.py), and the rest: the interpreter,
+   imports and checks before its data, and its exit after the finish; the images
    its trials trained per second during the trial phase, summed over the concurrent trials,
    against the bare loop; and the GPU's utilisation then (nvidia-smi every half second). The
    data is prepared once before, untimed: the search reads it from a warm cache, as a second
@@ -43,7 +44,13 @@ import torch
 
 from bench.tables import format_table
 from trainables.compiled import compile_net
-from trainables.device import autocast, channels_last, pick_device, release_gpu_memory
+from trainables.device import (
+    autocast,
+    channels_last,
+    hold_to_share,
+    pick_device,
+    release_gpu_memory,
+)
 from trainables.loop import train_epoch
 from trainables.models import build_model, normalizer
 
@@ -70,10 +77,13 @@ def random_images(images: int, size: int, device: torch.device):
 
 
 def throughput(backbone: str, size: int, batch: int, images: int, epochs: int,
-               compiled: bool = False, barrier=None, threads: int = 1) -> dict:
-    """Training images per second of the trial loop (median epoch after a warm-up epoch)."""
+               compiled: bool = False, barrier=None, threads: int = 1,
+               gpus_per_trial: float = 0.0) -> dict:
+    """Training images per second of the trial loop (median epoch after a warm-up epoch),
+    held to `gpus_per_trial` of the GPU's memory as a trial is."""
     torch.set_num_threads(threads)
     device = pick_device()
+    hold_to_share(device, gpus_per_trial)
     torch.manual_seed(0)
     model = build_model(backbone, 10).to(device, memory_format=torch.channels_last)
     x, y = random_images(images, size, device)
@@ -145,7 +155,7 @@ def packed(k: int, cfg: dict) -> dict:
     barrier = Barrier.remote(k)
     runs = ray.get([task.remote(cfg["backbone"], cfg["packed_size"], cfg["packed_batch"],
                                 cfg["packed_images"], cfg["epochs"], barrier=barrier,
-                                threads=max(1, int(cfg["cpus_per_trial"])))
+                                threads=max(1, int(cfg["cpus_per_trial"])), gpus_per_trial=0.25)
                     for _ in range(k)])
     wall = max(r["end"] for r in runs) - min(r["start"] for r in runs)
     return {"trials": k, "images_per_s": sum(r["images"] for r in runs) / wall}
@@ -156,9 +166,12 @@ def sample_gpu(samples: list[tuple[float, float, float]], done: threading.Event)
     query = ["nvidia-smi", "--query-gpu=utilization.gpu,memory.used",
              "--format=csv,noheader,nounits"]
     while not done.wait(0.5):
-        out = subprocess.run(query, capture_output=True, text=True, timeout=10).stdout
-        first = out.strip().splitlines()[0].split(",")
-        samples.append((time.time(), float(first[0]), float(first[1])))
+        try:
+            out = subprocess.run(query, capture_output=True, text=True, timeout=10).stdout
+            first = out.strip().splitlines()[0].split(",")
+            samples.append((time.time(), float(first[0]), float(first[1])))
+        except (subprocess.TimeoutExpired, IndexError, ValueError):
+            continue  # a sample lost; the next one is half a second away
 
 
 def search_command(cfg: dict, storage: Path, cache: Path, name: str) -> list[str]:
@@ -228,6 +241,7 @@ def measure(cfg: dict, cache: Path | None = None) -> dict:
     m["compiled"] = throughput(*one, compiled=True)
     m["bare"] = bare(cfg["backbone"], cfg["bare_size"], cfg["bare_batch"], cfg["images"],
                      cfg["epochs"])
+    release_gpu_memory()  # the packed trials and the search may have the whole GPU
     gpus = 1 if torch.cuda.is_available() else 0
     ray.init(num_cpus=4 * cfg["cpus_per_trial"] if not gpus else None,
              num_gpus=None if gpus else 1, include_dashboard=False)  # logical GPU on a CPU

@@ -81,7 +81,7 @@ def run_search(spec: ExperimentSpec, data: Dataset, sources: StageData) -> Searc
         write_outcomes(spec.exp_dir, strategy, search.outcomes[strategy])
         print(summarise_errors(strategy, search.outcomes[strategy]), flush=True)
         publish(spec)
-    RUN.enter("finish")  # Ray's shutdown, the checkpoints' pruning, the leaderboard
+    RUN.enter("finish")  # the checkpoints' pruning, the final evaluation, the leaderboard
     return search
 
 

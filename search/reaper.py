@@ -1,18 +1,20 @@
 """End what is left of a run's local Ray instance once the run's driver has gone.
 
-    python -m search.reaper DRIVER_PID
+    python -m search.reaper DRIVER_PID RAY_PID:START [RAY_PID:START ...]
 
-A driver that starts a local Ray instance (`ray.init(address="local")`) is the ancestor of its
-processes: GCS, raylet, dashboard, log monitor, the raylet's agents and workers. A clean exit
-stops them (`ray.shutdown`), and Ray makes the GCS and the raylet die with a killed driver; but
-in Ray 2.60 the raylet's DashboardAgent and RuntimeEnvAgent, which notice that the raylet died
-and ask themselves to exit, can stay alive for minutes or for good, and each driver killed with
-SIGKILL (the OOM killer, a scheduler's timeout) leaves two more.
+A driver that starts a local Ray instance (`ray.init(address="local")`) starts its processes:
+GCS, raylet, dashboard, log monitor, and through them the raylet's agents and workers. A clean
+exit stops them (`ray.shutdown`), and Ray makes the GCS and the raylet die with a killed driver;
+but in Ray 2.60 the raylet's DashboardAgent and RuntimeEnvAgent, which notice that the raylet
+died and ask themselves to exit, can stay alive for minutes or for good, and each driver killed
+with SIGKILL (the OOM killer, a scheduler's timeout) leaves two more.
 
 So a driver that starts a local instance also starts this watcher, in a session of its own (a
-signal to the driver's process group leaves it alone). While the driver lives, it notes every
-process descended from it, once a second, by its pid and start time (never to be confused with
-a later process that reuses the pid). When the driver has gone, it gives Ray's own stop
+signal to the driver's process group leaves it alone), given the processes `ray.init` started
+(`init_ray` tells them from the driver's other children). While the driver and the instance
+live, it notes those processes and every process descended from them, once a second, by pid
+and start time (never to be confused with a later process that reuses the pid); nothing else
+the driver runs is noted. When the driver or the instance has gone, it gives Ray's own stop
 GRACE_S seconds, then sends SIGTERM to every noted process still alive, and SIGKILL to any left
 after TERM_WAIT_S. Linux only: it reads /proc.
 """
@@ -71,12 +73,20 @@ def alive(process: Process) -> bool:
     return info is not None and info[1] == process[1] and info[2] != "Z"
 
 
-def watch(driver: Process, poll_s: float = POLL_S) -> set[Process]:
-    """Every process descended from the driver while it lived (this watcher excepted)."""
-    seen: set[Process] = set()
-    me = os.getpid()
-    while alive(driver):
-        seen |= {p for p in descendants(driver[0], process_table()) if p[0] != me}
+def children(pid: int) -> set[Process]:
+    """The live processes whose parent is `pid`."""
+    return {(child, start) for child, (parent, start) in process_table().items()
+            if parent == pid}
+
+
+def watch(driver: Process, roots: set[Process], poll_s: float = POLL_S) -> set[Process]:
+    """The roots and every process descended from them, noted while the driver and some root
+    live."""
+    seen = set(roots)
+    while alive(driver) and any(alive(root) for root in roots):
+        table = process_table()
+        for pid, _ in (root for root in roots if alive(root)):
+            seen |= descendants(pid, table)
         time.sleep(poll_s)
     return seen
 
@@ -100,16 +110,12 @@ def end(processes: set[Process], grace_s: float = GRACE_S,
     return [pid for pid, _ in left]
 
 
-_started: set[int] = set()
-
-
-def start_reaper() -> None:
-    """Watch this process, the driver of a local Ray instance (once per driver; Linux only)."""
-    me = os.getpid()
-    if me in _started or not (PROC / "self" / "stat").is_file():
+def start_reaper(ray_processes: set[Process]) -> None:
+    """Watch the local Ray instance `ray_processes` started for this driver (Linux only)."""
+    if not ray_processes or not (PROC / "self" / "stat").is_file():
         return
-    _started.add(me)
-    subprocess.Popen([sys.executable, "-m", "search.reaper", str(me)],
+    subprocess.Popen([sys.executable, "-m", "search.reaper", str(os.getpid()),
+                      *(f"{pid}:{start}" for pid, start in sorted(ray_processes))],
                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                      stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
 
@@ -118,7 +124,8 @@ def main(argv: list[str]) -> int:
     info = stat(int(argv[0]))
     if info is None:
         return 0
-    end(watch((int(argv[0]), info[1])))
+    roots = {(int(pid), int(start)) for pid, start in (a.split(":") for a in argv[1:])}
+    end(watch((int(argv[0]), info[1]), roots))
     return 0
 
 

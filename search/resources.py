@@ -113,12 +113,13 @@ def init_ray(address: str | None, dashboard_host: str | None = None, **kwargs):
     """ray.init on `ray_target(address, dashboard_host)`; returns Ray's context. A local
     instance started here is watched by search/reaper.py, which ends what is left of it once
     this process has gone, even killed with SIGKILL."""
-    target = ray_target(address, dashboard_host)
-    context = ray.init(**target, **kwargs)
-    if target["address"] == "local":
-        from search.reaper import start_reaper
+    from search import reaper
 
-        start_reaper()
+    target = ray_target(address, dashboard_host)
+    others = reaper.children(os.getpid()) if target["address"] == "local" else set()
+    context = ray.init(**target, **kwargs)
+    if target["address"] == "local":  # what ray.init started: the driver's new children
+        reaper.start_reaper(reaper.children(os.getpid()) - others)
     return context
 
 

@@ -162,14 +162,6 @@ def test_features_are_cached_per_device_and_precision(monkeypatch):
     assert features_key("stage", "data", TINY_MODEL, 1.0) not in keys  # fp16 on older GPUs
 
 
-def test_embedding_records_its_precision(tiny_demo):
-    from trainables.features import compute_features
-
-    features = compute_features(TINY_MODEL, None, tiny_demo)
-    assert features.precision == device_rules.precision(device_rules.pick_device())
-    assert features.train.shape[0] == len(tiny_demo.train) and features.train.dtype == np.float32
-
-
 # --- on a GPU: what the CPU tests above pin by their mechanism --------------------------------
 
 def random_split(n: int, size: int):
@@ -250,9 +242,12 @@ def test_a_finished_trial_gives_the_cuda_cache_back(tiny_demo):
 
 @pytest.mark.gpu
 def test_a_gpu_computes_and_keys_its_features_in_its_own_precision(tiny_demo):
+    """On a GPU the features are computed within a share of its memory, in its own precision,
+    under a cache key that is not the CPU's."""
     from trainables.features import compute_features, features_key
 
-    features = compute_features(TINY_MODEL, None, tiny_demo, gpus_per_trial=0.5)
+    on_gpu = compute_features(TINY_MODEL, None, tiny_demo, gpus_per_trial=0.5)
     torch.cuda.set_per_process_memory_fraction(1.0)
-    assert features.precision == device_rules.precision(torch.device("cuda")) != "cpu-float32"
+    assert device_rules.precision(torch.device("cuda")) != "cpu-float32"
     assert features_key("s", "d", TINY_MODEL, 0.5) != features_key("s", "d", TINY_MODEL, 0.0)
+    assert on_gpu.train.shape[0] == len(tiny_demo.train) and on_gpu.train.dtype == np.float32

@@ -4,8 +4,10 @@
   trial's thread is joined before its actor exits, so no worker aborts with a crash dump.
 - A driver killed with SIGKILL mid-search: every process of its local Ray instance (the
   raylet's agents included, which Ray 2.60 leaves behind) is gone within a minute.
+- Quick: the stop mixin joins the trial's thread however far it got, and a reset lets the
+  next trial run; the watcher reads /proc and spares what is not its driver's.
 
-Slow: both start Ray and train.
+The first two are slow: they start Ray and train.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+import types
 from pathlib import Path
 
 import psutil
@@ -23,16 +27,16 @@ import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 
+from trainables import stopping
 from trainables.config import RunSettings
 from trainables.data.demo import load_demo
 from trainables.trainable import train_transfer
-
-pytestmark = pytest.mark.slow
 
 RUN = Path(__file__).resolve().parents[1] / "search" / "run.py"
 OUTLIVE_S = 60  # how long a run's process may outlive its killed driver
 
 
+@pytest.mark.slow
 def test_trials_stopped_mid_step_on_actors_not_reused_end_without_a_crash_dump(tmp_path):
     """resnet18 at 64 px on one CPU thread: a step takes ~0.1 s of native torch work, so a
     stopped trial's thread is inside one when Tune stops it. Before the stop joined the
@@ -62,6 +66,7 @@ def test_trials_stopped_mid_step_on_actors_not_reused_end_without_a_crash_dump(t
     assert not crashed, f"workers aborted: {crashed}"
 
 
+@pytest.mark.slow
 def test_a_driver_killed_mid_search_leaves_no_ray_process_behind(tmp_path):
     args = ["--data", "demo:20", "--backbone", "test_resnet", "--strategy", "scratch",
             "--samples", "2", "--max-epochs", "1000", "--scheduler", "fifo",
@@ -95,3 +100,91 @@ def names(pid: int) -> list[str]:
         return [p.name() for p in psutil.Process(pid).children(recursive=True)]
     except psutil.NoSuchProcess:
         return []
+
+
+class FakeTrainable:
+    """Ray's FunctionTrainable as the mixin sees it: its session's thread, cleanup, reset."""
+
+    def __init__(self, thread):
+        self.session = types.SimpleNamespace(training_thread=thread)
+
+    def cleanup(self):
+        pass
+
+    def reset_config(self, new_config):  # Ray's waits for the thread, then reuses the actor
+        self.session.training_thread.join(2)
+        return not self.session.training_thread.is_alive()
+
+
+class Trial(stopping.JoinedOnStop, FakeTrainable):
+    pass
+
+
+def trial_thread(steps: list, start_delay_s: float = 0.0) -> threading.Thread:
+    """A trial's thread: a slow start (its data from the object store), then steps of 50 ms,
+    each checking for a stop, as fit's between_steps does."""
+
+    def run():
+        time.sleep(start_delay_s)
+        try:
+            stopping.check()
+            for step in range(100):
+                time.sleep(0.05)
+                steps.append(step)
+                stopping.check()
+        except SystemExit:
+            pass
+
+    return threading.Thread(target=run, daemon=True)
+
+
+@pytest.mark.parametrize("start_delay_s", [0.0, 0.5])
+def test_a_stop_joins_the_trials_thread_within_a_step_however_far_it_got(monkeypatch,
+                                                                        start_delay_s):
+    """Stopped mid-step, or before its function has begun: either way cleanup returns only
+    once the thread has ended, and the thread ends at its next check."""
+    steps = []
+    thread = trial_thread(steps, start_delay_s)
+    trial = Trial(thread)
+    monkeypatch.setattr(stopping, "get_session", lambda: trial.session)
+    monkeypatch.setattr(stopping, "_stop", threading.Event())
+    thread.start()
+    time.sleep(0.12)
+    trial.cleanup()
+    assert not thread.is_alive()
+    assert len(steps) <= (1 if start_delay_s else 4)  # one step after the stop at most
+
+
+def test_a_reset_stops_the_old_trial_and_lets_the_next_run(monkeypatch):
+    monkeypatch.setattr(stopping, "_stop", threading.Event())
+    old_steps, new_steps = [], []
+    old = trial_thread(old_steps)
+    trial = Trial(old)
+    old.start()
+    time.sleep(0.12)
+    assert trial.reset_config({}) is True
+    assert not old.is_alive() and len(old_steps) <= 4
+    new = trial_thread(new_steps)
+    new.start()
+    time.sleep(0.3)
+    assert new.is_alive() and len(new_steps) >= 3  # the stop was for the old trial only
+    stopping._stop.set()
+    new.join(1)
+
+
+def test_the_watcher_reads_proc_and_tells_a_reused_pid_from_the_process_it_noted():
+    from search import reaper
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        table = reaper.process_table()
+        me = os.getpid()
+        assert table[child.pid][0] == me
+        noted = reaper.descendants(me, table)
+        start = table[child.pid][1]
+        assert (child.pid, start) in noted and reaper.alive((child.pid, start))
+        assert not reaper.alive((child.pid, start + 1))  # the same pid, another process
+        assert reaper.end({(child.pid, start)}, grace_s=0.0, term_wait_s=5.0) == [child.pid]
+        assert child.wait(5) == -signal.SIGTERM
+    finally:
+        child.kill()

@@ -14,9 +14,9 @@ import os
 
 import torch
 
-# cuDNN's autotuner: on (1), it times every algorithm of each convolution at each new input
-# shape and keeps the fastest; off (0), cuDNN's heuristics choose at once. bench/gpu.py's
-# search compares the two with this variable.
+# cuDNN's autotuner: on (1, the default), it times every algorithm of each convolution at each
+# new input shape and keeps the fastest; off (0), cuDNN's heuristics choose at once. Set it
+# around `bench/gpu.py --only-search` to compare the two on a search (not yet measured).
 CUDNN_AUTOTUNE_ENV = "TRANSFER_SEARCH_CUDNN_AUTOTUNE"
 
 

@@ -20,7 +20,6 @@ from trainables.device import (
     channels_last,
     hold_to_share,
     pick_device,
-    precision,
     task_precision,
 )
 from trainables.models import create_backbone, normalizer
@@ -31,7 +30,6 @@ from trainables.placement import to_device
 class Features:
     train: np.ndarray  # (N, D) float32: the classifier's input (timm's pre-logits)
     val: np.ndarray
-    precision: str = ""  # where they were computed (trainables.device.precision)
 
 
 def features_key(stage_key: str, data_fingerprint: str, backbone: str,
@@ -66,7 +64,7 @@ def compute_features(backbone: str, state: dict[str, torch.Tensor] | None, data:
     model = create_backbone(backbone, state).to(device, memory_format=torch.channels_last).eval()
     normalize = normalizer(model).to(device)
     return Features(embed(model, data.train.images, normalize, device),
-                    embed(model, data.val.images, normalize, device), precision(device))
+                    embed(model, data.val.images, normalize, device))
 
 
 def read_features(path: Path) -> Features | None:
@@ -74,9 +72,9 @@ def read_features(path: Path) -> Features | None:
     if not path.is_file():
         return None
     with np.load(path) as cached:
-        return Features(cached["train"], cached["val"], str(cached["precision"]))
+        return Features(cached["train"], cached["val"])
 
 
 def write_features(path: Path, features: Features) -> None:
     with atomic_file(path) as tmp:
-        np.savez(tmp, train=features.train, val=features.val, precision=features.precision)
+        np.savez(tmp, train=features.train, val=features.val)

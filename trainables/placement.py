@@ -69,8 +69,8 @@ def fetch(source: Images, index: torch.Tensor | slice, device: torch.device) -> 
     pinned buffer, whose copy to the GPU runs asynchronously while earlier batches compute;
     torch's caching host allocator does not reuse that buffer until its copy has finished.
     """
-    if not isinstance(source, HostSplit):
-        return source[index]
+    if not isinstance(source, HostSplit) or device.type != "cuda":  # already where it is used
+        return source.tensor[index] if isinstance(source, HostSplit) else source[index]
     if isinstance(index, slice):
         index = torch.arange(*index.indices(len(source)))
     batch = torch.empty((len(index), *source.tensor.shape[1:]), dtype=source.tensor.dtype,

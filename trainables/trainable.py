@@ -57,7 +57,7 @@ def train_transfer(config: dict, *, settings: RunSettings, data: Dataset,
     # which it does at its next step: wait for a slow step (a large model on a CPU) rather
     # than the default 2 s, after which Tune gives up on the actor and starts a process
     os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", str(int(stopping.STOP_WAIT_S)))
-    stopping.begin()  # the thread a stop joins (trainables/stopping.py)
+    stopping.check()  # stopped while its data came from the object store: end here
     reports = BackgroundReports(save_and_report)
 
     def between_steps() -> None:
