@@ -56,11 +56,12 @@ def process_table() -> dict[int, tuple[int, int]]:
     return table
 
 
-def descendants(root: int, table: dict[int, tuple[int, int]]) -> set[Process]:
+def descendants(roots: set[int], table: dict[int, tuple[int, int]]) -> set[Process]:
+    """Every process in `table` descended from one of the `roots` pids."""
     children: dict[int, list[int]] = {}
     for pid, (parent, _) in table.items():
         children.setdefault(parent, []).append(pid)
-    found, stack = set(), list(children.get(root, ()))
+    found, stack = set(), [child for root in roots for child in children.get(root, ())]
     while stack:
         pid = stack.pop()
         found.add((pid, table[pid][1]))
@@ -83,10 +84,8 @@ def watch(driver: Process, roots: set[Process], poll_s: float = POLL_S) -> set[P
     """The roots and every process descended from them, noted while the driver and some root
     live."""
     seen = set(roots)
-    while alive(driver) and any(alive(root) for root in roots):
-        table = process_table()
-        for pid, _ in (root for root in roots if alive(root)):
-            seen |= descendants(pid, table)
+    while alive(driver) and (live := {pid for pid, start in roots if alive((pid, start))}):
+        seen |= descendants(live, process_table())
         time.sleep(poll_s)
     return seen
 

@@ -36,7 +36,7 @@ from search.samplers import make_sampler, proposed_by
 from search.schedulers import initial_population, make_scheduler, population_search
 from search.spec import ExperimentSpec
 from search.warm_start import study_points
-from spaces import get_space, run_context, to_trial_values
+from spaces import SpaceContext, get_space, run_context, to_trial_values
 from spaces.overrides import load_space_file
 from trainables.config import RunSettings
 from trainables.trainable import train_transfer
@@ -169,19 +169,19 @@ def make_trainable(spec: ExperimentSpec, strategy: str, data_ref: ray.ObjectRef,
     )
 
 
-def strategy_space(spec: ExperimentSpec, strategy: str, train_images: int | None = None):
-    """The strategy's define-by-run space, in the run's context (its device and training
-    split bound the batch sizes), with the experiment's --space overrides."""
+def strategy_space(spec: ExperimentSpec, strategy: str, context: SpaceContext | None = None):
+    """The strategy's define-by-run space, in the run's context (default: `run_context(spec)`;
+    its device and training split bound the batch sizes), with the --space overrides."""
     overrides = load_space_file(spec.space_file, spec.strategies) if spec.space_file else {}
-    return get_space(strategy, run_context(spec, train_images), overrides.get(strategy))
+    return get_space(strategy, context or run_context(spec), overrides.get(strategy))
 
 
 def make_searcher(spec: ExperimentSpec, strategy: str, storage: optuna.storages.BaseStorage,
-                  yield_after_end: bool = False, train_images: int | None = None
+                  yield_after_end: bool = False, context: SpaceContext | None = None
                   ) -> MarkedOptunaSearch:
     multi = spec.objective == "acc+time"
     warm = (spec.warm_start or {}).get(strategy, [])
-    space = strategy_space(spec, strategy, train_images)
+    space = strategy_space(spec, strategy, context)
     return MarkedOptunaSearch(
         space=space,
         metric=[METRIC, TIME_METRIC] if multi else METRIC,
@@ -201,6 +201,7 @@ def make_tuner(spec: ExperimentSpec, strategy: str, data_ref: ray.ObjectRef,
                train_images: int | None = None) -> tune.Tuner:
     """The strategy's Tuner; `train_images`, the training split's size, bounds the batch
     sizes its space samples on a GPU."""
+    context = run_context(spec, train_images)  # builds the backbone once: its depth
     trainable = make_trainable(spec, strategy, data_ref, stages)
     common = {"metric": METRIC, "mode": "max", "trial_dirname_creator": trial_dirname,
               "max_concurrent_trials": spec.max_concurrent}
@@ -211,10 +212,10 @@ def make_tuner(spec: ExperimentSpec, strategy: str, data_ref: ray.ObjectRef,
     scheduler = make_scheduler(spec.scheduler, max_epochs=spec.max_epochs,
                                grace_period=spec.grace_period,
                                reduction_factor=spec.reduction_factor, seed=spec.seed,
-                               lr_ranges=run_context(spec, train_images).lr_ranges)
+                               lr_ranges=context.lr_ranges)
     param_space = None
     if spec.scheduler == "pbt":  # Ray runs PBT without a searcher: the population comes first
-        population = population_configs(spec, strategy, train_images)
+        population = population_configs(spec, strategy, context)
         search_alg, param_space = population_search(population)
         num_samples = len(population)
     else:
@@ -227,7 +228,7 @@ def make_tuner(spec: ExperimentSpec, strategy: str, data_ref: ray.ObjectRef,
         if slots:
             common["max_concurrent_trials"] = slots + 1
         search_alg = make_searcher(spec, strategy, storage, yield_after_end=bool(slots),
-                                   train_images=train_images)
+                                   context=context)
         num_samples = spec.samples
     return tune.Tuner(
         trainable,
@@ -284,11 +285,11 @@ def launchable_nodes(config_file: Path) -> list[dict]:
     return workers[: int(config.get("max_workers", len(workers)))]
 
 
-def population_configs(spec: ExperimentSpec, strategy: str, train_images: int | None = None
-                       ) -> list[dict]:
+def population_configs(spec: ExperimentSpec, strategy: str,
+                       context: SpaceContext | None = None) -> list[dict]:
     """PBT's first generation: warm-start configs, then draws of the sampler from the space."""
     warm = list((spec.warm_start or {}).get(strategy, []))[: spec.samples]
-    drawn = initial_population(strategy_space(spec, strategy, train_images),
+    drawn = initial_population(strategy_space(spec, strategy, context),
                                spec.samples - len(warm),
                                make_sampler(spec.searcher, spec.samples, spec.seed),
                                to_trial_values)

@@ -180,7 +180,7 @@ def test_the_watcher_reads_proc_and_tells_a_reused_pid_from_the_process_it_noted
         table = reaper.process_table()
         me = os.getpid()
         assert table[child.pid][0] == me
-        noted = reaper.descendants(me, table)
+        noted = reaper.descendants({me}, table)
         start = table[child.pid][1]
         assert (child.pid, start) in noted and reaper.alive((child.pid, start))
         assert not reaper.alive((child.pid, start + 1))  # the same pid, another process
