@@ -6,9 +6,8 @@ from analysis.results import (
     load_curves,
     load_eval,
     load_results,
-    read_experiment,
     write_leaderboard,
 )
 
 __all__ = ["export_best_configs", "leaderboard", "load_curves", "load_eval", "load_results",
-           "read_experiment", "write_leaderboard"]
+           "write_leaderboard"]

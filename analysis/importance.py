@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.results import read_experiment
+from store.layout import read_experiment
 
 with warnings.catch_warnings():
     # optuna imports tqdm.auto, which warns in a notebook kernel without ipywidgets; nothing

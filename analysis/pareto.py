@@ -1,18 +1,12 @@
-"""The accuracy-time trade-off of `--objective acc+time`: each trial's time, and the Pareto front.
+"""The accuracy-time trade-off of `--objective acc+time`: the Pareto front of the trials.
 
-A trial that the scheduler stopped early ran fewer epochs, so its measured time says nothing about
-what its config costs. Its time objective is the time it would take at the full budget: seconds
-per epoch so far times the epoch budget. Optuna's study and the leaderboard use this one rule.
+Each trial's time is its time at the full budget (store.records.full_budget_seconds), the rule
+Optuna's study and the leaderboard share.
 """
 
 from __future__ import annotations
 
 import pandas as pd
-
-
-def full_budget_seconds(seconds: float, epochs: int, max_epochs: int) -> float:
-    """Training time at the full epoch budget (s), from `seconds` over `epochs` epochs."""
-    return float(seconds) * max_epochs / max(1, int(epochs))
 
 
 def pareto_front(df: pd.DataFrame, acc: str = "val_acc", time: str = "trial_seconds"

@@ -28,7 +28,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from analysis.stats import mean_ci  # noqa: E402
 from analysis.style import apply_style, strategy_colours  # noqa: E402
-from trainables.cache import atomic_file  # noqa: E402
+from store.atomic import atomic_file  # noqa: E402
 
 VAL_ACC = "best validation accuracy (fraction)"
 AUGMENT_ORDER = ("none", "flip", "crop_flip", "trivialaugment", "randaugment")
@@ -57,13 +57,18 @@ def strategy_order(results: pd.DataFrame) -> list[str]:
     return [*best.sort_values(ascending=False).index, *rest]
 
 
+def every_strategy(results: pd.DataFrame) -> list[str]:
+    """The results' strategies in the order the experiment lists them."""
+    return list(dict.fromkeys(results.get("strategy", [])))
+
+
 def box_val_acc(results: pd.DataFrame, path: Path) -> Path:
     """Every trial's best val_acc per strategy: box, and points marked by how the trial ended."""
     ok = successful(results)
     if ok.empty:
         raise NothingToPlot("no trial finished without error, so there is no val_acc to plot")
     order = [s for s in strategy_order(results) if s in set(ok["strategy"])]
-    colours = strategy_colours(order)
+    colours = strategy_colours(every_strategy(results))
     fig, ax = _figure(width=max(6.0, 1.3 * len(order) + 2))
     sns.boxplot(data=ok, x="strategy", y="val_acc", order=order, hue="strategy",
                 hue_order=order, palette=colours, legend=False, showfliers=False, width=0.55,
@@ -90,7 +95,7 @@ def learning_curves(results: pd.DataFrame, curves: pd.DataFrame, path: Path,
     if ok.empty or curves.empty:
         raise NothingToPlot("no successful trial reported a learning curve")
     order = strategy_order(results)
-    colours = strategy_colours(order)
+    colours = strategy_colours(every_strategy(results))
     fig, axes = _grid(len(order), sharey=True)
     for ax, strategy in zip(axes, order, strict=False):
         top = ok[ok["strategy"] == strategy].nlargest(top_k, "val_acc")
@@ -123,7 +128,8 @@ def lr_val_acc(results: pd.DataFrame, path: Path) -> Path:
     style = "optimizer" if "optimizer" in ok and ok["optimizer"].notna().all() else None
     fig, ax = _figure(width=9)
     sns.scatterplot(data=ok, x="lr", y="val_acc", hue="strategy", hue_order=order,
-                    palette=strategy_colours(order), style=style, s=70, alpha=0.85, ax=ax)
+                    palette=strategy_colours(every_strategy(results)), style=style, s=70,
+                    alpha=0.85, ax=ax)
     ax.set_xscale("log")
     ax.set(xlabel="learning rate (log scale)", ylabel=VAL_ACC,
            title="Learning rate against best validation accuracy, per trial")
@@ -143,7 +149,8 @@ def batch_and_augment(results: pd.DataFrame, path: Path) -> Path:
     panels = (("batch_size", "batch size (images)", None),
               ("augment", "augmentation policy", AUGMENT_ORDER))
     for ax, (column, label, known) in zip(axes, panels, strict=True):
-        _category_panel(ax, ok, column, label, known, order)
+        _category_panel(ax, ok, column, label, known, order,
+                        strategy_colours(every_strategy(results)))
     axes[0].set_ylabel(VAL_ACC)
     handles, labels = {}, []
     for ax in axes:  # one legend for both panels: a strategy may be in only one of them
@@ -160,7 +167,8 @@ def batch_and_augment(results: pd.DataFrame, path: Path) -> Path:
     return save(fig, path)
 
 
-def _category_panel(ax, ok: pd.DataFrame, column: str, label: str, known, order) -> None:
+def _category_panel(ax, ok: pd.DataFrame, column: str, label: str, known, order,
+                    colours: dict) -> None:
     ax.set(xlabel=label, title=f"by {label.split(' (')[0]}")
     data = ok.dropna(subset=[column]) if column in ok else ok.iloc[0:0]
     if data.empty:
@@ -172,7 +180,7 @@ def _category_panel(ax, ok: pd.DataFrame, column: str, label: str, known, order)
             else sorted(values, key=_numeric_first))
     sns.stripplot(data=data, x=column, y="val_acc", order=cats, hue="strategy",
                   hue_order=[s for s in order if s in set(data["strategy"])],
-                  palette=strategy_colours(order), dodge=True, jitter=0.08, size=7,
+                  palette=colours, dodge=True, jitter=0.08, size=7,
                   alpha=0.85, ax=ax)
     missing = sorted(set(ok["strategy"]) - set(data["strategy"]))
     if missing:
@@ -180,12 +188,13 @@ def _category_panel(ax, ok: pd.DataFrame, column: str, label: str, known, order)
     _rotate(ax, cats)
 
 
-def importance_bars(importance: pd.DataFrame, path: Path) -> Path:
-    """Hyperparameter importance per strategy (analysis.importance), one panel per strategy."""
+def importance_bars(importance: pd.DataFrame, path: Path, strategies: list[str]) -> Path:
+    """Hyperparameter importance per strategy (analysis.importance), one panel per strategy;
+    `strategies`, all of the results', pick the colours."""
     if importance.empty:
         raise NothingToPlot("no study had 2 or more complete trials and 2 or more parameters")
     order = list(dict.fromkeys(importance["strategy"]))
-    colours = strategy_colours(order)
+    colours = strategy_colours([*strategies, *order])
     longest = max(len(str(p)) for p in importance["parameter"])
     fig, axes = _grid(len(order), sharex=True, panel=(4.2 + 0.06 * longest, 3.6))
     for ax, strategy in zip(axes, order, strict=False):
@@ -223,8 +232,9 @@ def stage_quality(stages: pd.DataFrame, stage_curves: pd.DataFrame, path: Path) 
     return save(fig, path)
 
 
-def test_accuracy(evals: pd.DataFrame, path: Path) -> Path:
-    """Final evaluation: test accuracy per seed, and mean with its 95% t-interval."""
+def test_accuracy(evals: pd.DataFrame, path: Path, strategies: list[str]) -> Path:
+    """Final evaluation: test accuracy per seed, and mean with its 95% t-interval; `strategies`,
+    all of the results', pick the colours."""
     if evals.empty:
         raise NothingToPlot("the final evaluation did not run (run.py --final-eval N, or "
                             "search/evaluate.py)")
@@ -232,8 +242,8 @@ def test_accuracy(evals: pd.DataFrame, path: Path) -> Path:
     order = list(means.index)
     fig, ax = _figure(width=max(6.0, 1.3 * len(order) + 2))
     sns.stripplot(data=evals, x="strategy", y="test_acc", order=order, hue="strategy",
-                  hue_order=order, palette=strategy_colours(order), legend=False, size=8,
-                  jitter=0.1, alpha=0.8, ax=ax)
+                  hue_order=order, palette=strategy_colours([*strategies, *order]), legend=False,
+                  size=8, jitter=0.1, alpha=0.8, ax=ax)
     for x, strategy in enumerate(order):
         stats = mean_ci(evals.loc[evals["strategy"] == strategy, "test_acc"].to_numpy())
         err = None if math.isnan(stats.low) else [[stats.mean - stats.low],

@@ -24,10 +24,11 @@ import pandas as pd
 
 from analysis import plots
 from analysis.importance import importance_report
-from analysis.remote import RemoteError, fetch, is_uri, join_uri, upload
-from analysis.results import leaderboard, load_curves, load_eval, load_results, read_experiment
+from analysis.results import leaderboard, load_curves, load_eval, load_results
 from analysis.stats import gap_ci
-from trainables.cache import DiskFullError, atomic_file
+from store.atomic import DiskFullError, atomic_file
+from store.layout import EVAL_DIR, EXPERIMENT_FILE, read_experiment
+from store.uri import RemoteError, is_uri, join_uri, local_copy, upload
 
 MISSING, NOT_MEASURED = "–", "not measured"
 # stage kind -> (record field of its per-epoch quality, what that number is)
@@ -53,7 +54,8 @@ PLOTS = {
         "Whether a batch size or augmentation policy does better within one strategy (follow "
         "one colour across a panel); with a few trials per group these are hints, not effects."),
     "importance": (
-        lambda t, p: plots.importance_bars(t.importance, p),
+        lambda t, p: plots.importance_bars(t.importance, p,
+                                           plots.every_strategy(t.results)),
         "Which hyperparameters separated each strategy's top quarter of trials from the rest "
         "(PED-ANOVA); on small studies only large shares mean much."),
     "pretraining_stages": (
@@ -61,7 +63,7 @@ PLOTS = {
         "Whether each pretraining stage learned before its weights were used: source accuracy "
         "should rise and colour error fall."),
     "test_accuracy": (
-        lambda t, p: plots.test_accuracy(t.evals, p),
+        lambda t, p: plots.test_accuracy(t.evals, p, plots.every_strategy(t.results)),
         "Test accuracy of each strategy's best config over seeds: strategies whose intervals "
         "overlap are not told apart by the test split."),
 }
@@ -100,7 +102,7 @@ def check_experiment(exp_dir: str | Path) -> dict:
     except FileNotFoundError as error:
         raise ReportError(str(error)) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ReportError(f"{exp_dir}: experiment.json is not valid JSON ({error})") from None
+        raise ReportError(f"{exp_dir}: {EXPERIMENT_FILE} is not valid JSON ({error})") from None
 
 
 def find_experiment(exp_dir: str | Path) -> Path:
@@ -270,7 +272,7 @@ def eval_links(tables: Tables, out: Path) -> str:
         for strategy in tables.evals["strategy"].drop_duplicates():
             cells = {}
             for label, pattern in files.items():
-                path = exp_dir / "eval" / pattern.format(s=strategy)
+                path = exp_dir / EVAL_DIR / pattern.format(s=strategy)
                 cells[label] = f"[{path.name}]({_rel(path, out)})" if path.is_file() else MISSING
             if any(c != MISSING for c in cells.values()):
                 name = strategy if len(tables.exp_dirs) == 1 else f"{exp_dir.name}/{strategy}"
@@ -379,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.top_k < 1:
             raise ReportError(f"--top-k {args.top_k}: must be at least 1")
-        local = [fetch(d) if is_uri(d) else d for d in args.exp_dirs]
+        local = [local_copy(d) if is_uri(d) else d for d in args.exp_dirs]
         for exp_dir in local:
             check_experiment(exp_dir)
         path = write_report(local, args.out, args.top_k)

@@ -4,8 +4,7 @@ Reads result files only (experiment.json, trials.json, each trial's params.json 
 as Ray Tune writes them, and eval/results.csv), so it works on a copy of an experiment without
 Ray or the code that produced it.
 
-"Best" is the epoch with the highest val_acc, the latest such epoch on a tie: the one whose
-checkpoint Tune keeps and whose score the Optuna study records.
+"Best" is store.records' best epoch: the highest val_acc, the latest such epoch on a tie.
 """
 
 from __future__ import annotations
@@ -16,12 +15,21 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.best_config import best_config, write_best_config
-from analysis.pareto import full_budget_seconds, pareto_front
+from analysis.pareto import pareto_front
 from analysis.stats import mean_ci
-from trainables.cache import atomic_file
+from store.atomic import atomic_file
+from store.best_config import best_config, write_best_config
+from store.layout import (
+    BEST_DIR,
+    EVAL_RESULTS,
+    LEADERBOARD_FILE,
+    PARETO_FILE,
+    best_config_path,
+    read_experiment,
+    read_trials,
+)
+from store.records import PARAMS_FILE, best_row, epoch_rows, full_budget_seconds, trial_dirs
 
-EXPERIMENT_FILE, TRIALS_FILE, EVAL_RESULTS = "experiment.json", "trials.json", "eval/results.csv"
 # per-trial columns that are not sampled hyperparameters
 RESULT_COLUMNS = ("experiment", "strategy", "trial_id", "pretrained", "val_acc", "val_loss",
                   "best_epoch", "epochs", "stopped_early", "errored", "error", "trial_hours",
@@ -30,34 +38,9 @@ RESULT_COLUMNS = ("experiment", "strategy", "trial_id", "pretrained", "val_acc",
 CURVE_METRICS = ("val_acc", "val_loss", "train_acc", "train_loss", "lr", "time_total_s")
 
 
-def read_experiment(exp_dir: str | Path) -> dict:
-    path = Path(exp_dir) / EXPERIMENT_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{exp_dir}: not an experiment directory (no {EXPERIMENT_FILE})")
-    return json.loads(path.read_text())
-
-
-def epoch_rows(trial_dir: Path) -> list[dict]:
-    """The trial's reports in order (result.json: one JSON object per line)."""
-    path = trial_dir / "result.json"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def best_row(rows: list[dict]) -> dict | None:
-    """The report of the best epoch: highest val_acc, the latest one on a tie."""
-    scored = [r for r in rows if isinstance(r.get("val_acc"), (int, float))]
-    return max(reversed(scored), key=lambda r: r["val_acc"], default=None)
-
-
 def trial_statuses(exp_dir: Path) -> dict[str, dict]:
     """trial_id -> {errored, error, ...} from trials.json (absent if the search was cut short)."""
-    path = exp_dir / TRIALS_FILE
-    if not path.is_file():
-        return {}
-    return {o["trial_id"]: o for outcomes in json.loads(path.read_text()).values()
-            for o in outcomes}
+    return {o["trial_id"]: o for outcomes in read_trials(exp_dir).values() for o in outcomes}
 
 
 def trial_row(exp_dir: Path, strategy: str, trial_dir: Path, meta: dict, status: dict) -> dict:
@@ -66,7 +49,7 @@ def trial_row(exp_dir: Path, strategy: str, trial_dir: Path, meta: dict, status:
     epochs = max((r.get("training_iteration", 0) for r in rows), default=0)
     errored = bool(status.get("errored", False))
     seconds = max((r.get("time_total_s", 0.0) for r in rows), default=0.0)
-    params = json.loads((trial_dir / "params.json").read_text())
+    params = json.loads((trial_dir / PARAMS_FILE).read_text())
     return {
         "experiment": exp_dir.name,
         "strategy": strategy,
@@ -90,10 +73,6 @@ def trial_row(exp_dir: Path, strategy: str, trial_dir: Path, meta: dict, status:
         # as sampled: the columns above turn ints into floats where other strategies lack them
         "hyperparameters": json.dumps(params, sort_keys=True),
     }
-
-
-def trial_dirs(exp_dir: Path, strategy: str) -> list[Path]:
-    return sorted(p.parent for p in (exp_dir / strategy).glob("*/params.json"))
 
 
 def load_results(*exp_dirs: str | Path) -> pd.DataFrame:
@@ -181,15 +160,14 @@ def export_best_configs(board: pd.DataFrame, exp_dir: str | Path) -> list[Path]:
     """Write best/<strategy>.yaml for every strategy with a successful trial."""
     exp_dir = Path(exp_dir)
     meta = read_experiment(exp_dir)
-    out = exp_dir / "best"
-    out.mkdir(exist_ok=True)
+    (exp_dir / BEST_DIR).mkdir(exist_ok=True)
     written = []
     for _, row in board.dropna(subset=["val_acc"]).iterrows():
         record = {"best_epoch": int(row["best_epoch"]), "val_acc": float(row["val_acc"]),
                   "trial_id": row["trial_id"], "experiment": str(exp_dir)}
         config = best_config(meta, row["strategy"], row["pretrained"],
                              json.loads(row["hyperparameters"]), record)
-        path = out / f"{row['strategy']}.yaml"
+        path = best_config_path(exp_dir, row["strategy"])
         write_best_config(path, config)
         written.append(path)
     return written
@@ -199,12 +177,12 @@ def write_leaderboard(board: pd.DataFrame, exp_dir: str | Path,
                       front: pd.DataFrame | None = None) -> Path:
     """leaderboard.csv, and leaderboard.md beside it for reading; with `front`, pareto.csv and
     the front as a second table in leaderboard.md."""
-    path = Path(exp_dir) / "leaderboard.csv"
+    path = Path(exp_dir) / LEADERBOARD_FILE
     with atomic_file(path) as tmp:
         board.to_csv(tmp, index=False)
     text = board.to_markdown(index=False, floatfmt=".4g") + "\n"
     if front is not None:
-        with atomic_file(path.with_name("pareto.csv")) as tmp:
+        with atomic_file(path.with_name(PARETO_FILE)) as tmp:
             front.to_csv(tmp, index=False)
         text += ("\n## Pareto front: val_acc against training time at the full budget (s)\n\n"
                  + front.to_markdown(index=False, floatfmt=".4g") + "\n")

@@ -15,9 +15,9 @@ def apply_style() -> None:
 
 
 def strategy_colours(strategies: list[str]) -> dict[str, tuple[float, float, float]]:
-    """The same colour for a strategy in every plot: the registry's order picks it."""
-    from trainables.strategies import STRATEGIES  # torch-free: names only
-
-    order = [*STRATEGIES, *sorted(set(strategies) - set(STRATEGIES))]
+    """A colour per strategy, picked by its place in `strategies`: every plot of a report passes
+    all of the results' strategies, in the experiment's order, so a strategy keeps its colour
+    in each plot, whichever of them the plot shows."""
+    order = list(dict.fromkeys(strategies))
     colours = sns.color_palette(PALETTE, max(len(order), 1))
     return {name: colours[i % len(colours)] for i, name in enumerate(order)}

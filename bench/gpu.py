@@ -42,6 +42,7 @@ from pathlib import Path
 import ray
 import torch
 
+from bench.gpu_sizes import CPU, GPU
 from bench.tables import format_table
 from trainables.compiled import compile_net
 from trainables.device import (
@@ -55,14 +56,6 @@ from trainables.loop import train_epoch
 from trainables.models import build_model, normalizer
 
 ROOT = Path(__file__).resolve().parents[1]
-GPU = {"backbone": "resnet18", "size": 224, "batch": 256, "images": 20480, "epochs": 3,
-       "bare_size": 128, "bare_batch": 256, "packed_size": 32, "packed_batch": 128,
-       "packed_images": 40960, "search_data": "demo:900", "search_size": 128,
-       "search_samples": 16, "search_epochs": 5, "cpus_per_trial": 3, "gpus_per_trial": 0.25}
-CPU = {"backbone": "test_resnet", "size": 32, "batch": 32, "images": 128, "epochs": 2,
-       "bare_size": 32, "bare_batch": 32, "packed_size": 32, "packed_batch": 32,
-       "packed_images": 128, "search_data": "demo:8", "search_size": 32, "search_samples": 2,
-       "search_epochs": 2, "cpus_per_trial": 0.5, "gpus_per_trial": 0.0}
 GOALS = {"wall_s": 40.0, "of_bare": 0.70}  # the packed search, on one GPU
 
 

@@ -32,6 +32,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.gpu_sizes import CPU, GPU
+
 ROOT = Path(__file__).resolve().parents[1]
 # per device: the search's arguments, and each part's timeout in seconds
 SEARCH = {
@@ -152,8 +154,6 @@ def table(device: str, out: Path, cache: Path) -> Part:
 
 def prepare_table_data(device: str, cache: Path) -> subprocess.Popen:
     """The table's search data, prepared (and cached) while the other parts run."""
-    from bench.gpu import CPU, GPU
-
     cfg = GPU if device == "cuda" else CPU
     code = ("from trainables.data.load import load_dataset; load_dataset("
             f"{cfg['search_data']!r}, image_size={cfg['search_size']}, cache_dir={str(cache)!r})")

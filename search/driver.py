@@ -8,7 +8,6 @@ and its searcher's saved state.
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,8 +16,7 @@ import optuna
 import ray
 from ray import tune
 
-from analysis.remote import join_uri, upload
-from search.outcomes import read_outcomes, summarise_errors, trial_outcomes, write_outcomes
+from search.outcomes import summarise_errors, trial_outcomes
 from search.phases import RUN
 from search.pretraining import StageData, StageOutputs, run_stages, write_stage_outputs
 from search.spec import ExperimentSpec
@@ -31,10 +29,10 @@ from search.tuning import (
     restore_tuner,
     study_name,
 )
-from trainables.cache import atomic_file
+from store.atomic import atomic_file
+from store.layout import SPACE_COPY, read_trials, write_experiment, write_trials
+from store.uri import join_uri, upload
 from trainables.data.dataset import Dataset
-
-SPACE_COPY = "space.yaml"
 
 
 @dataclass
@@ -55,10 +53,10 @@ def run_search(spec: ExperimentSpec, data: Dataset, sources: StageData) -> Searc
     if not spec.resume:
         spec = start_experiment(spec, data, stages)
     storage = open_storage(spec.optuna_storage, spec.exp_dir) if spec.has_study else None
-    search = Search(outcomes=read_outcomes(spec.exp_dir) if spec.resume else {})
+    searched = Search(outcomes=read_trials(spec.exp_dir) if spec.resume else {})
     RUN.enter("trials")
     for strategy in spec.strategies:
-        if strategy in search.outcomes:
+        if strategy in searched.outcomes:
             print(f"{strategy}: already searched, kept", flush=True)
             continue
         restored = spec.resume and tune.Tuner.can_restore(join_uri(spec.exp_uri, strategy))
@@ -69,20 +67,20 @@ def run_search(spec: ExperimentSpec, data: Dataset, sources: StageData) -> Searc
         grid = tuner.fit()
         checkpoint(storage)  # the study's write-ahead log into optuna.db, before any upload
         if not finished(grid, spec):
-            search.interrupted = strategy
+            searched.interrupted = strategy
             publish(spec)
-            return search
+            return searched
         if spec.has_study:
             orphans = close_orphans(storage, study_name(spec, strategy), str(spec.exp_dir))
             if orphans:
                 print(f"{strategy}: {orphans} study trial(s) of a killed driver marked failed",
                       flush=True)
-        search.outcomes[strategy] = trial_outcomes(grid)
-        write_outcomes(spec.exp_dir, strategy, search.outcomes[strategy])
-        print(summarise_errors(strategy, search.outcomes[strategy]), flush=True)
+        searched.outcomes[strategy] = trial_outcomes(grid)
+        write_trials(spec.exp_dir, strategy, searched.outcomes[strategy])
+        print(summarise_errors(strategy, searched.outcomes[strategy]), flush=True)
         publish(spec)
     RUN.enter("finish")  # the checkpoints' pruning, the final evaluation, the leaderboard
-    return search
+    return searched
 
 
 def publish(spec: ExperimentSpec) -> None:
@@ -103,14 +101,15 @@ def start_experiment(spec: ExperimentSpec, data: Dataset, stages: StageOutputs
         with atomic_file(spec.exp_dir / SPACE_COPY) as tmp:
             shutil.copyfile(spec.space_file, tmp)
         spec = replace(spec, space_file=str(spec.exp_dir / SPACE_COPY))
-    write_experiment(spec, data, stages)
+    write_experiment(spec.exp_dir, experiment_record(spec, data, stages))
     write_stage_outputs(spec.exp_dir, stages.records)
     publish(spec)
     return spec
 
 
-def write_experiment(spec: ExperimentSpec, data: Dataset, stages: StageOutputs) -> None:
-    meta = {
+def experiment_record(spec: ExperimentSpec, data: Dataset, stages: StageOutputs) -> dict:
+    """experiment.json: the spec, its strategies' stages and studies, and the data."""
+    return {
         **{k: str(v) if isinstance(v, Path) else v for k, v in asdict(spec).items()
            if k not in ("resume", "show_space", "optuna_storage")},
         "strategies": {s: {"pretrained": stages.labels[s],
@@ -125,6 +124,4 @@ def write_experiment(spec: ExperimentSpec, data: Dataset, stages: StageOutputs) 
                     "val": len(data.val), "test": len(data.test) if data.test else 0},
         "stages": stages.records,
     }
-    with atomic_file(spec.exp_dir / "experiment.json") as tmp:
-        tmp.write_text(json.dumps(meta, indent=2))
 

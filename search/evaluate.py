@@ -28,10 +28,11 @@ import pandas as pd
 import ray
 import torch
 
-from analysis import leaderboard, load_results, read_experiment
+from analysis import leaderboard, load_results
 from analysis.eval_plots import confusion_plot, tsne_plot
 from analysis.stats import gap_ci, mean_ci
-from trainables.cache import DiskFullError, atomic_file
+from store.atomic import DiskFullError, atomic_file
+from store.layout import EVAL_DIR, EVAL_RESULTS, EVAL_SUMMARY, MODEL_DIR, read_experiment
 from trainables.config import RunSettings, TrialConfig
 from trainables.data.dataset import DataError, Dataset, Split
 from trainables.device import pick_device
@@ -40,8 +41,6 @@ from trainables.loop import predict
 from trainables.models import normalizer
 from trainables.reporting import host_copy
 from trainables.trainable import fit
-
-EVAL_DIR = "eval"
 
 
 def train_and_test(settings: RunSettings, hp: TrialConfig, data: Dataset, test: Split,
@@ -160,7 +159,7 @@ def write_eval(exp_dir: Path, spec, board: pd.DataFrame, data: Dataset,
                      "epochs": int(board.set_index("strategy").loc[strategy, "best_epoch"]),
                      "seconds": result["seconds"]})
     results = pd.DataFrame(rows)
-    with atomic_file(out / "results.csv") as tmp:
+    with atomic_file(exp_dir / EVAL_RESULTS) as tmp:
         results.to_csv(tmp, index=False)
     for strategy in board["strategy"]:
         first = outputs[(strategy, spec.seed)]  # the experiment's own seed: the kept model
@@ -179,9 +178,9 @@ def write_eval(exp_dir: Path, spec, board: pd.DataFrame, data: Dataset,
         tsne_plot(first["features"], labels, classes, strategy, out / strategy / "tsne.png",
                   seed=spec.seed)
         if first["state"] is not None:
-            keep_model(out / "model" / strategy, first["state"], spec, board, strategy, data,
+            keep_model(exp_dir / MODEL_DIR / strategy, first["state"], spec, board, strategy, data,
                        results)
-    with atomic_file(out / "summary.md") as tmp:
+    with atomic_file(exp_dir / EVAL_SUMMARY) as tmp:
         tmp.write_text(summary(results, board))
     return out
 
@@ -256,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, FileNotFoundError, DiskFullError) as error:
         print(f"evaluate.py: error: {error}", file=sys.stderr)
         return 2
-    print((out / "summary.md").read_text())
+    print((Path(args.exp_dir) / EVAL_SUMMARY).read_text())
     print(f"evaluation: {out}; the experiment's leaderboard.csv and .md now have test columns")
     return 0
 

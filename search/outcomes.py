@@ -9,18 +9,14 @@ trials is kept, unless the user asks for all.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
 import ray
 from ray import tune
 
-from analysis.remote import checkpoint_dirs, delete_dir
-from trainables.cache import atomic_file
+from store.uri import checkpoint_dirs, delete_dir
 from trainables.failures import OUT_OF_MEMORY
-
-TRIALS_FILE = "trials.json"
 
 
 def trial_outcomes(grid: tune.ResultGrid) -> list[dict]:
@@ -55,20 +51,6 @@ def error_line(error: BaseException, config: dict) -> str:
     if isinstance(error, ray.exceptions.OutOfMemoryError) or "OutOfMemoryError" in str(error):
         return f"out of memory at batch size {config.get('batch_size')} on the host ({line})"
     return line
-
-
-def read_outcomes(exp_dir: Path) -> dict[str, list[dict]]:
-    """Each finished strategy's trial outcomes, as write_outcomes left them."""
-    path = exp_dir / TRIALS_FILE
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def write_outcomes(exp_dir: Path, strategy: str, outcomes: list[dict]) -> None:
-    path = exp_dir / TRIALS_FILE
-    every = read_outcomes(exp_dir)
-    every[strategy] = outcomes
-    with atomic_file(path) as tmp:
-        tmp.write_text(json.dumps(every, indent=2))
 
 
 def summarise_errors(strategy: str, outcomes: list[dict]) -> str:

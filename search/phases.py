@@ -13,9 +13,8 @@ import json
 import time
 from pathlib import Path
 
-from trainables.cache import atomic_file
-
-TIMINGS_FILE = "timings.json"
+from store.atomic import atomic_file
+from store.layout import TIMINGS_FILE
 
 
 class Phases:

@@ -48,7 +48,7 @@ def smallest_batch(spec: ExperimentSpec, strategy: str, train_images: int | None
 def config_on_its_own_data(spec: ExperimentSpec) -> bool:
     if spec.config_file is None:
         return False
-    from analysis.best_config import read_best_config  # read and checked once already
+    from store.best_config import read_best_config  # read and checked once already
 
     return read_best_config(spec.config_file).get("data") == spec.data
 

@@ -18,7 +18,8 @@ from tensorboardX import SummaryWriter
 
 from search.checks import stage_kind
 from search.spec import ExperimentSpec
-from trainables.cache import area, atomic_file
+from store.atomic import atomic_file
+from trainables.cache import area
 from trainables.data.dataset import DataError, Dataset
 from trainables.features import (
     compute_features,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from search.phases import RUN
 from search.spec import UsageError, parse_spec
-from trainables.cache import DiskFullError
+from store.atomic import DiskFullError
 from trainables.data.dataset import DataError
 
 
@@ -39,12 +39,12 @@ def main(argv: list[str] | None = None, prog: str = "run.py") -> int:
     print(f"data: {data.name}, {data.num_classes} classes, {len(data.train)} train / "
           f"{len(data.val)} val images at {data.image_size} px", flush=True)
     try:
-        search = search_on_ray(spec, data, sources, prog)
+        searched = search_on_ray(spec, data, sources, prog)
     except KeyboardInterrupt:  # before the Tuner, which handles Ctrl-C itself
         return interrupted(spec, prog, None)
-    if isinstance(search, int):  # the search's exit code, finish included
-        return search
-    return interrupted(spec, prog, search.interrupted)
+    if isinstance(searched, int):  # the run's exit code, finish included
+        return searched
+    return interrupted(spec, prog, searched.interrupted)
 
 
 def show_space(spec) -> int:
@@ -123,10 +123,10 @@ def search_on_ray(spec, data, sources, prog: str):
         if not spec.storage_uri:
             check_storage_reach(spec.storage)
         show_dashboards(spec, context.dashboard_url)
-        search = run_search(spec, data, sources)
+        searched = run_search(spec, data, sources)
         # the final evaluation's tasks run on this Ray, whose workers are up: starting another
         # instance for them costs a Ray start (5 to 11 s measured)
-        return search if search.interrupted else finish(spec, search.outcomes, prog)
+        return searched if searched.interrupted else finish(spec, searched.outcomes, prog)
     except (StageError, ResourceError, DiskFullError) as error:  # a stage's cause: the message
         return fail(prog, getattr(error, "cause", error))
     finally:
@@ -156,7 +156,7 @@ def finish(spec, outcomes: dict[str, list[dict]], prog: str) -> int:
     from search.driver import publish
 
     if spec.storage_uri:  # Tune's trial results, read by the analysis, without checkpoints;
-        from analysis.remote import download, join_uri  # the driver's own files are here
+        from store.uri import download, join_uri  # the driver's own files are here
 
         for strategy in spec.strategies:
             download(join_uri(spec.exp_uri, strategy), spec.exp_dir / strategy)
@@ -182,7 +182,9 @@ def finish(spec, outcomes: dict[str, list[dict]], prog: str) -> int:
 
 def interrupted(spec, prog: str, strategy: str | None) -> int:
     """Ctrl-C: say what was kept and how to go on; exit code 130, as for SIGINT."""
-    if not (spec.exp_dir / "experiment.json").is_file():
+    from store.layout import is_experiment
+
+    if not is_experiment(spec.exp_dir):
         print(f"\n{prog}: interrupted before the search started; nothing was written",
               file=sys.stderr)
         return 130
@@ -210,8 +212,8 @@ def fail(prog: str, error: BaseException) -> int:
 def prune(spec) -> None:
     """Keep the best-epoch checkpoint of each strategy's top trials; print the disk use."""
     from analysis import load_results
-    from analysis.remote import size
     from search.outcomes import prune_checkpoints
+    from store.uri import size
 
     before = size(spec.exp_uri)
     kept = prune_checkpoints(load_results(spec.exp_dir), spec.keep_checkpoints, spec.exp_dir,

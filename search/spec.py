@@ -198,9 +198,8 @@ RESUME_FLAGS = ("resume", "storage", "address", "dashboard_host", "cache_dir", "
 def resume_spec(parser: ArgumentParser, args: argparse.Namespace,
                 argv: list[str] | None) -> ExperimentSpec:
     """--resume NAME: the experiment's own spec from its experiment.json."""
-    import json
-
-    from analysis.remote import download
+    from store.layout import EXPERIMENT_FILE, is_experiment, read_experiment
+    from store.uri import download
 
     defaults = vars(parser.parse_args([]))
     changed = sorted(k for k, v in vars(args).items()
@@ -215,12 +214,11 @@ def resume_spec(parser: ArgumentParser, args: argparse.Namespace,
         with remote_errors(storage_uri):
             download(experiment_location(storage, storage_uri, args.resume),
                      storage / args.resume)
-    meta_file = storage / args.resume / "experiment.json"
-    if not meta_file.is_file():
+    if not is_experiment(storage / args.resume):
         where = experiment_location(storage, storage_uri, args.resume)
         raise UsageError(f"--resume {args.resume}: no experiment {where} (its "
-                         "experiment.json is missing); check --name and --storage")
-    meta = json.loads(meta_file.read_text())
+                         f"{EXPERIMENT_FILE} is missing); check --name and --storage")
+    meta = read_experiment(storage / args.resume)
     spec = spec_from_experiment(meta, storage / args.resume, args.cache_dir, args.address)
     spec = replace(spec, storage_uri=storage_uri)
     keep = (parse_keep(args.keep_checkpoints) if args.keep_checkpoints != "3"
@@ -236,7 +234,7 @@ def experiment_storage(text: str, name: str, cache_dir: str | None
     staged in the cache, in a folder of their own per URI."""
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) or ".." in name:
         raise UsageError(f"--name {name}: use letters, digits, '.', '_' and '-' only")
-    from analysis.remote import is_uri, open_uri
+    from store.uri import is_uri, open_uri
 
     if not is_uri(text):
         storage = Path(text).expanduser().resolve()
@@ -249,7 +247,7 @@ def experiment_storage(text: str, name: str, cache_dir: str | None
 
 def experiment_location(storage: Path, storage_uri: str | None, name: str) -> str:
     """Where experiment `name` lives: under the --storage URI, else in the local folder."""
-    from analysis.remote import join_uri
+    from store.uri import join_uri
 
     return join_uri(storage_uri, name) if storage_uri else str(storage / name)
 
@@ -257,7 +255,7 @@ def experiment_location(storage: Path, storage_uri: str | None, name: str) -> st
 def experiment_exists(storage: Path, storage_uri: str | None, name: str) -> bool:
     if not storage_uri:
         return (storage / name).exists()
-    from analysis.remote import exists
+    from store.uri import exists
 
     with remote_errors(storage_uri):
         found = exists(experiment_location(storage, storage_uri, name))
@@ -269,7 +267,7 @@ def experiment_exists(storage: Path, storage_uri: str | None, name: str) -> bool
 @contextlib.contextmanager
 def remote_errors(uri: str):
     """Storage that cannot be reached is a usage error: the message says how to fix it."""
-    from analysis.remote import RemoteError
+    from store.uri import RemoteError
 
     try:
         yield
@@ -319,7 +317,7 @@ def check_warm_start(path: str | None, strategies: tuple[str, ...]
 def apply_config(parser: argparse.ArgumentParser, args: argparse.Namespace,
                  argv: list[str] | None) -> tuple[argparse.Namespace, dict]:
     """--config: its run settings become the CLI's defaults, so flags given too still win."""
-    from analysis.best_config import ConfigError, read_best_config
+    from store.best_config import ConfigError, read_best_config
 
     try:
         config = read_best_config(args.config)

@@ -5,8 +5,7 @@ puts them in a storage that drivers on other machines (or other processes on thi
 a PostgreSQL or MySQL server, or Optuna's journal file (`journal:PATH`), which needs no server.
 
 `check_storage_url` runs while the CLI is checked, so it imports neither optuna nor sqlalchemy;
-optuna is imported only when a storage is opened. `search.spec` is imported as a module, not
-its names, so that an import of this module from spec.py's own imports still works.
+optuna is imported only when a storage is opened.
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ import sqlite3
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from search import spec
+from search.options import UsageError
 
 if TYPE_CHECKING:
     import optuna
@@ -59,17 +58,17 @@ def check_storage_url(text: str) -> str:
         return sqlite_url(rest, text)
     if scheme in RDB_SCHEMES and rest.startswith("//") and len(rest) > 2:
         if url_passwords(text):  # Ray pickles the storage, URL and all, into the experiment
-            raise spec.UsageError(
+            raise UsageError(
                 f"--optuna-storage {mask_password(text)}: a password in the URL would be saved "
                 "in the experiment's files; leave it out and give it through PGPASSWORD or "
                 "~/.pgpass (PostgreSQL), or read_default_file=~/.my.cnf (MySQL)")
         _, module, extra = RDB_SCHEMES[scheme]
         if importlib.util.find_spec(module) is None:
-            raise spec.UsageError(f"--optuna-storage {mask_password(text)}: the {module} driver "
+            raise UsageError(f"--optuna-storage {mask_password(text)}: the {module} driver "
                                   f'is not installed: pip install "transfer-search[{extra}]"')
         return with_driver(f"{scheme}:{rest}")
     hint = " (SQLAlchemy spells it postgresql://)" if scheme == "postgres" else ""
-    raise spec.UsageError(f"--optuna-storage {mask_password(text)}: not a storage URL this "
+    raise UsageError(f"--optuna-storage {mask_password(text)}: not a storage URL this "
                           f"search can use{hint}; expected {ACCEPTED}")
 
 
@@ -90,11 +89,11 @@ def sqlite_url(rest: str, text: str) -> str:
     """sqlite:///PATH with PATH made absolute; an in-memory database is refused, since no other
     driver (nor Ray's copy of the searcher) could ever see its studies."""
     if not rest.startswith("///"):
-        raise spec.UsageError(f"--optuna-storage {text}: expected sqlite:///PATH (three slashes, "
+        raise UsageError(f"--optuna-storage {text}: expected sqlite:///PATH (three slashes, "
                               "then the file; four for an absolute path)")
     path, query_mark, query = rest[3:].partition("?")
     if path == ":memory:":
-        raise spec.UsageError(f"--optuna-storage {text}: an in-memory database cannot be "
+        raise UsageError(f"--optuna-storage {text}: an in-memory database cannot be "
                               "shared; give a file: sqlite:///PATH")
     return f"sqlite:///{file_path(path, text)}{query_mark}{query}"
 
@@ -103,12 +102,12 @@ def file_path(text: str, flag: str) -> Path:
     """A storage file's absolute path, in a directory that exists: a typo in it is found now,
     not after the pretraining stages ran."""
     if not text:
-        raise spec.UsageError(f"--optuna-storage {flag}: no file given; expected {ACCEPTED}")
+        raise UsageError(f"--optuna-storage {flag}: no file given; expected {ACCEPTED}")
     path = Path(text).expanduser().resolve()
     if path.is_dir():
-        raise spec.UsageError(f"--optuna-storage {flag}: {path} is a directory; name a file in it")
+        raise UsageError(f"--optuna-storage {flag}: {path} is a directory; name a file in it")
     if not path.parent.is_dir():
-        raise spec.UsageError(f"--optuna-storage {flag}: {path.parent}: no such directory "
+        raise UsageError(f"--optuna-storage {flag}: {path.parent}: no such directory "
                               "(create it first)")
     return path
 

@@ -27,8 +27,6 @@ from ray import tune
 from ray.tune.logger import TBXLoggerCallback
 from ray.tune.search.optuna import OptunaSearch
 
-from analysis.pareto import full_budget_seconds
-from analysis.remote import join_uri
 from search.pretraining import StageOutputs
 from search.progress import progress_callbacks, tune_verbosity
 from search.resources import LAUNCHER_CONFIG
@@ -38,6 +36,8 @@ from search.spec import ExperimentSpec
 from search.warm_start import study_points
 from spaces import SpaceContext, get_space, run_context, to_trial_values
 from spaces.overrides import load_space_file
+from store.records import full_budget_seconds
+from store.uri import join_uri
 from trainables.config import RunSettings
 from trainables.trainable import train_transfer
 

@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from search.spec import UsageError
+from search.options import UsageError
 from spaces import to_study_params, to_trial_values
 from spaces.dims import Choices, Dim, Fixed, ProbeTrial
 from trainables.config import TrialConfig
@@ -52,7 +52,7 @@ def load_warm_start(path: str, strategies: Sequence[str]) -> dict[str, list[dict
 def from_best_config(path: str, file: Path, strategies: Sequence[str]) -> dict[str, list[dict]]:
     # here, not at the top: the analysis package loads pandas and scipy, seconds the searcher
     # (which imports this module for study_points) does not need
-    from analysis.best_config import ConfigError, read_best_config
+    from store.best_config import ConfigError, read_best_config
 
     try:
         config = read_best_config(file)

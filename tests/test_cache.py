@@ -15,7 +15,8 @@ import pytest
 import torch
 from PIL import Image
 
-from trainables.cache import DiskFullError, atomic_dir, atomic_file, cache_root
+from store.atomic import DiskFullError, atomic_dir, atomic_file
+from trainables.cache import cache_root
 from trainables.data.load import load_dataset
 from trainables.features import Features, read_features, write_features
 from trainables.pretrain import SAMPLES_FILE, read_stage, write_stage

@@ -19,7 +19,7 @@ from tests.helpers import TINY_MODEL
 from trainables.config import TrialConfig
 from trainables.data.dataset import Split
 from trainables.data.load import load_dataset
-from trainables.faults import FAULT_ENV
+from trainables.injected_faults import FAULT_ENV
 from trainables.loop import evaluate
 from trainables.models import build_model, normalizer
 from trainables.trainable import load_checkpoint
@@ -175,7 +175,8 @@ def test_a_strategy_whose_only_trial_raises_is_shown_and_exits_1(tmp_path):
                  "--max-failures", "1", "--storage", str(tmp_path), "--name", "broken",
                  "--cache-dir", str(tmp_path / "cache"), env={FAULT_ENV: "scratch:1"})
     assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-3000:]
-    assert "scratch: 1 trials, 1 errored; first: trainables.faults.InjectedFault" in result.stdout
+    first = "scratch: 1 trials, 1 errored; first: trainables.injected_faults.InjectedFault"
+    assert first in result.stdout
     assert "no successful trial for scratch" in result.stderr
     log = result.stdout.split("(log: ")[1].split(")")[0]
     assert "InjectedFault" in Path(log).read_text()  # the log the message points to exists

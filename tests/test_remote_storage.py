@@ -16,8 +16,8 @@ import pandas as pd
 import pyarrow.fs as pafs
 import pytest
 
-from analysis.remote import checkpoint_dirs, download, exists, join_uri, size, upload
 from search.outcomes import prune_checkpoints
+from store.uri import checkpoint_dirs, download, exists, join_uri, size, upload
 from tests.helpers import TINY_MODEL
 
 ROOT = Path(__file__).resolve().parents[1]

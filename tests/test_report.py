@@ -144,7 +144,7 @@ def test_plots_skip_degenerate_input_with_a_reason(hand_built, tmp_path):
     with pytest.raises(plots.NothingToPlot, match="no trial finished"):
         plots.box_val_acc(results.assign(errored=True), tmp_path / "box.png")
     with pytest.raises(plots.NothingToPlot, match="final evaluation"):
-        plots.test_accuracy(load_eval(tmp_path), tmp_path / "test.png")
+        plots.test_accuracy(load_eval(tmp_path), tmp_path / "test.png", ["frozen"])
     # augment only in frozen, batch_size in frozen and scratch: panels, not a crash
     assert plots.batch_and_augment(results.drop(columns=["augment"]), tmp_path / "b.png").is_file()
 

@@ -266,7 +266,7 @@ def test_a_space_file_with_a_python_tag_is_refused(tmp_path, document):
 
 @pytest.mark.parametrize("document", ["{tag}\n", "config_version: 1\nstrategy: {tag}\n"])
 def test_a_best_config_with_a_python_tag_is_refused(tmp_path, document):
-    from analysis.best_config import ConfigError, read_best_config
+    from store.best_config import ConfigError, read_best_config
 
     marker = tmp_path / "pwned"
     config = tmp_path / "frozen.yaml"

@@ -9,7 +9,6 @@ import optuna
 import pandas as pd
 import pytest
 
-from analysis.best_config import best_config, write_best_config
 from analysis.results import leaderboard, write_leaderboard
 from search.spec import UsageError
 from search.warm_start import load_warm_start, study_points
@@ -24,6 +23,7 @@ from spaces import (
 from spaces.dims import Choices, Fixed, Range
 from spaces.overrides import SpaceFileError, describe_space, describe_spaces, load_space_file
 from spaces.registry import LR_NAMES, LR_RANGES
+from store.best_config import best_config, write_best_config
 from trainables.config import TrialConfig
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -15,7 +15,7 @@ import torch
 from tests.helpers import TINY_MODEL
 from trainables.config import RunSettings, TrialConfig
 from trainables.failures import TrialFailure, is_out_of_memory
-from trainables.faults import FAULT_ENV
+from trainables.injected_faults import FAULT_ENV
 from trainables.trainable import fit
 
 ROOT = Path(__file__).resolve().parents[1]

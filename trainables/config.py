@@ -4,6 +4,7 @@ and the names their fields take.
 Run settings travel to trials through `tune.with_parameters`, never through `param_space`, so the
 search space holds only what Optuna samples. `TrialConfig.from_dict` rejects unknown keys, so a
 space that suggests a misspelled name fails the first trial loudly instead of being ignored.
+A TrialConfig is named `hp` wherever it is passed; `config` is Ray Tune's dict it is read from.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from pathlib import Path
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from trainables.cache import atomic_dir
+from store.atomic import atomic_dir
 from trainables.config import TrialConfig
 from trainables.models import Normalize, build_model, normalizer
 

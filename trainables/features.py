@@ -13,7 +13,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from trainables.cache import atomic_file, fingerprint
+from store.atomic import atomic_file
+from trainables.cache import fingerprint
 from trainables.data.dataset import Dataset
 from trainables.device import (
     autocast,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -21,9 +20,6 @@ from torch import nn
 from trainables.data.dataset import Split
 from trainables.device import gpu_share
 from trainables.models import normalizer
-
-if TYPE_CHECKING:  # features.py computes its features with the loop, which fetches from here
-    from trainables.features import Features
 
 # The data may take a quarter of the trial's GPU memory; the rest is the model's: weights,
 # optimizer state, and the activations of a batch, which dominate at large batch sizes.
@@ -90,19 +86,19 @@ def resident_budget(device: torch.device, gpus_per_trial: float,
     return RESIDENT_FRACTION * gpu_share(gpus_per_trial) * total_memory
 
 
-def place_data(model: nn.Module, features: Features | None, train: Split, val: Split | None,
-               device: torch.device, budget: float
+def place_data(model: nn.Module, features: tuple[np.ndarray, np.ndarray] | None, train: Split,
+               val: Split | None, device: torch.device, budget: float
                ) -> tuple[nn.Module, nn.Module, tuple, tuple, bool]:
     """(network to train, its input normaliser, (train x, y), (val x, y), resident).
 
     Labels always go to the device; inputs go there when they fit in `budget` bytes, else
     they stream. A frozen backbone without augmentation sees the same images every epoch, so
-    with `features` its head trains on the backbone's precomputed outputs instead (identical,
-    no backbone).
+    with `features`, the backbone's precomputed (train, val) outputs, its head trains on them
+    instead (identical, no backbone).
     """
     if features is not None:
         net, normalize = model.get_classifier(), nn.Identity()
-        inputs = [features.train, features.val]
+        inputs = list(features)
     else:
         net, normalize = model, normalizer(model).to(device)
         inputs = [train.images, val.images if val is not None else None]

@@ -24,7 +24,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from trainables.cache import atomic_dir, fingerprint
+from store.atomic import atomic_dir
+from trainables.cache import fingerprint
 from trainables.colorization import train_colorization
 from trainables.config import STAGES
 from trainables.data.dataset import Dataset

@@ -1,6 +1,6 @@
 """The registry of transfer strategies: which weights a model starts from, and what trains.
 
-A strategy is one registered function `(model, config) -> Plan` plus one space in `spaces/`;
+A strategy is one registered function `(model, hp) -> Plan` plus one space in `spaces/`;
 the registered name is the string used in the CLI, the results and the exported configs.
 Importing this module loads no torch (the functions only walk the model they are given), so the
 CLI can list the strategies at once.
@@ -65,7 +65,7 @@ STRATEGIES: dict[str, Strategy] = {}
 
 
 def register_strategy(name: str, pretrained: str, frozen_backbone: bool = False):
-    """Register `fn(model, config) -> Plan` as strategy `name`, starting from stage `pretrained`."""
+    """Register `fn(model, hp) -> Plan` as strategy `name`, starting from stage `pretrained`."""
 
     def decorator(fn: Callable[[nn.Module, TrialConfig], Plan]):
         if name in STRATEGIES:
@@ -91,54 +91,54 @@ def param_groups(params: list[nn.Parameter], lr: float, weight_decay: float) -> 
     return [g for g in groups if g["params"]]
 
 
-def backbone_and_head(model: nn.Module, config: TrialConfig,
+def backbone_and_head(model: nn.Module, hp: TrialConfig,
                       frozen: list[nn.Parameter] = ()) -> list[dict]:
     """Discriminative learning rates: backbone lr = lr * lr_mult, head lr = lr."""
     backbone, head = split_parameters(model)
     skip = {id(p) for p in frozen}
     trainable = [p for p in backbone if id(p) not in skip]
-    return (param_groups(trainable, config.lr * config.lr_mult, config.weight_decay)
-            + param_groups(head, config.lr, config.weight_decay))
+    return (param_groups(trainable, hp.lr * hp.lr_mult, hp.weight_decay)
+            + param_groups(head, hp.lr, hp.weight_decay))
 
 
-def first_blocks_frozen(model: nn.Module, config: TrialConfig) -> Plan:
+def first_blocks_frozen(model: nn.Module, hp: TrialConfig) -> Plan:
     """The first `freeze_depth` blocks frozen, the rest fine-tuned with lr * lr_mult."""
-    depth = min(config.freeze_depth, len(block_modules(model)))
+    depth = min(hp.freeze_depth, len(block_modules(model)))
     frozen = params_of_first_blocks(model, depth)
-    return Plan(backbone_and_head(model, config, frozen), tuple(frozen),
+    return Plan(backbone_and_head(model, hp, frozen), tuple(frozen),
                 modules_of_first_blocks(model, depth))
 
 
 @register_strategy("scratch", pretrained="none")
-def scratch(model: nn.Module, config: TrialConfig) -> Plan:
-    return Plan(param_groups(list(model.parameters()), config.lr, config.weight_decay))
+def scratch(model: nn.Module, hp: TrialConfig) -> Plan:
+    return Plan(param_groups(list(model.parameters()), hp.lr, hp.weight_decay))
 
 
 @register_strategy("frozen", pretrained="imagenet", frozen_backbone=True)
-def frozen(model: nn.Module, config: TrialConfig) -> Plan:
+def frozen(model: nn.Module, hp: TrialConfig) -> Plan:
     backbone, head = split_parameters(model)
-    return Plan(param_groups(head, config.lr, config.weight_decay), tuple(backbone),
+    return Plan(param_groups(head, hp.lr, hp.weight_decay), tuple(backbone),
                 modules_outside_head(model))
 
 
 @register_strategy("unfrozen", pretrained="imagenet")
-def unfrozen(model: nn.Module, config: TrialConfig) -> Plan:
-    return Plan(backbone_and_head(model, config))
+def unfrozen(model: nn.Module, hp: TrialConfig) -> Plan:
+    return Plan(backbone_and_head(model, hp))
 
 
 @register_strategy("colorization", pretrained="colorization")
-def colorization(model: nn.Module, config: TrialConfig) -> Plan:
-    return first_blocks_frozen(model, config)
+def colorization(model: nn.Module, hp: TrialConfig) -> Plan:
+    return first_blocks_frozen(model, hp)
 
 
 @register_strategy("partial", pretrained="imagenet")
-def partial(model: nn.Module, config: TrialConfig) -> Plan:
-    return first_blocks_frozen(model, config)
+def partial(model: nn.Module, hp: TrialConfig) -> Plan:
+    return first_blocks_frozen(model, hp)
 
 
 @register_strategy("lp_ft", pretrained="imagenet")
-def lp_ft(model: nn.Module, config: TrialConfig) -> Plan:
+def lp_ft(model: nn.Module, hp: TrialConfig) -> Plan:
     """Linear probe for `probe_epochs`, then full fine-tuning (Kumar et al., ICLR 2022)."""
     backbone, _ = split_parameters(model)
-    return Plan(backbone_and_head(model, config), tuple(backbone),
-                modules_outside_head(model), thaw_epoch=config.probe_epochs)
+    return Plan(backbone_and_head(model, hp), tuple(backbone),
+                modules_outside_head(model), thaw_epoch=hp.probe_epochs)

@@ -32,8 +32,8 @@ from trainables.config import RunSettings, TrialConfig
 from trainables.data.dataset import Dataset, Split
 from trainables.device import grad_scaler, hold_to_share, pick_device, release_gpu_memory
 from trainables.failures import TrialFailure, check_finite, memory_guard
-from trainables.faults import inject_epoch_fault, inject_fault
 from trainables.features import Features
+from trainables.injected_faults import inject_epoch_fault, inject_fault
 from trainables.loop import EpochStats, evaluate, steps_per_epoch, train_epoch
 from trainables.memory import release_memory
 from trainables.models import build_model
@@ -127,7 +127,7 @@ def fit(settings: RunSettings, hp: TrialConfig, train: Split, val: Split | None,
     model = model.to(device, memory_format=torch.channels_last)
     fast = features is not None and strategy.frozen_backbone and hp.augment == "none"
     net, normalize, (train_x, train_y), (val_x, val_y), resident = place_data(
-        model, features if fast else None, train, val, device,
+        model, (features.train, features.val) if fast else None, train, val, device,
         resident_budget(device, settings.gpus_per_trial))
 
     optimizer = make_optimizer(hp.optimizer, plan.param_groups, hp.lr)

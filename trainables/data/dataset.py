@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from trainables.cache import atomic_dir, fingerprint
+from store.atomic import atomic_dir
+from trainables.cache import fingerprint
 
 
 class DataError(ValueError):

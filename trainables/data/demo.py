@@ -25,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from trainables.cache import area, atomic_file, fingerprint
+from store.atomic import atomic_file
+from trainables.cache import area, fingerprint
 from trainables.data.dataset import DataError, Dataset, Split
 
 COLOURS = {  # RGB in [0, 1]

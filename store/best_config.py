@@ -5,7 +5,7 @@
 Its run settings use the CLI's own option names, so `--config` only sets the CLI's defaults,
 and flags given with it still win. A file from another version, or with keys this version does
 not know, is refused with a message instead of being half-applied. Only yaml (and the
-standard-library-only trainables.cache) is imported here, so the CLI reads a config without
+standard-library-only store.atomic) is imported here, so the CLI reads a config without
 loading pandas or torch.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from trainables.cache import atomic_file
+from store.atomic import atomic_file
 
 VERSION_KEY, VERSION = "transfer_search_config", 1
 # run settings, by their CLI option names (dashes as underscores): the data, the model and its

@@ -16,7 +16,7 @@ from pathlib import Path, PurePosixPath
 
 import pyarrow.fs as pafs
 
-from trainables.cache import DiskFullError, atomic_file
+from store.atomic import DiskFullError, atomic_file
 
 URI = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 CHECKPOINT = re.compile(r"^checkpoint_\d+$")  # Tune's checkpoint folders in a trial directory
@@ -73,7 +73,7 @@ def download(uri: str, local: Path, checkpoints: bool = False) -> int:
     return copied
 
 
-def fetch(uri: str) -> Path:
+def local_copy(uri: str) -> Path:
     """A local copy of the experiment at `uri`, without checkpoints, in a new temporary folder
     named like the experiment."""
     import tempfile
