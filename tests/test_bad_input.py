@@ -60,7 +60,10 @@ def weights(kind: str) -> Callable[[Path], list[str]]:
     return setup
 
 
-def image_folder(classes=("cat", "dog"), per_class=6, empty: str | None = None):
+def image_folder(classes=("cat", "dog"), per_class=6, empty: str | None = None,
+                 corrupt: tuple[str, ...] = ()):
+    """Class folders of PNGs under in/images; `empty` has no image file, and the files of the
+    classes in `corrupt` are garbage bytes that no decoder reads."""
     def setup(tmp: Path) -> list[str]:
         from PIL import Image
 
@@ -68,8 +71,12 @@ def image_folder(classes=("cat", "dog"), per_class=6, empty: str | None = None):
         for name in classes:
             (tmp / "in" / "images" / name).mkdir(parents=True)
             for i in range(0 if name == empty else per_class):
+                path = tmp / "in" / "images" / name / f"{i}.png"
+                if name in corrupt:
+                    path.write_bytes(rng.bytes(300))
+                    continue
                 pixels = rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)
-                Image.fromarray(pixels).save(tmp / "in" / "images" / name / f"{i}.png")
+                Image.fromarray(pixels).save(path)
         if empty:
             (tmp / "in" / "images" / empty / "notes.txt").write_text("not an image")
         return []
@@ -145,6 +152,13 @@ CASES = [
      "not an image classification set"),
     ("class without images", [*S, "--data", "{tmp}/in/images"], image_folder(empty="dog"),
      "dog: class folder has no images"),
+    ("images all corrupt", [*S, "--data", "{tmp}/in/images", "--cache-dir", "{tmp}/in/cache"],
+     image_folder(corrupt=("cat", "dog")), "images: no image can be decoded: all 12 image files "
+     "are corrupt or truncated and were skipped"),
+    ("class all corrupt", [*S, "--data", "{tmp}/in/images", "--cache-dir", "{tmp}/in/cache"],
+     image_folder(classes=("cat", "dog", "fox"), corrupt=("dog",)),
+     "dog: class folder has no decodable images: all 6 of its files are corrupt or truncated "
+     "and were skipped; remove or replace the corrupt files, or drop the class folder"),
     ("image too small", [*S, "--backbone", "convnext_tiny", "--image-size", "16"], None,
      "too small for convnext_tiny"),
     ("batch above train", [*S, "--data", "demo:4", "--space", "{tmp}/in/s.yaml"],

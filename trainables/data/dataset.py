@@ -213,9 +213,13 @@ def streamed_split(cache_dir: Path | None, key: str,
 
 
 def stratified_split(
-    labels: np.ndarray, fractions: tuple[float, float, float], seed: int
+    labels: np.ndarray, fractions: tuple[float, float, float], seed: int,
+    classes: tuple[str, ...] = (),
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Index arrays for train/val/test, each class split by the same fractions."""
+    """Index arrays for train/val/test, each class split by the same fractions. `classes`
+    names the labels in errors."""
+    if len(labels) == 0:
+        raise DataError("no images to split into train and val; add images")
     rng = np.random.default_rng(seed)
     parts: tuple[list, list, list] = ([], [], [])
     for label in np.unique(labels):
@@ -223,7 +227,12 @@ def stratified_split(
         n_val = max(1, round(len(idx) * fractions[1]))
         n_test = max(1, round(len(idx) * fractions[2])) if fractions[2] > 0 else 0
         if len(idx) - n_val - n_test < 1:
-            raise DataError(f"class {label} has {len(idx)} images: too few to split")
+            name = classes[label] if 0 <= label < len(classes) else label
+            into = "train, val and test" if fractions[2] > 0 else "train and val"
+            raise DataError(
+                f"class {name} has {len(idx)} image{'s' if len(idx) != 1 else ''}: too few to "
+                f"split into {into} (each needs one, more with larger fractions); add images "
+                "of it, drop the class, or lower the val and test fractions of --split")
         parts[1].append(idx[:n_val])
         parts[2].append(idx[n_val : n_val + n_test])
         parts[0].append(idx[n_val + n_test :])
@@ -240,7 +249,11 @@ def assemble(name: str, classes: tuple[str, ...], parts: dict[str, Split], seed:
     chunk by chunk and mapped: the images are then nowhere in this process's memory, and the
     search's one copy of them is the one in Ray's object store.
     """
-    plan = split_plan(parts, seed, fractions)
+    check_parts(name, classes, parts)
+    try:
+        plan = split_plan(parts, seed, fractions, classes)
+    except DataError as error:
+        raise DataError(f"{name}: {error}") from None
     if plan:
         entry = None if cache_dir is None else cache_dir / fingerprint("split-v1", key, seed,
                                                                        fractions)
@@ -249,15 +262,35 @@ def assemble(name: str, classes: tuple[str, ...], parts: dict[str, Split], seed:
                    test=parts.get("test"), fingerprint=fingerprint(key, seed, fractions))
 
 
-def split_plan(parts: dict[str, Split], seed: int, fractions: tuple[float, float, float]
-               ) -> dict[str, tuple[str, np.ndarray]]:
+def check_parts(name: str, classes: tuple[str, ...], parts: dict[str, Split]) -> None:
+    """Every given part has images, and the parts that train and validate (`all`, `train`,
+    `val`) have some of every class: a class without any is a label no image teaches, or one
+    no image measures. Loaders name the cause first when they know it (unreadable files)."""
+    for part, split in parts.items():
+        what = "data" if part == "all" else f"{part} split"
+        if len(split) == 0:
+            raise DataError(f"{name}: the {what} has no images; add images to it")
+        if part == "test":
+            continue
+        present = np.isin(np.arange(len(classes)), split.labels)
+        missing = [classes[i] for i in np.flatnonzero(~present)]
+        if missing:
+            shown = ", ".join(missing[:5]) + (
+                f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            raise DataError(f"{name}: the {what} has no images of class{'es' * (len(missing) > 1)}"
+                            f" {shown}; add images of {'them' if len(missing) > 1 else 'it'}, "
+                            "or leave the class out")
+
+
+def split_plan(parts: dict[str, Split], seed: int, fractions: tuple[float, float, float],
+               classes: tuple[str, ...] = ()) -> dict[str, tuple[str, np.ndarray]]:
     """Which parts are drawn from another: {part: (source part, its sorted row indices)}."""
     if "all" in parts:
-        idx = stratified_split(parts["all"].labels, fractions, seed)
+        idx = stratified_split(parts["all"].labels, fractions, seed, classes)
         return {n: ("all", i) for n, i in zip(("train", "val", "test"), idx, strict=True)}
     if "val" not in parts:
         held = (1 - fractions[1], fractions[1], 0.0)
-        train_idx, val_idx, _ = stratified_split(parts["train"].labels, held, seed)
+        train_idx, val_idx, _ = stratified_split(parts["train"].labels, held, seed, classes)
         return {"train": ("train", train_idx), "val": ("train", val_idx)}
     return {}
 

@@ -224,18 +224,62 @@ def load_image_folder(
             )
     classes = tuple(sorted(reference))
     if len(classes) < 2:
-        raise DataError(f"{root}: only one class ({classes[0]}); classification needs two or more")
+        hint = ""
+        if any(classes[0] in names for names in SPLIT_DIRS.values()):
+            hint = (f"; its {classes[0]}/ folder has no val/ or test/ folder beside it: add one, "
+                    f"or give --data {root / classes[0]}")
+        raise DataError(f"{root}: only one class ({classes[0]}); classification needs two or "
+                        f"more{hint}")
     index = {name: i for i, name in enumerate(classes)}
     parts, bad, keys = {}, [], []
     for name, listing in listings.items():
         files = [f for c in classes for f in listing[c]]
         labels = [index[c] for c in classes for _ in listing[c]]
         parts[name], unreadable, key = prepare_images(files, labels, image_size, cache_dir)
+        check_decodable(given[name] if given else root, classes, listing, parts[name],
+                        unreadable, given is not None)
         bad += unreadable
         keys.append(key)
+    try:
+        data = assemble(root.name, classes, parts, seed, split,
+                        fingerprint("imagefolder", keys), cache_dir)
+    except DataError as error:  # one line: the skipped files in it, not in a warning before it
+        if not bad:
+            raise
+        raise DataError(f"{error} ({len(bad)} unreadable image files were skipped, e.g. "
+                        f"{bad[0]})") from None
     warn_unreadable(bad)
-    return assemble(root.name, classes, parts, seed, split, fingerprint("imagefolder", keys),
-                    cache_dir)
+    return data
+
+
+def check_decodable(folder: Path, classes: tuple[str, ...], listing: dict[str, list[ImageFile]],
+                    split: Split, unreadable: list[str], given: bool) -> None:
+    """Every class of `folder` keeps an image once its unreadable files are skipped: a class
+    with none would be a label that no image teaches (or, in val or test, that none measures),
+    and a folder with none at all has nothing to split."""
+    if not unreadable:
+        return
+    counts = np.bincount(split.labels, minlength=len(classes))
+    empty = [c for c, n in zip(classes, counts, strict=True) if n == 0]
+    if not empty:
+        return
+    if len(split) == 0:
+        raise DataError(
+            f"{folder}: no image can be decoded: all {len(unreadable)} image files are corrupt "
+            f"or truncated and were skipped (e.g. {unreadable[0]}); remove or replace the "
+            "corrupt files")
+    files = sum(len(listing[c]) for c in empty)
+    if len(empty) == 1:
+        which, their, drop = f"{folder / empty[0]}: class folder has", "its", "the class folder"
+    else:
+        names = ", ".join(empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
+        which, their, drop = (f"{folder}: class folders {names} have", "their",
+                              "those class folders")
+    more = f" ({len(unreadable)} skipped in all)" if len(unreadable) > files else ""
+    where = " from every split folder" if given else ""
+    raise DataError(
+        f"{which} no decodable images: all {files} of {their} files are corrupt or truncated "
+        f"and were skipped{more}; remove or replace the corrupt files, or drop {drop}{where}")
 
 
 def warn_unreadable(paths: list[str]) -> None:
@@ -249,8 +293,13 @@ def load_unlabeled(root: Path, image_size: int = 32, cache_dir: Path | None = No
     """Every image under `root` (flat or in class folders), labels ignored: pretext data."""
     files = scan_images(root)
     if not files:
-        raise DataError(f"{root}: no images")
+        raise DataError(f"{root}: no image files (expected .jpg, .png or other image files in "
+                        "it, or in its subfolders)")
     split, bad, key = prepare_images(files, [0] * len(files), image_size, cache_dir)
+    if len(split) == 0:
+        raise DataError(f"{root}: no image can be decoded: all {len(bad)} image files are "
+                        f"corrupt or truncated and were skipped (e.g. {bad[0]}); remove or "
+                        "replace the corrupt files")
     warn_unreadable(bad)
     empty = Split(split.images[:0], split.labels[:0])
     return Dataset(name=root.name, classes=("unlabeled",), train=split, val=empty, test=None,

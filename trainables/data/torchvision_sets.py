@@ -76,10 +76,16 @@ def _open(cls: type, root, **kwargs):
 
 def open_splits(cls: type, root) -> dict:
     params = inspect.signature(cls).parameters
-    if "train" in params:
-        return {"train": _open(cls, root, train=True), "test": _open(cls, root, train=False)}
-    if "split" not in params:
-        return {"all": _open(cls, root)}
+    try:  # a ValueError here is a file torchvision cannot parse (there is no split argument)
+        if "train" in params:
+            return {"train": _open(cls, root, train=True), "test": _open(cls, root, train=False)}
+        if "split" not in params:
+            return {"all": _open(cls, root)}
+    except ValueError as error:
+        raise DataError(
+            f"torchvision:{cls.__name__}: cannot read its files in {root} ({type(error).__name__}"
+            f": {str(error).splitlines()[0] if str(error) else ''}); delete them to download "
+            "them again, or use an ImageFolder tree") from None
     found = {}
     for part, names in SPLIT_NAMES.items():
         for name in names:
@@ -101,7 +107,8 @@ def decode_dataset(dataset, image_size: int) -> Split:
             image = torchvision.transforms.functional.to_pil_image(image)
         images.append(to_array(image, image_size))
         labels.append(int(label))
-    return Split(np.stack(images), np.asarray(labels, dtype=np.int64))
+    stacked = np.stack(images) if images else np.empty((0, 3, image_size, image_size), np.uint8)
+    return Split(stacked, np.asarray(labels, dtype=np.int64))
 
 
 def load_torchvision(name: str, root, image_size: int = 32, seed: int = 0,
@@ -114,6 +121,10 @@ def load_torchvision(name: str, root, image_size: int = 32, seed: int = 0,
                    for p in (root / name).rglob("*") if p.is_file())
     parts, keys = {}, []
     for part, dataset in datasets.items():
+        if len(dataset) == 0:  # before it is decoded and cached: nothing to split or stack
+            raise DataError(f"torchvision:{name}: its {part} split has no images; its files in "
+                            f"{root / name} may be incomplete: delete them to download them "
+                            "again, or use an ImageFolder tree")
         key = fingerprint("torchvision-v1", name, part, len(dataset), repr(dataset), files,
                           image_size)
         parts[part], _ = cached_split(cache_dir, key,
