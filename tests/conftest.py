@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -41,25 +43,42 @@ def postgres_url(tmp_path_factory):
     stop()
 
 
+# in-process Ray for the tests that drive a Tuner or tasks themselves: two CPUs, and one fake
+# GPU so that GPU shares are placed and held on a machine without one
+RAY_LOCAL = {"num_cpus": 2, "num_gpus": 1, "include_dashboard": False, "logging_level": "ERROR"}
+
+
+@pytest.fixture(scope="session")
+def _ray_session():
+    import ray
+
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture
+def ray_local(_ray_session):
+    """In-process Ray (RAY_LOCAL), started once per test process and kept for the next test
+    that asks. A test that runs search.run.main in-process stops it first: main starts and
+    stops its own, and the next test that asks starts this one again."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(**RAY_LOCAL)
+    return ray
+
+
 @pytest.fixture(scope="session")
 def all_strategies_search(tmp_path_factory):
     """One tiny real search of every registered strategy, 2 trials each, ending with the final
     evaluation over 2 seeds: (experiment dir, the run's stdout). Shared by the slow tests that
-    read a whole experiment, so the suite pays for it once."""
-    import subprocess
-    import sys
-    from pathlib import Path
+    read a whole experiment, so the suite pays for it once, whichever worker asks first."""
+    from tests.helpers import ok, run_once, run_search
 
-    from tests.helpers import TINY_MODEL
+    def search(root: Path) -> None:
+        result = ok(run_search(root, "--max-epochs", "2", "--strategy", "all", "--samples", "2",
+                               "--final-eval", "2", name="all", timeout=1200))
+        (root / "stdout.txt").write_text(result.stdout)
 
-    root = tmp_path_factory.mktemp("all_strategies")
-    run = Path(__file__).resolve().parents[1] / "search" / "run.py"
-    result = subprocess.run(
-        [sys.executable, str(run), "--data", "demo:8", "--backbone", TINY_MODEL,
-         "--max-epochs", "2", "--pretrain-epochs", "1", "--cpus-per-trial", "1",
-         "--strategy", "all", "--samples", "2", "--final-eval", "2",
-         "--storage", str(root / "experiments"), "--name", "all",
-         "--cache-dir", str(root / "cache")],
-        cwd=root, capture_output=True, text=True, timeout=1200)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return root / "experiments" / "all", result.stdout
+    root = run_once(tmp_path_factory, "all_strategies", search)
+    return root / "experiments" / "all", (root / "stdout.txt").read_text()

@@ -1,11 +1,64 @@
 """Helpers shared by test modules; fixtures live in conftest.py."""
 
 import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
+from filelock import FileLock
 from torch import nn
 
+ROOT = Path(__file__).resolve().parents[1]
 TINY_MODEL = "test_resnet"  # timm's 370k-parameter ResNet for tests
+# a search small enough for a test: 8 demo images per class, the tiny backbone, one-epoch stages
+TINY = ("--data", "demo:8", "--backbone", TINY_MODEL, "--pretrain-epochs", "1",
+        "--cpus-per-trial", "1")
+
+
+def run_script(script: str, *args: str, cwd: Path | None = None, env: dict | None = None,
+               timeout: float = 900) -> subprocess.CompletedProcess:
+    """search/<script> in a subprocess, as a user runs it; `env` adds to this environment."""
+    return subprocess.run([sys.executable, str(ROOT / "search" / script), *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def run_search(tmp_path: Path, *args: str, name: str | None = None, tiny: bool = True,
+               env: dict | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
+    """search/run.py in a subprocess from `tmp_path`, with the TINY settings unless `tiny` is
+    False (later flags win, so `args` may override them) and a cache in tmp_path/cache. Given a
+    `name`, the experiment goes to tmp_path/experiments/<name>."""
+    where = ["--storage", str(tmp_path / "experiments"), "--name", name] if name else []
+    cache = [] if "--cache-dir" in args else ["--cache-dir", str(tmp_path / "cache")]
+    return run_script("run.py", *(TINY if tiny else ()), *args, *where, *cache, cwd=tmp_path,
+                      env=env, timeout=timeout)
+
+
+def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    """The result, once its exit code is 0; else the test fails with the output's tail."""
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def run_once(tmp_path_factory, name: str, make: Callable[[Path], None],
+             timeout: float = 1260) -> Path:
+    """A directory that `make` fills once per test session, shared by pytest-xdist's workers:
+    the first to ask fills it; the others wait for it, at most `timeout` s, and read the same.
+    Tests only read it; one that changes an experiment works on a copy."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # the workers' base temps share a parent
+        root = tmp_path_factory.getbasetemp().parent / name  # that is this session's alone
+        root.mkdir(exist_ok=True)
+    else:
+        root = tmp_path_factory.mktemp(name)
+    done = root / ".done"
+    with FileLock(root.parent / f"{root.name}.lock", timeout=timeout):
+        if not done.exists():
+            make(root)
+            done.touch()
+    return root
 
 
 def changed(before: nn.Module, after: nn.Module) -> dict[str, bool]:

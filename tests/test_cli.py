@@ -7,12 +7,7 @@ from pathlib import Path
 
 import pytest
 
-RUN = Path(__file__).resolve().parents[1] / "search" / "run.py"
-
-
-def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(RUN), *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=120)
+from tests.helpers import run_script, run_search
 
 
 def test_console_script_and_module_run_the_same_cli(tmp_path):
@@ -62,13 +57,23 @@ def test_a_space_round_trips_through_show_space(tmp_path):
     first = tmp_path / "space.yaml"
     first.write_text("all:\n  batch_size: [32, 64]\nunfrozen:\n  lr: {low: 1.0e-4, high: 0.1, "
                      "log: true}\n  augment: flip\n")
-    shown = run_cli("--strategy", "unfrozen,frozen", "--space", str(first), "--show-space",
-                    "--storage", str(tmp_path / "runs"), cwd=tmp_path)
+    shown = run_search(tmp_path, "--strategy", "unfrozen,frozen", "--space", str(first),
+                       "--show-space", "--storage", str(tmp_path / "runs"), tiny=False,
+                       timeout=120)
     assert shown.returncode == 0, shown.stderr
     assert "batch_size: [32, 64]" in shown.stdout and "augment: flip" in shown.stdout
     again = tmp_path / "shown.yaml"
     again.write_text(shown.stdout)
-    reshown = run_cli("--strategy", "unfrozen,frozen", "--space", str(again), "--show-space",
-                      "--storage", str(tmp_path / "runs"), cwd=tmp_path)
+    reshown = run_search(tmp_path, "--strategy", "unfrozen,frozen", "--space", str(again),
+                         "--show-space", "--storage", str(tmp_path / "runs"), tiny=False,
+                         timeout=120)
     assert reshown.returncode == 0 and reshown.stdout == shown.stdout
     assert not (tmp_path / "runs").exists()
+
+
+def test_evaluate_py_answers_bad_input_in_one_line(tmp_path):
+    """The final evaluation's own entry point; what it computes is tested on the shared
+    search's --final-eval (tests/test_handback.py), which calls the same evaluate_experiment."""
+    result = run_script("evaluate.py", str(tmp_path / "missing"), timeout=120)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert result.stderr.startswith("evaluate.py: error: ") and "no experiment" in result.stderr

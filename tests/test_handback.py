@@ -2,9 +2,6 @@
 rerun, a model that predicts, and failures that show. Slow: real tiny searches with Ray."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +12,7 @@ import yaml
 from PIL import Image
 
 from analysis import load_results
-from tests.helpers import TINY_MODEL
+from tests.helpers import TINY, TINY_MODEL, run_once, run_script, run_search
 from trainables.config import TrialConfig
 from trainables.data.dataset import Split
 from trainables.data.load import load_dataset
@@ -25,15 +22,6 @@ from trainables.models import build_model, normalizer
 from trainables.trainable import load_checkpoint
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--data", "demo:8", "--backbone", TINY_MODEL, "--max-epochs", "3",
-        "--pretrain-epochs", "1", "--cpus-per-trial", "1"]
-
-
-def run(script: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "search" / script), *args],
-                          capture_output=True, text=True, timeout=900,
-                          env={**os.environ, **(env or {})})
 
 
 class Untouchable:
@@ -58,11 +46,12 @@ class Untouchable:
 @pytest.fixture(scope="module")
 def experiment(tmp_path_factory):
     """A real 3-trial search, in this process so that its test split can be made unreadable:
-    any read of it by the search fails the search."""
+    any read of it by the search fails the search. Run once, whichever worker asks first."""
+    import ray
+
     import trainables.data.load as load
     from search.run import main
 
-    tmp = tmp_path_factory.mktemp("handback")
     real = load.load_dataset
 
     def guarded(*args, **kwargs):
@@ -70,14 +59,18 @@ def experiment(tmp_path_factory):
         test = Split(Untouchable(len(data.test)), Untouchable(len(data.test)))
         return type(data)(**{**data.__dict__, "test": test})
 
-    load.load_dataset = guarded
-    try:
-        code = main([*TINY, "--strategy", "unfrozen", "--samples", "3", "--storage",
-                     str(tmp / "exps"), "--name", "search", "--cache-dir", str(tmp / "cache"),
-                     "--keep-checkpoints", "1"])
-    finally:
-        load.load_dataset = real
-    assert code == 0
+    def search(tmp: Path) -> None:
+        ray.shutdown()  # main starts and stops its own Ray; a test before may have left one up
+        load.load_dataset = guarded
+        try:
+            code = main([*TINY, "--max-epochs", "3", "--strategy", "unfrozen", "--samples", "3",
+                         "--storage", str(tmp / "exps"), "--name", "search",
+                         "--cache-dir", str(tmp / "cache"), "--keep-checkpoints", "1"])
+        finally:
+            load.load_dataset = real
+        assert code == 0
+
+    tmp = run_once(tmp_path_factory, "handback", search)
     return tmp, tmp / "exps" / "search"
 
 
@@ -116,51 +109,52 @@ def test_the_study_records_the_best_epoch_and_marks_stopped_trials(experiment):
         assert t.user_attrs["stopped_early"] == row["stopped_early"]
 
 
-def test_evaluate_reports_test_accuracy_over_seeds(experiment):
-    tmp, exp_dir = experiment
-    result = run("evaluate.py", str(exp_dir), "--seeds", "2", "--cache-dir", str(tmp / "cache"))
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+def test_the_final_evaluation_reports_test_accuracy_over_seeds(all_strategies_search):
+    exp_dir, _ = all_strategies_search
     results = pd.read_csv(exp_dir / "eval" / "results.csv")
-    assert sorted(results["seed"]) == [0, 1] and (results["strategy"] == "unfrozen").all()
     assert results["test_acc"].between(0, 1).all()
-    board = pd.read_csv(exp_dir / "leaderboard.csv")
-    assert board["test_acc_mean"].iloc[0] == pytest.approx(results["test_acc"].mean())
-    assert board["test_acc_std"].iloc[0] == pytest.approx(results["test_acc"].std(ddof=1))
-    assert board["test_ci_low"].iloc[0] <= board["test_acc_mean"].iloc[0]
-    # the experiment's own seed retrains the searched model: the same val_acc
-    own = results.set_index("seed").loc[0]
-    assert own["val_acc"] == pytest.approx(board["val_acc"].iloc[0])
-    report = pd.read_csv(exp_dir / "eval" / "classification_report_unfrozen.csv", index_col=0)
-    assert {"precision", "recall", "f1-score"} <= set(report.columns)
-    for png in ("confusion.png", "tsne.png"):
-        assert Image.open(exp_dir / "eval" / "unfrozen" / png).size[0] > 300
+    board = pd.read_csv(exp_dir / "leaderboard.csv").set_index("strategy")
+    for strategy, tested in results.groupby("strategy"):
+        assert sorted(tested["seed"]) == [0, 1]
+        row = board.loc[strategy]
+        assert row["test_acc_mean"] == pytest.approx(tested["test_acc"].mean())
+        assert row["test_acc_std"] == pytest.approx(tested["test_acc"].std(ddof=1))
+        assert row["test_ci_low"] <= row["test_acc_mean"] <= row["test_ci_high"]
+        # the experiment's own seed retrains the searched model: the same val_acc
+        own = tested.set_index("seed").loc[0]
+        assert own["val_acc"] == pytest.approx(row["val_acc"]), strategy
+        report = pd.read_csv(exp_dir / "eval" / f"classification_report_{strategy}.csv",
+                             index_col=0)
+        assert {"precision", "recall", "f1-score"} <= set(report.columns)
+        for png in ("confusion.png", "tsne.png"):
+            assert Image.open(exp_dir / "eval" / strategy / png).size[0] > 300
 
 
-def test_predict_matches_the_evaluation_and_survives_a_corrupt_file(experiment, tmp_path):
-    tmp, exp_dir = experiment
-    if not (exp_dir / "eval" / "model").exists():
-        run("evaluate.py", str(exp_dir), "--seeds", "1", "--cache-dir", str(tmp / "cache"))
-    data = load_dataset("demo:8", cache_dir=tmp / "cache")
+def test_predict_matches_the_evaluation_and_survives_a_corrupt_file(all_strategies_search,
+                                                                     tmp_path):
+    exp_dir, _ = all_strategies_search
+    (winner,) = [p.name for p in (exp_dir / "eval" / "model").iterdir()]
+    data = load_dataset("demo:8", cache_dir=exp_dir.parents[1] / "cache")
     paths = []
     for i in range(6):
         paths.append(tmp_path / f"test_{i}.png")
         Image.fromarray(data.test.images[i].transpose(1, 2, 0)).save(paths[-1])
     corrupt = tmp_path / "corrupt.jpg"
     corrupt.write_bytes(b"\xff\xd8\xff not a jpeg")
-    result = run("predict.py", str(exp_dir / "eval" / "model" / "unfrozen"), str(paths[0]),
-                 str(corrupt), *map(str, paths[1:]))
+    result = run_script("predict.py", str(exp_dir / "eval" / "model" / winner), str(paths[0]),
+                        str(corrupt), *map(str, paths[1:]))
     assert result.returncode == 1  # one image failed; the others were predicted
     assert "corrupt.jpg\terror:" in result.stderr
     predicted = [line.split("\t")[1] for line in result.stdout.splitlines()]
-    expected = pd.read_csv(exp_dir / "eval" / "unfrozen" / "predictions.csv")["predicted"]
+    expected = pd.read_csv(exp_dir / "eval" / winner / "predictions.csv")["predicted"]
     assert predicted == expected[:6].tolist()
 
 
 def test_a_best_config_reruns_with_the_same_hyperparameters(experiment):
     tmp, exp_dir = experiment
     config = exp_dir / "best" / "unfrozen.yaml"
-    result = run("run.py", "--config", str(config), "--storage", str(tmp / "exps"),
-                 "--name", "rerun", "--cache-dir", str(tmp / "cache"))
+    result = run_script("run.py", "--config", str(config), "--storage", str(tmp / "exps"),
+                        "--name", "rerun", "--cache-dir", str(tmp / "cache"))
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     exported = yaml.safe_load(config.read_text())
     rerun = load_results(tmp / "exps" / "rerun")
@@ -171,16 +165,15 @@ def test_a_best_config_reruns_with_the_same_hyperparameters(experiment):
 
 
 def test_a_strategy_whose_only_trial_raises_is_shown_and_exits_1(tmp_path):
-    result = run("run.py", *TINY, "--strategy", "scratch", "--samples", "1",
-                 "--max-failures", "1", "--storage", str(tmp_path), "--name", "broken",
-                 "--cache-dir", str(tmp_path / "cache"), env={FAULT_ENV: "scratch:1"})
+    result = run_search(tmp_path, "--max-epochs", "3", "--strategy", "scratch", "--samples",
+                        "1", "--max-failures", "1", name="broken", env={FAULT_ENV: "scratch:1"})
     assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-3000:]
     first = "scratch: 1 trials, 1 errored; first: trainables.injected_faults.InjectedFault"
     assert first in result.stdout
     assert "no successful trial for scratch" in result.stderr
     log = result.stdout.split("(log: ")[1].split(")")[0]
     assert "InjectedFault" in Path(log).read_text()  # the log the message points to exists
-    board = pd.read_csv(tmp_path / "broken" / "leaderboard.csv")
+    board = pd.read_csv(tmp_path / "experiments" / "broken" / "leaderboard.csv")
     assert board[["strategy", "trials", "errored"]].values.tolist() == [["scratch", 1, 1]]
     assert np.isnan(board["val_acc"].iloc[0])
-    assert not (tmp_path / "broken" / "best" / "scratch.yaml").exists()
+    assert not (tmp_path / "experiments" / "broken" / "best" / "scratch.yaml").exists()

@@ -38,7 +38,7 @@ import pytest
 
 from tests.helpers import TINY_MODEL
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.serial]  # timing-sensitive: run alone
 
 RUN = Path(__file__).resolve().parents[1] / "search" / "run.py"
 STRATEGIES = ("scratch", "frozen")  # scratch needs no stage, frozen the supervised one

@@ -8,7 +8,6 @@ import time
 from types import SimpleNamespace
 
 import pytest
-import ray
 from ray import tune
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
@@ -150,25 +149,21 @@ def test_dashboard_lines():
 
 
 @pytest.mark.slow
-def test_progress_of_a_real_tuner(tmp_path, monkeypatch, capsys):
+def test_progress_of_a_real_tuner(tmp_path, monkeypatch, capsys, ray_local):
     monkeypatch.setenv("RAY_AIR_NEW_OUTPUT", "1")  # restored after the test
     quiet_ray_output("normal")
     out = io.StringIO()
-    ray.init(num_cpus=2, include_dashboard=False)
-    try:
-        tuner = tune.Tuner(
-            fake_trial,
-            param_space={**CONFIG, "base": 0.5, "kind": tune.grid_search(["good", "weak", "boom"])},
-            tune_config=tune.TuneConfig(metric="best_val_acc", mode="max",
-                                        scheduler=StopWeakAtEpoch2()),
-            run_config=tune.RunConfig(
-                storage_path=str(tmp_path), name="progress", verbose=tune_verbosity("normal"),
-                callbacks=[ProgressTable("frozen", MAX_EPOCHS, every_s=0, out=out)],
-                failure_config=tune.FailureConfig(max_failures=1)),
-        )
-        grid = tuner.fit()
-    finally:
-        ray.shutdown()
+    tuner = tune.Tuner(
+        fake_trial,
+        param_space={**CONFIG, "base": 0.5, "kind": tune.grid_search(["good", "weak", "boom"])},
+        tune_config=tune.TuneConfig(metric="best_val_acc", mode="max",
+                                    scheduler=StopWeakAtEpoch2()),
+        run_config=tune.RunConfig(
+            storage_path=str(tmp_path), name="progress", verbose=tune_verbosity("normal"),
+            callbacks=[ProgressTable("frozen", MAX_EPOCHS, every_s=0, out=out)],
+            failure_config=tune.FailureConfig(max_failures=1)),
+    )
+    grid = tuner.fit()
     text = out.getvalue()
     ids = {r.config["kind"]: r.metrics["trial_id"] for r in grid}
     assert f"trial {ids['good']} finished: best val_acc 0.900 at epoch 4" in text

@@ -47,7 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RAY = Path(sys.executable).with_name("ray")
 PLACEHOLDER_VENV = "/opt/transfer-search/.venv"  # what cluster-local.yaml asks to fill in
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.serial]  # timing-sensitive: run alone
 
 # ssh's ProxyCommand: stdin and stdout to and from sshd's port. Its stderr goes to /dev/null at
 # once: ssh's ControlPersist master keeps the relay alive for 10 s after a `ray` command exits,

@@ -18,7 +18,7 @@ import pytest
 
 from search.outcomes import prune_checkpoints
 from store.uri import checkpoint_dirs, download, exists, join_uri, size, upload
-from tests.helpers import TINY_MODEL
+from tests.helpers import run_search
 
 ROOT = Path(__file__).resolve().parents[1]
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
@@ -121,20 +121,12 @@ def test_pruning_deletes_checkpoints_on_the_bucket_and_keeps_the_best(bucket, tm
     assert checkpoint_dirs(uri, "scratch/trial_bad") == []
 
 
-def run(tmp_path: Path, *args: str, tiny: bool = True) -> subprocess.CompletedProcess:
-    settings = ["--data", "demo:8", "--backbone", TINY_MODEL, "--cpus-per-trial", "1"]
-    return subprocess.run(
-        [sys.executable, str(ROOT / "search" / "run.py"), *(settings if tiny else []),
-         "--cache-dir", str(tmp_path / "cache"), *args],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600)
-
-
 @pytest.mark.slow
 def test_a_search_on_s3_writes_everything_there_and_resumes_and_reports_from_it(bucket,
                                                                                  tmp_path):
     storage = s3(bucket, "experiments")
-    first = run(tmp_path, "--strategy", "scratch", "--samples", "2", "--max-epochs", "2",
-                "--storage", storage, "--name", "on-s3")
+    first = run_search(tmp_path, "--strategy", "scratch", "--samples", "2", "--max-epochs",
+                       "2", "--storage", storage, "--name", "on-s3")
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     uri = join_uri(storage, "on-s3")
     assert f"experiment: {uri}" in first.stdout
@@ -151,9 +143,9 @@ def test_a_search_on_s3_writes_everything_there_and_resumes_and_reports_from_it(
     assert board.loc[0, "strategy"] == "scratch" and board.loc[0, "trials"] == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "copy"]  # nothing beside it
 
-    again = run(tmp_path, "--strategy", "scratch", "--storage", storage, "--name", "on-s3")
+    again = run_search(tmp_path, "--strategy", "scratch", "--storage", storage, "--name", "on-s3")
     assert again.returncode == 2 and "already exists" in again.stderr, again.stderr
-    resumed = run(tmp_path, "--resume", "on-s3", "--storage", storage, tiny=False)
+    resumed = run_search(tmp_path, "--resume", "on-s3", "--storage", storage, tiny=False)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "scratch: already searched, kept" in resumed.stdout
 
@@ -168,9 +160,9 @@ def test_storage_that_cannot_be_reached_is_one_clear_error(tmp_path, monkeypatch
         monkeypatch.setenv(key, value)
     closed = free_port()
     started = time.monotonic()
-    result = run(tmp_path, "--strategy", "scratch", "--storage",
-                 f"s3://runs/x?endpoint_override=127.0.0.1:{closed}"
-                 "&scheme=http&region=us-east-1", "--name", "nowhere")
+    result = run_search(tmp_path, "--strategy", "scratch", "--storage",
+                        f"s3://runs/x?endpoint_override=127.0.0.1:{closed}"
+                        "&scheme=http&region=us-east-1", "--name", "nowhere")
     assert result.returncode == 2, result.stderr
     assert "cannot reach it" in result.stderr and "Traceback" not in result.stderr
     assert time.monotonic() - started < 60

@@ -24,7 +24,7 @@ from analysis.report import PLOTS, load, write_plots, write_report
 from trainables.strategies import STRATEGIES
 
 ROOT = Path(__file__).resolve().parents[1]
-RUN, REPORT = ROOT / "search" / "run.py", ROOT / "analysis" / "report.py"
+REPORT = ROOT / "analysis" / "report.py"
 NOTEBOOK = ROOT / "analysis" / "leaderboard.ipynb"
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 

@@ -225,11 +225,9 @@ def test_a_restored_optimizer_trains_with_its_new_lr_and_weight_decay(tiny_demo)
     assert metrics["lr"] == pytest.approx(fresh[1][0]["lr"])  # the new config's lr curve
 
 
-@pytest.fixture(scope="module")
-def two_cpus():
-    ray.init(num_cpus=2, include_dashboard=False)
-    yield
-    ray.shutdown()
+@pytest.fixture
+def two_cpus(ray_local):
+    assert ray.cluster_resources()["CPU"] == 2
 
 
 def tuner(tmp_path, name: str, trainable, *, scheduler, search_alg, param_space=None,

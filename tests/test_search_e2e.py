@@ -1,8 +1,6 @@
 """End to end through search/run.py: Ray, Optuna, ASHA, stages, results. Slow: starts Ray."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import optuna
@@ -11,25 +9,15 @@ import pytest
 import torch
 import yaml
 
-from tests.helpers import TINY_MODEL
+from tests.helpers import TINY_MODEL, ok, run_search
 from trainables.strategies import STRATEGIES
-
-RUN = Path(__file__).resolve().parents[1] / "search" / "run.py"
-TINY = ["--data", "demo:8", "--backbone", TINY_MODEL, "--max-epochs", "1",
-        "--pretrain-epochs", "1", "--cpus-per-trial", "1"]
 
 pytestmark = pytest.mark.slow
 
 
-def search(tmp_path: Path, name: str, *args: str, cache: Path | None = None) -> Path:
-    storage = tmp_path / "experiments"
-    result = subprocess.run(
-        [sys.executable, str(RUN), *TINY, *args, "--storage", str(storage), "--name", name,
-         "--cache-dir", str(cache or tmp_path / "cache")],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    exp_dir = storage / name
+def search(tmp_path: Path, name: str, *args: str) -> Path:
+    result = ok(run_search(tmp_path, "--max-epochs", "1", *args, name=name))
+    exp_dir = tmp_path / "experiments" / name
     assert f"experiment: {exp_dir}" in result.stdout
     assert "leaderboard" in result.stdout
     return exp_dir
@@ -61,8 +49,9 @@ def test_unfrozen_search_writes_leaderboard_best_config_study_and_tensorboard(
     assert "test" not in meta["dataset"] or meta["dataset"]["test"] > 0
 
 
-def test_colorization_stage_runs_once_for_many_trials_and_is_cached(all_strategies_search,
-                                                                    tmp_path):
+def test_colorization_stage_runs_once_for_many_trials(all_strategies_search):
+    """That a second search takes the stage from the cache is bench/stage_runs.py's, which
+    tests/test_bench.py runs."""
     exp_dir, _ = all_strategies_search
     cache = exp_dir.parents[1] / "cache"
     stages = json.loads((exp_dir / "experiment.json").read_text())["stages"]
@@ -74,11 +63,6 @@ def test_colorization_stage_runs_once_for_many_trials_and_is_cached(all_strategi
     stage_out = exp_dir / "stages" / colorization["key"]
     assert (stage_out / "samples.png").stat().st_size > 0  # grey / predicted / true colours
     assert list(stage_out.glob("events.out.tfevents.*"))  # the pretext loss curve
-
-    again = search(tmp_path, "second", "--strategy", "colorization", "--samples", "1",
-                   cache=cache)
-    stages = json.loads((again / "experiment.json").read_text())["stages"]
-    assert [(s["stage"], s["cached"]) for s in stages] == [("colorization", True)]
 
 
 def test_frozen_search_from_a_local_weights_file(tmp_path):

@@ -3,8 +3,6 @@ PostgreSQL study with two objectives, PBT with a space file and a warm start, pa
 Slow: starts Ray and trains."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import optuna
@@ -13,23 +11,13 @@ import pytest
 import yaml
 
 from search.samplers import startup_trials
-from tests.helpers import TINY_MODEL
-
-RUN = Path(__file__).resolve().parents[1] / "search" / "run.py"
-TINY = ["--data", "demo:8", "--backbone", TINY_MODEL, "--pretrain-epochs", "1",
-        "--cpus-per-trial", "1"]
+from tests.helpers import TINY_MODEL, ok, run_search
 
 pytestmark = pytest.mark.slow
 
 
 def search(tmp_path: Path, name: str, *args: str) -> tuple[Path, str]:
-    storage = tmp_path / "experiments"
-    result = subprocess.run(
-        [sys.executable, str(RUN), *TINY, *args, "--storage", str(storage), "--name", name,
-         "--cache-dir", str(tmp_path / "cache")],
-        cwd=tmp_path, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return storage / name, result.stdout
+    return tmp_path / "experiments" / name, ok(run_search(tmp_path, *args, name=name)).stdout
 
 
 def result_rows(trial_dir: Path) -> list[dict]:
@@ -110,11 +98,11 @@ def test_pbt_with_a_space_file_and_a_warm_start(tmp_path):
     assert (exp_dir / "space.yaml").read_text() == space.read_text()
 
 
-def test_four_quarter_gpu_trials_run_at_once(tmp_path, tiny_demo):
+def test_four_quarter_gpu_trials_run_at_once(tmp_path, tiny_demo, ray_local):
     """Ray's fake resources: one GPU, which four CPU trials of a quarter each hold at once."""
     import threading
 
-    import ray
+    ray = ray_local
 
     from search.pretraining import StageOutputs
     from search.spec import parse_spec
@@ -124,7 +112,6 @@ def test_four_quarter_gpu_trials_run_at_once(tmp_path, tiny_demo):
     spec = parse_spec(["--strategy", "scratch", "--backbone", TINY_MODEL, "--samples", "4",
                        "--max-epochs", "2", "--gpus-per-trial", "0.25", "--cpus-per-trial",
                        "0.5", "--scheduler", "fifo", "--storage", str(tmp_path), "--name", "gpu"])
-    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False)
     free_gpu, done = [], threading.Event()
 
     def watch():  # what is left of the GPU while the trials hold their shares
@@ -144,7 +131,6 @@ def test_four_quarter_gpu_trials_run_at_once(tmp_path, tiny_demo):
     finally:
         done.set()
         watcher.join()
-        ray.shutdown()
     assert grid.num_errors == 0 and len(grid) == 4
     # at one moment every CPU and the whole GPU were held, which only four trials of half a CPU
     # and a quarter GPU each can do: all four were placed side by side, none queued

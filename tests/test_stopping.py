@@ -37,36 +37,40 @@ OUTLIVE_S = 60  # how long a run's process may outlive its killed driver
 
 
 @pytest.mark.slow
-def test_trials_stopped_mid_step_on_actors_not_reused_end_without_a_crash_dump(tmp_path):
+def test_trials_stopped_mid_step_on_actors_not_reused_end_without_a_crash_dump(tmp_path,
+                                                                               ray_local):
     """resnet18 at 64 px on one CPU thread: a step takes ~0.1 s of native torch work, so a
     stopped trial's thread is inside one when Tune stops it. Before the stop joined the
     thread, the actor exited under it (`Fatal Python error: Aborted`, in 6 of 8 trials)."""
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
-    try:
-        logs = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs"
-        data = load_demo(train_per_class=8, image_size=64)
-        settings = RunSettings("scratch", "resnet18", max_epochs=3, seed=0, cpus_per_trial=1)
-        trainable = tune.with_resources(
-            tune.with_parameters(train_transfer, settings=settings, data=ray.put(data),
-                                 weights=None), {"cpu": 1})
-        space = {"lr": tune.loguniform(1e-3, 0.1), "batch_size": 16, "augment": "flip",
-                 "weight_decay": 1e-4}
-        grid = tune.Tuner(
-            trainable, param_space=space,
-            tune_config=tune.TuneConfig(
-                metric="val_acc", mode="max", num_samples=8, reuse_actors=False,
-                scheduler=ASHAScheduler(max_t=3, grace_period=1, reduction_factor=4)),
-            run_config=tune.RunConfig(storage_path=str(tmp_path), verbose=0)).fit()
-    finally:
-        ray.shutdown()
+    logs = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs"
+    before = crash_dumps(logs)  # this Ray's workers may have run earlier tests
+    data = load_demo(train_per_class=8, image_size=64)
+    settings = RunSettings("scratch", "resnet18", max_epochs=3, seed=0, cpus_per_trial=1)
+    trainable = tune.with_resources(
+        tune.with_parameters(train_transfer, settings=settings, data=ray.put(data),
+                             weights=None), {"cpu": 1})
+    space = {"lr": tune.loguniform(1e-3, 0.1), "batch_size": 16, "augment": "flip",
+             "weight_decay": 1e-4}
+    grid = tune.Tuner(
+        trainable, param_space=space,
+        tune_config=tune.TuneConfig(
+            metric="val_acc", mode="max", num_samples=8, reuse_actors=False,
+            scheduler=ASHAScheduler(max_t=3, grace_period=1, reduction_factor=4)),
+        run_config=tune.RunConfig(storage_path=str(tmp_path), verbose=0)).fit()
     stopped = [r for r in grid if r.metrics["training_iteration"] < 3]
     assert grid.num_errors == 0 and stopped, "ASHA should stop some trials early"
-    crashed = [f.name for f in logs.glob("worker-*") if "Fatal Python error" in f.read_text(
-        errors="replace")]
-    assert not crashed, f"workers aborted: {crashed}"
+    crashed = crash_dumps(logs) - before
+    assert not crashed, f"workers aborted: {sorted(crashed)}"
+
+
+def crash_dumps(logs: Path) -> set[str]:
+    """The worker logs holding a fatal error's dump."""
+    return {f.name for f in logs.glob("worker-*")
+            if "Fatal Python error" in f.read_text(errors="replace")}
 
 
 @pytest.mark.slow
+@pytest.mark.serial  # timing-sensitive: run alone
 def test_a_driver_killed_mid_search_leaves_no_ray_process_behind(tmp_path):
     args = ["--data", "demo:20", "--backbone", "test_resnet", "--strategy", "scratch",
             "--samples", "2", "--max-epochs", "1000", "--scheduler", "fifo",

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from tests.helpers import TINY_MODEL
+from tests.helpers import TINY_MODEL, ok, run_search
 from trainables.config import RunSettings, TrialConfig
 from trainables.failures import TrialFailure, is_out_of_memory
 from trainables.injected_faults import FAULT_ENV
@@ -98,14 +98,12 @@ def test_a_search_survives_every_kind_of_trial_fault(tmp_path):
     failed in the study, and on the leaderboard; the search exits 0."""
     faults = "scratch:2:raise:trial=0;scratch:2:raise:trial=1,once;scratch:2:nan:trial=2;" \
              "scratch:1:oom:trial=3"
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "search" / "run.py"), "--strategy", "scratch",
-         "--data", "demo:4", "--backbone", TINY_MODEL, "--samples", "4", "--max-epochs", "3",
-         "--scheduler", "fifo", "--max-failures", "1", "--max-concurrent", "1",
-         "--storage", str(tmp_path), "--name", "faults", "--quiet"],
-        capture_output=True, text=True, timeout=600, env={**os.environ, FAULT_ENV: faults})
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    exp = tmp_path / "faults"
+    result = ok(run_search(
+        tmp_path, "--strategy", "scratch", "--data", "demo:4", "--backbone", TINY_MODEL,
+        "--samples", "4", "--max-epochs", "3", "--scheduler", "fifo", "--max-failures", "1",
+        "--max-concurrent", "1", "--quiet", name="faults", tiny=False, timeout=600,
+        env={FAULT_ENV: faults}))
+    exp = tmp_path / "experiments" / "faults"
     study = optuna.load_study(study_name="faults/scratch", storage=f"sqlite:///{exp}/optuna.db")
     # one trial at a time: the study's trial numbers are the start order
     order = [t.user_attrs["tune_trial_id"] for t in sorted(study.trials, key=lambda t: t.number)]
