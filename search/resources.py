@@ -10,8 +10,10 @@ machine sees fails each remote trial at its first checkpoint; it is refused befo
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import ray
@@ -116,11 +118,40 @@ def init_ray(address: str | None, dashboard_host: str | None = None, **kwargs):
     from search import reaper
 
     target = ray_target(address, dashboard_host)
-    others = reaper.children(os.getpid()) if target["address"] == "local" else set()
-    context = ray.init(**target, **kwargs)
-    if target["address"] == "local":  # what ray.init started: the driver's new children
+    local = target["address"] == "local"
+    others = reaper.children(os.getpid()) if local else set()
+    with token_notice_dropped(local):
+        context = ray.init(**target, **kwargs)
+    if local:  # what ray.init started: the driver's new children
         reaper.start_reaper(reaper.children(os.getpid()) - others)
     return context
+
+
+# Ray (2.60) turns token auth on for each new local instance and logs a WARNING saying so, with
+# advice to opt out, on every start; the run's dashboard line already says the token is needed.
+TOKEN_NOTICE_LOGGER = "ray._private.authentication.authentication_token_setup"
+TOKEN_NOTICE = "Token authentication is enabled for this Ray cluster"
+
+
+class TokenNoticeFilter(logging.Filter):
+    """Drops Ray's token-auth-enabled notice and passes every other record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(TOKEN_NOTICE)
+
+
+@contextmanager
+def token_notice_dropped(local: bool):
+    """While a local instance starts, Ray's notice is dropped. Joining a cluster keeps it: Ray
+    logs it there (--address auto) when it takes up a token it found, which the user should
+    know."""
+    logger, notice = logging.getLogger(TOKEN_NOTICE_LOGGER), TokenNoticeFilter()
+    if local:
+        logger.addFilter(notice)
+    try:
+        yield
+    finally:
+        logger.removeFilter(notice)
 
 
 LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"

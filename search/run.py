@@ -227,16 +227,15 @@ def show_leaderboard(exp_dir, exp_uri: str) -> None:
     """Write leaderboard.csv/.md and best/<strategy>.yaml, and print the leaderboard."""
     import pandas as pd
 
+    from analysis.console import leaderboard_text, pareto_text
     from analysis.results import refresh_leaderboard
+    from store.layout import PARETO_FILE
 
     board = refresh_leaderboard(exp_dir)
-    with pd.option_context("display.max_colwidth", 200, "display.width", 200):
-        print("\nleaderboard (val_acc of each strategy's best epoch of its best trial):")
-        print(board.drop(columns=["trial_id"]).to_string(index=False))
-        pareto = Path(exp_dir) / "pareto.csv"
-        if pareto.is_file():
-            print("\nPareto front (val_acc against training time at the full budget, s):")
-            print(pd.read_csv(pareto).drop(columns=["hyperparameters"]).to_string(index=False))
+    print("\n" + leaderboard_text(board))
+    pareto = Path(exp_dir) / PARETO_FILE
+    if pareto.is_file():  # written by refresh_leaderboard for --objective acc+time only
+        print("\n" + pareto_text(pd.read_csv(pareto, dtype={"trial_id": str})))
     print(f"\nexperiment: {exp_uri}")
     print(f"  tensorboard --logdir {exp_dir}")
     print(f"  python analysis/report.py {exp_uri}")
