@@ -68,6 +68,15 @@ def ray_local(_ray_session):
     return ray
 
 
+@pytest.fixture
+def no_ray():
+    """No in-process Ray, for a test of what happens before ray.init: stops ray_local's, which
+    the next test that asks for it starts again."""
+    import ray
+
+    ray.shutdown()
+
+
 @pytest.fixture(scope="session")
 def all_strategies_search(tmp_path_factory):
     """One tiny real search of every registered strategy, 2 trials each, ending with the final

@@ -60,7 +60,7 @@ def experiment(tmp_path_factory):
         return type(data)(**{**data.__dict__, "test": test})
 
     def search(tmp: Path) -> None:
-        ray.shutdown()  # main starts and stops its own Ray; a test before may have left one up
+        ray.shutdown()  # main starts its own Ray: stop ray_local's (the no_ray fixture's way)
         load.load_dataset = guarded
         try:
             code = main([*TINY, "--max-epochs", "3", "--strategy", "unfrozen", "--samples", "3",

@@ -38,8 +38,6 @@ import pytest
 
 from tests.helpers import TINY_MODEL
 
-pytestmark = [pytest.mark.slow, pytest.mark.serial]  # timing-sensitive: run alone
-
 RUN = Path(__file__).resolve().parents[1] / "search" / "run.py"
 STRATEGIES = ("scratch", "frozen")  # scratch needs no stage, frozen the supervised one
 SAMPLES, MAX_EPOCHS, GRACE = 5, 3, 2  # ASHA may stop a trial at epoch GRACE
@@ -230,6 +228,8 @@ def interrupted(tmp_path_factory, sessions):
     return root, driver, driver.wait_exit(120)
 
 
+@pytest.mark.slow
+@pytest.mark.serial  # timing-sensitive: a driver interrupted at a set moment; runs alone
 def test_ctrl_c_stops_cleanly_and_prints_the_resume_command(interrupted):
     root, driver, code = interrupted
     assert code == 130, driver.output()
@@ -243,6 +243,8 @@ def test_ctrl_c_stops_cleanly_and_prints_the_resume_command(interrupted):
     wait_for_ray_to_die(driver)  # ray.shutdown() on the way out
 
 
+@pytest.mark.slow
+@pytest.mark.serial  # timing-sensitive: drivers killed at set moments; runs alone
 def test_killed_drivers_resume_without_losing_or_repeating_anything(interrupted, sessions):
     root, first, _ = interrupted
     exp_dir = root / "experiments" / NAME

@@ -105,7 +105,8 @@ def test_a_request_no_node_can_hold_is_refused_naming_the_largest_node():
         check_resources(4, 0.5, [{"CPU": 2.0, "GPU": 1.0}, {"CPU": 8.0, "GPU": 0.0}])
 
 
-def test_the_trials_a_cluster_holds_at_once_count_shares_and_launchable_workers(tmp_path):
+def test_the_trials_a_cluster_holds_at_once_count_shares_and_launchable_workers(tmp_path,
+                                                                               no_ray):
     assert node_slots({"CPU": 2.0}, 1, 0) == 2
     assert node_slots({"CPU": 2.0, "GPU": 1.0}, 0.5, 0.25) == 4  # quarter GPUs, packed
     assert node_slots({"CPU": 16.0, "GPU": 1.0}, 1, 1) == 1
