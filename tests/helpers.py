@@ -61,6 +61,23 @@ def run_once(tmp_path_factory, name: str, make: Callable[[Path], None],
     return root
 
 
+def write_trial(root: Path, strategy: str, trial_id: str, params: dict, accs: list[float],
+                seconds_per_epoch: float = 36.0) -> None:
+    """One trial in Ray Tune's layout under root/<strategy>: its params, and a report per epoch
+    with the val_acc of `accs` (none: it raised before its first report)."""
+    from store.records import PARAMS_FILE, RESULT_FILE
+
+    trial = root / strategy / f"trial_{trial_id}"
+    trial.mkdir(parents=True)
+    (trial / PARAMS_FILE).write_text(json.dumps(params))
+    lines = [json.dumps({"trial_id": trial_id, "training_iteration": i + 1, "val_acc": acc,
+                         "val_loss": 1 - acc, "images_per_s": 100.0, "lr": params.get("lr", 0.1),
+                         "time_total_s": seconds_per_epoch * (i + 1),
+                         "checkpoint_dir_name": f"checkpoint_{i:06d}"})
+             for i, acc in enumerate(accs)]
+    (trial / RESULT_FILE).write_text("\n".join(lines) + "\n")
+
+
 def changed(before: nn.Module, after: nn.Module) -> dict[str, bool]:
     """For every floating-point tensor of the state dict: did it change?"""
     old = before.state_dict()

@@ -19,19 +19,7 @@ from analysis import (
     write_leaderboard,
 )
 from analysis.stats import gap_ci, mean_ci
-
-
-def write_trial(root, strategy, trial_id, params, accs, seconds_per_epoch=36.0):
-    trial = root / strategy / f"trial_{trial_id}"
-    trial.mkdir(parents=True)
-    (trial / "params.json").write_text(json.dumps(params))
-    lines = [json.dumps({"trial_id": trial_id, "training_iteration": i + 1, "val_acc": a,
-                         "val_loss": 1 - a, "images_per_s": 100.0, "lr": 0.1,
-                         "time_total_s": seconds_per_epoch * (i + 1),
-                         "checkpoint_dir_name": f"checkpoint_{i:06d}"})
-             for i, a in enumerate(accs)]
-    (trial / "result.json").write_text("\n".join(lines) + "\n")
-
+from tests.helpers import write_trial
 
 META = {"backbone": "resnet18", "data": "demo", "max_epochs": 4, "seed": 0, "image_size": 32,
         "split": [0.7, 0.15, 0.15], "pretrain_epochs": 10, "weights": None,

@@ -5,7 +5,6 @@ The experiment is hand-built in Ray Tune's file layout with the store's writers,
 leaderboard comes from analysis.results as a run makes it: no Ray, no training.
 """
 
-import json
 import logging
 
 import pandas as pd
@@ -16,7 +15,7 @@ from analysis.results import pareto_trials, refresh_leaderboard
 from search.resources import TOKEN_NOTICE_LOGGER, TokenNoticeFilter, token_notice_dropped
 from search.run import show_leaderboard
 from store.layout import EVAL_RESULTS, write_experiment, write_trials
-from store.records import PARAMS_FILE, RESULT_FILE
+from tests.helpers import write_trial
 
 WIDTH = 120
 STRATEGIES = ("scratch", "frozen", "unfrozen", "colorization", "partial", "lp_ft")
@@ -24,17 +23,6 @@ STRATEGIES = ("scratch", "frozen", "unfrozen", "colorization", "partial", "lp_ft
 LONGEST = {"augment": "randaugment", "batch_size": 128, "freeze_depth": 3,
            "label_smoothing": 0.18874961570292484, "lr": 0.000312345678, "lr_mult": 0.70989362574,
            "magnitude": 17, "optimizer": "adamw", "weight_decay": 0.000130490735503624}
-
-
-def write_trial(exp_dir, strategy, trial_id, params, accs, seconds_per_epoch=4.2):
-    trial = exp_dir / strategy / f"trial_{trial_id}"
-    trial.mkdir(parents=True)
-    (trial / PARAMS_FILE).write_text(json.dumps(params))
-    lines = [json.dumps({"trial_id": trial_id, "training_iteration": i + 1, "val_acc": acc,
-                         "val_loss": 1 - acc, "time_total_s": seconds_per_epoch * (i + 1),
-                         "checkpoint_dir_name": f"checkpoint_{i:06d}"})
-             for i, acc in enumerate(accs)]
-    (trial / RESULT_FILE).write_text("\n".join(lines) + "\n")
 
 
 @pytest.fixture

@@ -21,24 +21,13 @@ from PIL import Image
 from analysis import load_eval, load_results, plots
 from analysis.importance import importance_report, importances
 from analysis.report import PLOTS, load, write_plots, write_report
+from tests.helpers import write_trial
 from trainables.strategies import STRATEGIES
 
 ROOT = Path(__file__).resolve().parents[1]
 REPORT = ROOT / "analysis" / "report.py"
 NOTEBOOK = ROOT / "analysis" / "leaderboard.ipynb"
 LINK = re.compile(r"\]\(([^)\s]+)\)")
-
-
-def write_trial(root, strategy, trial_id, params, accs):
-    trial = root / strategy / f"trial_{trial_id}"
-    trial.mkdir(parents=True)
-    (trial / "params.json").write_text(json.dumps(params))
-    lines = [json.dumps({"trial_id": trial_id, "training_iteration": i + 1, "val_acc": a,
-                         "val_loss": 1 - a, "lr": params.get("lr", 0.1),
-                         "time_total_s": 36.0 * (i + 1),
-                         "checkpoint_dir_name": f"checkpoint_{i:06d}"})
-             for i, a in enumerate(accs)]
-    (trial / "result.json").write_text("\n".join(lines) + "\n")
 
 
 META = {"backbone": "resnet18", "data": "demo", "max_epochs": 4, "seed": 0, "image_size": 32,
