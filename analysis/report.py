@@ -27,7 +27,7 @@ from analysis.importance import importance_report
 from analysis.results import leaderboard, load_curves, load_eval, load_results
 from analysis.stats import gap_ci
 from store.atomic import DiskFullError, atomic_file
-from store.layout import EVAL_DIR, EXPERIMENT_FILE, read_experiment
+from store.layout import EVAL_DIR, EXPERIMENT_FILE, STAGES_DIR, read_experiment
 from store.uri import RemoteError, is_uri, join_uri, local_copy, upload
 
 MISSING, NOT_MEASURED = "–", "not measured"
@@ -144,7 +144,7 @@ def stage_tables(exp_dirs: list[Path], metas: list[dict]) -> tuple[pd.DataFrame,
             kind = record.get("stage", "?")
             metric, meaning = QUALITY.get(kind, (None, None))
             values = (record.get(metric) or []) if metric else []
-            samples = exp_dir / "stages" / str(record.get("key")) / "samples.png"
+            samples = exp_dir / STAGES_DIR / str(record.get("key")) / "samples.png"
             rows.append({"experiment": exp_dir.name, "stage": kind, "key": record.get("key"),
                          "data": record.get("data"),
                          "epochs": record.get("epochs") or len(record.get("losses") or []) or None,

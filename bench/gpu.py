@@ -213,11 +213,11 @@ def timeline(exp: Path, train_images: int):
     the trial's setup)."""
     import pandas as pd
 
-    from analysis.results import epoch_rows, trial_dirs
+    from store.records import PARAMS_FILE, epoch_rows, trial_dirs
 
     rows = []
     for trial_dir in trial_dirs(exp, "scratch"):
-        batch = json.loads((trial_dir / "params.json").read_text())["batch_size"]
+        batch = json.loads((trial_dir / PARAMS_FILE).read_text())["batch_size"]
         trained = train_images - (train_images % batch == 1)  # a last batch of one is dropped
         for r in epoch_rows(trial_dir):
             rows.append({"trial": trial_dir.name, "epoch": r["training_iteration"],

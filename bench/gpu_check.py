@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.gpu_sizes import CPU, GPU
+from store.layout import EVAL_SUMMARY, MODEL_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 # per device: the search's arguments, and each part's timeout in seconds
@@ -106,7 +107,7 @@ def search(device: str, out: Path, tmp: Path) -> Part:
                "--final-eval", "2", "--storage", str(tmp / "runs"), "--name", "check",
                "--cache-dir", str(tmp / "cache"), "--quiet"]
     code = run(command, out / "search.log", TIMEOUT_S[device]["search"], cwd=tmp)
-    summary = tmp / "runs" / "check" / "eval" / "summary.md"
+    summary = tmp / "runs" / "check" / EVAL_SUMMARY
     return outcome("search", code, start, f"final evaluation: {summary.is_file()}; "
                    f"{last_line(out / 'search.log', 'time: ')}", ok=summary.is_file())
 
@@ -117,7 +118,7 @@ def predict(device: str, out: Path, tmp: Path) -> Part:
     from trainables.data.load import load_dataset
 
     start = time.perf_counter()
-    models = sorted((tmp / "runs" / "check" / "eval" / "model").glob("*"))
+    models = sorted((tmp / "runs" / "check" / MODEL_DIR).glob("*"))
     if not models:
         return Part("predict", False, 0.0, "no kept model: the search failed")
     data = load_dataset(SEARCH[device][1], cache_dir=tmp / "cache")

@@ -56,9 +56,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from analysis.results import epoch_rows, trial_dirs, trial_statuses
+from analysis.results import trial_statuses
 from bench.tables import format_table
 from search.options import SCHEDULER_DEFAULTS
+from store.records import PARAMS_FILE, epoch_rows, trial_dirs
 
 ROOT = Path(__file__).resolve().parents[1]
 STRATEGY = "scratch"
@@ -139,7 +140,7 @@ def search(tmp: Path, name: str, data: str, seed: int, s: dict, *flags: str) -> 
 def trials(exp_dir: Path) -> list[dict]:
     """Each trial's config (params.json), epoch reports and whether it errored."""
     statuses = trial_statuses(exp_dir)
-    return [{"config": json.loads((d / "params.json").read_text()), "rows": epoch_rows(d),
+    return [{"config": json.loads((d / PARAMS_FILE).read_text()), "rows": epoch_rows(d),
              "errored": statuses.get(d.name.removeprefix("trial_"), {}).get("errored", False)}
             for d in trial_dirs(exp_dir, STRATEGY)]
 

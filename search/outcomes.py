@@ -15,6 +15,7 @@ import pandas as pd
 import ray
 from ray import tune
 
+from store.records import RESULT_FILE
 from store.uri import checkpoint_dirs, delete_dir
 from trainables.failures import OUT_OF_MEMORY
 
@@ -33,7 +34,7 @@ def trial_outcomes(grid: tune.ResultGrid) -> list[dict]:
                  "path": result.path}
         if failure:
             entry.update(error=failure, failure=result.metrics.get("failure_kind"),
-                         error_file=str(Path(result.path) / "result.json"))
+                         error_file=str(Path(result.path) / RESULT_FILE))
         elif result.error is not None:
             entry.update(error=error_line(result.error, result.config or {}),
                          error_file=str(Path(result.path) / "error.txt"))

@@ -19,6 +19,7 @@ from tensorboardX import SummaryWriter
 from search.checks import stage_kind
 from search.spec import ExperimentSpec
 from store.atomic import atomic_file
+from store.layout import STAGES_DIR
 from trainables.cache import area
 from trainables.data.dataset import DataError, Dataset
 from trainables.features import (
@@ -191,7 +192,7 @@ def write_stage_outputs(exp_dir: Path, records: list[dict]) -> None:
     for record in records:
         if not record.get("losses"):
             continue
-        out = exp_dir / "stages" / record["key"]
+        out = exp_dir / STAGES_DIR / record["key"]
         with SummaryWriter(str(out)) as writer:
             for epoch, loss in enumerate(record["losses"], start=1):
                 writer.add_scalar(f"pretrain/{record['stage']}_loss", loss, epoch)
