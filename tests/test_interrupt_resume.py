@@ -16,7 +16,8 @@ Tune's saved state (its experiment_state-*.json, read here only to time the kill
 up with every epoch reported (result.json): then no checkpoint deletion is pending for an
 epoch's time. Trials report as soon as an epoch ends (the checkpoint is written while the next
 trains), so the epochs are made long enough (demo:40, ~0.3 s) that the 10 ms between that check
-and the kill is a small part of one. Slow: four runs start Ray.
+and the kill is a small part of one. Slow: four runs start Ray. What the searcher does with a
+study a killed driver left is tested without Ray in tests/test_search_options.py.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ import pytest
 
 from tests.helpers import TINY_MODEL
 
+# drivers interrupted and killed at set moments: timing-sensitive, so they run alone
+pytestmark = [pytest.mark.slow, pytest.mark.serial]
 RUN = Path(__file__).resolve().parents[1] / "search" / "run.py"
 STRATEGIES = ("scratch", "frozen")  # scratch needs no stage, frozen the supervised one
 SAMPLES, MAX_EPOCHS, GRACE = 5, 3, 2  # ASHA may stop a trial at epoch GRACE
@@ -228,8 +231,6 @@ def interrupted(tmp_path_factory, sessions):
     return root, driver, driver.wait_exit(120)
 
 
-@pytest.mark.slow
-@pytest.mark.serial  # timing-sensitive: a driver interrupted at a set moment; runs alone
 def test_ctrl_c_stops_cleanly_and_prints_the_resume_command(interrupted):
     root, driver, code = interrupted
     assert code == 130, driver.output()
@@ -243,8 +244,6 @@ def test_ctrl_c_stops_cleanly_and_prints_the_resume_command(interrupted):
     wait_for_ray_to_die(driver)  # ray.shutdown() on the way out
 
 
-@pytest.mark.slow
-@pytest.mark.serial  # timing-sensitive: drivers killed at set moments; runs alone
 def test_killed_drivers_resume_without_losing_or_repeating_anything(interrupted, sessions):
     root, first, _ = interrupted
     exp_dir = root / "experiments" / NAME
@@ -350,65 +349,3 @@ def check_strategy(exp_dir: Path, strategy: str) -> int:
         assert trial.state == optuna.trial.TrialState.FAIL, trial
         assert trial.user_attrs.get("orphaned") is True, trial
     return len(others)
-
-
-def test_a_restored_searcher_leaves_alone_a_trial_the_study_already_holds(tmp_path):
-    """The driver told the study a trial's end and was killed before Tune saved its state: the
-    restored searcher (Tune's pickle of its state) sees that trial end again, perhaps after a
-    rerun epoch. Optuna refuses to change a finished trial; the study keeps its first end."""
-    from search.tuning import METRIC, MarkedOptunaSearch
-    from spaces import SpaceContext, get_space
-
-    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}")
-
-    def searcher() -> MarkedOptunaSearch:
-        return MarkedOptunaSearch(space=get_space("scratch", SpaceContext(max_epochs=3)),
-                                  metric=METRIC, mode="max", study_name="s", storage=storage,
-                                  max_epochs=3, owner=str(tmp_path))
-
-    def result(value: float, epoch: int) -> dict:
-        return {METRIC: value, "training_iteration": epoch, "best_epoch": epoch,
-                "time_total_s": 1.0}
-
-    killed = searcher()
-    killed.suggest("t1")
-    killed.on_trial_result("t1", result(0.4, 1))
-    killed.save(str(tmp_path / "searcher-state.pkl"))  # Tune's last saved state
-    killed.on_trial_result("t1", result(0.5, 2))
-    killed.on_trial_complete("t1", result(0.5, 2))  # then the driver dies
-
-    restored = searcher()
-    restored.restore(str(tmp_path / "searcher-state.pkl"))
-    restored.on_trial_result("t1", result(0.45, 2))  # the rerun epoch
-    restored.on_trial_complete("t1", result(0.45, 2))
-
-    (trial,) = optuna.load_study(study_name="s", storage=storage).trials
-    assert trial.state == optuna.trial.TrialState.COMPLETE
-    assert trial.value == 0.5 and trial.intermediate_values == {1: 0.4, 2: 0.5}
-    assert trial.user_attrs["tune_trial_id"] == "t1" and trial.user_attrs["epochs"] == 2
-
-
-def test_a_trial_killed_while_its_parameters_are_sampled_is_still_closed(tmp_path):
-    """The driver dies after asking the study and before every parameter is written: the trial
-    already names its owner, so the driver that resumes the experiment closes it as orphaned,
-    and a trial another driver of a shared study is running stays open."""
-    from search.tuning import METRIC, MarkedOptunaSearch, close_orphans
-
-    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}")
-
-    def dies_midway(trial: optuna.Trial) -> dict:
-        trial.suggest_float("lr", 1e-4, 1e-1, log=True)
-        raise KeyboardInterrupt  # stands in for the SIGKILL between two suggest calls
-
-    def searcher(owner: str, space) -> MarkedOptunaSearch:
-        return MarkedOptunaSearch(space=space, metric=METRIC, mode="max", study_name="s",
-                                  storage=storage, max_epochs=3, owner=owner)
-
-    with pytest.raises(KeyboardInterrupt):
-        searcher("experiments/mine", dies_midway).suggest("t1")
-    searcher("experiments/theirs", lambda t: {"wd": t.suggest_float("wd", 0.0, 1.0)}).suggest("t2")
-
-    assert close_orphans(storage, "s", "experiments/mine") == 1
-    mine, theirs = optuna.load_study(study_name="s", storage=storage).trials
-    assert mine.state == optuna.trial.TrialState.FAIL and mine.user_attrs["orphaned"] is True
-    assert theirs.state == optuna.trial.TrialState.RUNNING

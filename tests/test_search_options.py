@@ -1,5 +1,7 @@
 """Strategies as a list, weights per strategy, data per stage, samplers that learn within the
-budget, GPU shares and what a cluster can hold: parsing and the pieces behind it."""
+budget, GPU shares and what a cluster can hold: parsing and the pieces behind it; and the
+searcher's trials in the study when its driver was killed (the kills themselves, with Ray, are
+tests/test_interrupt_resume.py)."""
 
 import optuna
 import pytest
@@ -10,7 +12,14 @@ from search.resources import ResourceError, check_resources
 from search.samplers import make_sampler, proposed_by, startup_trials
 from search.spec import UsageError, parse_pretrained, parse_spec, parse_strategies
 from search.study import open_storage
-from search.tuning import METRIC, MarkedOptunaSearch, launchable_nodes, node_slots, trial_slots
+from search.tuning import (
+    METRIC,
+    MarkedOptunaSearch,
+    close_orphans,
+    launchable_nodes,
+    node_slots,
+    trial_slots,
+)
 from spaces import SpaceContext, get_space, to_trial_values
 from trainables.config import TrialConfig
 from trainables.data.load import load_pretrain_data
@@ -188,3 +197,60 @@ def test_tpe_proposes_every_trial_after_the_startup_ones():
     by = [proposed_by(t) for t in study.trials]
     start = startup_trials(samples)
     assert by == ["sampler"] * start + ["model"] * (samples - start)
+
+
+def test_a_restored_searcher_leaves_alone_a_trial_the_study_already_holds(tmp_path):
+    """The driver told the study a trial's end and was killed before Tune saved its state: the
+    restored searcher (Tune's pickle of its state) sees that trial end again, perhaps after a
+    rerun epoch. Optuna refuses to change a finished trial; the study keeps its first end."""
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}")
+
+    def searcher() -> MarkedOptunaSearch:
+        return MarkedOptunaSearch(space=get_space("scratch", SpaceContext(max_epochs=3)),
+                                  metric=METRIC, mode="max", study_name="s", storage=storage,
+                                  max_epochs=3, owner=str(tmp_path))
+
+    def result(value: float, epoch: int) -> dict:
+        return {METRIC: value, "training_iteration": epoch, "best_epoch": epoch,
+                "time_total_s": 1.0}
+
+    killed = searcher()
+    killed.suggest("t1")
+    killed.on_trial_result("t1", result(0.4, 1))
+    killed.save(str(tmp_path / "searcher-state.pkl"))  # Tune's last saved state
+    killed.on_trial_result("t1", result(0.5, 2))
+    killed.on_trial_complete("t1", result(0.5, 2))  # then the driver dies
+
+    restored = searcher()
+    restored.restore(str(tmp_path / "searcher-state.pkl"))
+    restored.on_trial_result("t1", result(0.45, 2))  # the rerun epoch
+    restored.on_trial_complete("t1", result(0.45, 2))
+
+    (trial,) = optuna.load_study(study_name="s", storage=storage).trials
+    assert trial.state == optuna.trial.TrialState.COMPLETE
+    assert trial.value == 0.5 and trial.intermediate_values == {1: 0.4, 2: 0.5}
+    assert trial.user_attrs["tune_trial_id"] == "t1" and trial.user_attrs["epochs"] == 2
+
+
+def test_a_trial_killed_while_its_parameters_are_sampled_is_still_closed(tmp_path):
+    """The driver dies after asking the study and before every parameter is written: the trial
+    already names its owner, so the driver that resumes the experiment closes it as orphaned,
+    and a trial another driver of a shared study is running stays open."""
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}")
+
+    def dies_midway(trial: optuna.Trial) -> dict:
+        trial.suggest_float("lr", 1e-4, 1e-1, log=True)
+        raise KeyboardInterrupt  # stands in for the SIGKILL between two suggest calls
+
+    def searcher(owner: str, space) -> MarkedOptunaSearch:
+        return MarkedOptunaSearch(space=space, metric=METRIC, mode="max", study_name="s",
+                                  storage=storage, max_epochs=3, owner=owner)
+
+    with pytest.raises(KeyboardInterrupt):
+        searcher("experiments/mine", dies_midway).suggest("t1")
+    searcher("experiments/theirs", lambda t: {"wd": t.suggest_float("wd", 0.0, 1.0)}).suggest("t2")
+
+    assert close_orphans(storage, "s", "experiments/mine") == 1
+    mine, theirs = optuna.load_study(study_name="s", storage=storage).trials
+    assert mine.state == optuna.trial.TrialState.FAIL and mine.user_attrs["orphaned"] is True
+    assert theirs.state == optuna.trial.TrialState.RUNNING
