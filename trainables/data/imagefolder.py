@@ -252,6 +252,14 @@ def load_image_folder(
     return data
 
 
+def none_decodable(folder: Path, unreadable: list[str]) -> DataError:
+    """The error for a folder whose every image file was skipped as unreadable."""
+    return DataError(
+        f"{folder}: no image can be decoded: all {len(unreadable)} image files are corrupt or "
+        f"truncated and were skipped (e.g. {unreadable[0]}); remove or replace the corrupt "
+        "files")
+
+
 def check_decodable(folder: Path, classes: tuple[str, ...], listing: dict[str, list[ImageFile]],
                     split: Split, unreadable: list[str], given: bool) -> None:
     """Every class of `folder` keeps an image once its unreadable files are skipped: a class
@@ -264,10 +272,7 @@ def check_decodable(folder: Path, classes: tuple[str, ...], listing: dict[str, l
     if not empty:
         return
     if len(split) == 0:
-        raise DataError(
-            f"{folder}: no image can be decoded: all {len(unreadable)} image files are corrupt "
-            f"or truncated and were skipped (e.g. {unreadable[0]}); remove or replace the "
-            "corrupt files")
+        raise none_decodable(folder, unreadable)
     files = sum(len(listing[c]) for c in empty)
     if len(empty) == 1:
         which, their, drop = f"{folder / empty[0]}: class folder has", "its", "the class folder"
@@ -297,9 +302,7 @@ def load_unlabeled(root: Path, image_size: int = 32, cache_dir: Path | None = No
                         "it, or in its subfolders)")
     split, bad, key = prepare_images(files, [0] * len(files), image_size, cache_dir)
     if len(split) == 0:
-        raise DataError(f"{root}: no image can be decoded: all {len(bad)} image files are "
-                        f"corrupt or truncated and were skipped (e.g. {bad[0]}); remove or "
-                        "replace the corrupt files")
+        raise none_decodable(root, bad)
     warn_unreadable(bad)
     empty = Split(split.images[:0], split.labels[:0])
     return Dataset(name=root.name, classes=("unlabeled",), train=split, val=empty, test=None,
