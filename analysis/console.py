@@ -3,7 +3,9 @@
 Pure functions over the DataFrames that analysis.results builds (`leaderboard`,
 `pareto_trials`): one compact table per frame, and beneath the leaderboard each strategy's best
 hyperparameters, rounded to 3 significant digits, one wrapped line per strategy. The full
-precision stays in leaderboard.csv, pareto.csv and best/<strategy>.yaml.
+precision stays in leaderboard.csv, pareto.csv and best/<strategy>.yaml. An experiment run with
+--time-budget gets a line under the table: its budget, each strategy's share and the trials
+each strategy ran in it.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ MISSING = "-"
 LEADING_PARAMS = ("lr", "batch_size", "augment")
 
 
-def leaderboard_text(board: pd.DataFrame, width: int = WIDTH) -> str:
-    """The leaderboard table, then the best trial's hyperparameters of each strategy.
+def leaderboard_text(board: pd.DataFrame, width: int = WIDTH, meta: dict | None = None) -> str:
+    """The leaderboard table, then the best trial's hyperparameters of each strategy; with
+    `meta` (experiment.json) of a --time-budget run, the budget's line under the table.
 
     `width` bounds the hyperparameter lines; the table's cells are of fixed size, ~100
     columns with the test columns and the longest strategy name (colorization)."""
@@ -30,6 +33,9 @@ def leaderboard_text(board: pd.DataFrame, width: int = WIDTH) -> str:
         return "leaderboard: no trial has reported yet"
     heading = "leaderboard (val_acc of each strategy's best epoch of its best trial):"
     parts = [heading, _table(leaderboard_columns(board))]
+    budget = budget_line(meta or {}, dict(zip(board["strategy"], board["trials"], strict=True)))
+    if budget:
+        parts.append(budget)
     params = hyperparameter_lines(board, width)
     if params:
         parts += ["", "hyperparameters of each strategy's best trial (3 significant digits):",
@@ -54,6 +60,30 @@ def leaderboard_columns(board: pd.DataFrame) -> pd.DataFrame:
         table["test mean ± 95% CI"] = list(map(_pm, board["test_acc_mean"], half))
         table["seeds"] = board["test_seeds"].map(_int)
     return table
+
+
+def budget_line(meta: dict, trials: dict[str, int]) -> str | None:
+    """'time budget 10m: 5m per strategy; trials in that time: scratch 7, frozen 12' for an
+    experiment (its experiment.json) run with --time-budget, `trials` run per strategy; None
+    for one without. With --samples too, whichever ended first."""
+    budget = meta.get("time_budget_s")
+    if not budget:
+        return None
+    strategies = list(meta.get("strategies") or trials)
+    share = duration_text(budget / max(1, len(strategies)))
+    cap = f" (or {meta['samples']} trials, whichever ended first)" if meta.get("samples") else ""
+    counts = ", ".join(f"{s} {_int(trials.get(s, 0))}" for s in strategies)
+    return (f"time budget {duration_text(budget)}: {share} per strategy{cap}; trials in that "
+            f"time: {counts}")
+
+
+def duration_text(seconds: float) -> str:
+    """90 -> 1m30s, 600 -> 10m, 5400 -> 1h30m, 22.5 -> 22.5s."""
+    hours, rest = divmod(round(float(seconds), 1), 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [f"{int(hours)}h" if hours else "", f"{int(minutes)}m" if minutes else "",
+             f"{secs:.3g}s" if secs or not (hours or minutes) else ""]
+    return "".join(parts)
 
 
 def top_k(board: pd.DataFrame) -> int:

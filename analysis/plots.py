@@ -31,7 +31,7 @@ from analysis.style import apply_style, strategy_colours  # noqa: E402
 from store.atomic import atomic_file  # noqa: E402
 
 VAL_ACC = "best validation accuracy (fraction)"
-AUGMENT_ORDER = ("none", "flip", "crop_flip", "trivialaugment", "randaugment")
+AUGMENT_ORDER = ("none", "flip", "crop_flip", "rrc", "trivialaugment", "randaugment")
 STAGE_QUALITY = {  # stage kind -> (record field, axis label)
     "supervised": ("val_acc", "held-out source accuracy (fraction)"),
     "colorization": ("val_l1", "held-out L1 error of ab (Lab units)"),

@@ -23,6 +23,7 @@ from pathlib import Path
 import pandas as pd
 
 from analysis import plots
+from analysis.console import budget_line
 from analysis.importance import importance_report
 from analysis.results import leaderboard, load_curves, load_eval, load_results
 from analysis.stats import gap_ci
@@ -194,11 +195,12 @@ def setup_md(tables: Tables) -> str:
     for exp_dir, meta in zip(tables.exp_dirs, tables.metas, strict=True):
         data = meta.get("dataset") or {}
         sizes = "/".join(str(data.get(k, "?")) for k in ("train", "val", "test"))
+        epochs = f"of up to {meta.get('max_epochs')} epochs"
+        trials = (f"{meta['samples']} trials per strategy {epochs}" if meta.get("samples")
+                  else f"trials {epochs}, as many as fit in each strategy's time")
         lines.append(f"- `{exp_dir.name}`: data {meta.get('data')} "
                      f"({len(data.get('classes', [])) or '?'} classes, {sizes} train/val/test "
-                     f"images), backbone {meta.get('backbone')}, {meta.get('samples')} trials "
-                     f"per strategy of up to {meta.get('max_epochs')} epochs, seed "
-                     f"{meta.get('seed')}")
+                     f"images), backbone {meta.get('backbone')}, {trials}, seed {meta.get('seed')}")
     return "\n".join(lines)
 
 
@@ -222,7 +224,10 @@ def leaderboard_md(tables: Tables) -> str:
         table["test seeds"] = board["test_seeds"].map(_int)
     note = (f"val_acc is each trial's best epoch on the validation split; top-{k} is over the "
             "strategy's best trials that did not error.")
-    return _md(table) + "\n\n" + note
+    runs = tables.results.groupby(["experiment", "strategy"]).size()
+    budgets = [f"`{d.name}`: {line}" for d, meta in zip(tables.exp_dirs, tables.metas, strict=True)
+               if (line := budget_line(meta, runs.get(d.name, pd.Series()).to_dict()))]
+    return "\n\n".join([_md(table), note, *budgets])
 
 
 def hyperparameters_md(board: pd.DataFrame) -> str:

@@ -56,6 +56,8 @@ def trial_row(exp_dir: Path, strategy: str, trial_dir: Path, meta: dict, status:
         "trial_id": trial_dir.name.removeprefix("trial_"),
         "pretrained": meta["strategies"][strategy]["pretrained"],
         **params,
+        # the trial's own where the search sampled one (--backbone A,B), else the run's
+        "backbone": params.get("backbone") or meta.get("backbone"),
         "val_acc": best.get("val_acc", math.nan),
         "val_loss": best.get("val_loss", math.nan),
         "best_epoch": best.get("training_iteration", 0),
@@ -116,9 +118,9 @@ def leaderboard(df: pd.DataFrame, top_k: int = 3, evals: pd.DataFrame | None = N
 
     Trials of the same strategy from several experiments are pooled into one row.
 
-    Columns: the best trial's val_acc, best_epoch, trial_id and hyperparameters; the mean and
-    std of the top-k trials' val_acc; trials run, errored, stopped early; trial-hours; and, when
-    the final evaluation ran, test accuracy as mean, std and 95% interval over seeds.
+    Columns: the best trial's val_acc, best_epoch, backbone, trial_id and hyperparameters; the
+    mean and std of the top-k trials' val_acc; trials run, errored, stopped early; trial-hours;
+    and, when the final evaluation ran, test accuracy as mean, std and 95% interval over seeds.
     """
     rows = []
     for strategy, group in df.groupby("strategy", sort=False):
@@ -136,6 +138,7 @@ def leaderboard(df: pd.DataFrame, top_k: int = 3, evals: pd.DataFrame | None = N
             "trial_hours": group["trial_hours"].sum(),
             "best_epoch": int(best["best_epoch"]) if best is not None else math.nan,
             "pretrained": group["pretrained"].iloc[0],
+            "backbone": best.get("backbone") if best is not None else None,
             "trial_id": best["trial_id"] if best is not None else None,
             "hyperparameters": best["hyperparameters"] if best is not None else "",
         })

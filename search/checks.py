@@ -10,6 +10,7 @@ import argparse
 import difflib
 import math
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -115,7 +116,8 @@ MAX_IMAGE_SIZE = 1024
 
 
 def check_numbers(args: argparse.Namespace) -> None:
-    for flag, value, low in [("--samples", args.samples, 1), ("--max-epochs", args.max_epochs, 1),
+    samples = 1 if args.samples is None else args.samples  # None: as many as fit in the time
+    for flag, value, low in [("--samples", samples, 1), ("--max-epochs", args.max_epochs, 1),
                              ("--grace-period", args.grace_period, 1),
                              ("--image-size", args.image_size, 8),
                              ("--pretrain-epochs", args.pretrain_epochs, 1),
@@ -133,6 +135,24 @@ def check_numbers(args: argparse.Namespace) -> None:
     if not math.isfinite(args.cpus_per_trial) or args.cpus_per_trial <= 0:
         raise UsageError(f"--cpus-per-trial {args.cpus_per_trial:g}: must be a number above 0")
     check_gpus(args.gpus_per_trial)
+
+
+DURATION = re.compile(r"(-?(?:\d+\.?\d*|\.\d+))([smh]?)")
+UNIT_S = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str | None, flag: str = "--time-budget") -> float | None:
+    """A duration in seconds: 600 (seconds), 90s, 10m or 1.5h; None stays None."""
+    if text is None:
+        return None
+    found = DURATION.fullmatch(text.strip())
+    if not found:
+        raise UsageError(f"{flag} {text}: not a duration; give seconds (600) or a number with "
+                         "s, m or h (90s, 10m, 1.5h)")
+    seconds = float(found.group(1)) * UNIT_S[found.group(2)]
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise UsageError(f"{flag} {text}: must be above 0; give e.g. 90s, 10m or 1.5h")
+    return seconds
 
 
 def check_gpus(gpus: float) -> None:

@@ -16,12 +16,16 @@ import optuna
 import ray
 from ray import tune
 
+from search.budget import ended_by_budget, never_started, settle_stopped, share_s
 from search.outcomes import summarise_errors, trial_outcomes
 from search.phases import RUN
 from search.pretraining import StageData, StageOutputs, run_stages, write_stage_outputs
+from search.progress import format_duration
 from search.spec import ExperimentSpec
 from search.study import checkpoint, open_storage, storage_label
 from search.tuning import (
+    METRIC,
+    TIME_METRIC,
     close_orphans,
     finished,
     make_tuner,
@@ -60,27 +64,54 @@ def run_search(spec: ExperimentSpec, data: Dataset, sources: StageData) -> Searc
             print(f"{strategy}: already searched, kept", flush=True)
             continue
         restored = spec.resume and tune.Tuner.can_restore(join_uri(spec.exp_uri, strategy))
-        print(f"{'resuming' if restored else 'searching'} {strategy}: {planned_trials(spec)} "
-              f"trials x up to {spec.max_epochs} epochs", flush=True)
+        print(f"{'resuming' if restored else 'searching'} {strategy}: {plan(spec)}", flush=True)
         tuner = (restore_tuner(spec, strategy, data_ref, stages) if restored
                  else make_tuner(spec, strategy, data_ref, stages, storage, len(data.train)))
         grid = tuner.fit()
         checkpoint(storage)  # the study's write-ahead log into optuna.db, before any upload
-        if not finished(grid, spec):
+        by_budget = ended_by_budget(spec, strategy)
+        if not finished(grid, spec, by_budget):
             searched.interrupted = strategy
             publish(spec)
             return searched
+        waiting = budget_spent(spec, strategy, grid, storage) if by_budget else set()
         if spec.has_study:
             orphans = close_orphans(storage, study_name(spec, strategy), str(spec.exp_dir))
             if orphans:
                 print(f"{strategy}: {orphans} study trial(s) of a killed driver marked failed",
                       flush=True)
-        searched.outcomes[strategy] = trial_outcomes(grid)
+        searched.outcomes[strategy] = [o for o in trial_outcomes(grid)
+                                       if o["trial_id"] not in waiting]
         write_trials(spec.exp_dir, strategy, searched.outcomes[strategy])
         print(summarise_errors(strategy, searched.outcomes[strategy]), flush=True)
         publish(spec)
     RUN.enter("finish")  # the checkpoints' pruning, the final evaluation, the leaderboard
     return searched
+
+
+def plan(spec: ExperimentSpec) -> str:
+    """What a strategy's Tuner will run: its trials, its share of --time-budget, or both."""
+    trials, epochs = planned_trials(spec), f"up to {spec.max_epochs} epochs"
+    share = share_s(spec)
+    if share is None:
+        return f"{trials} trials x {epochs}"
+    if trials is None:
+        return f"as many trials as fit in {format_duration(share)}, each of {epochs}"
+    return f"{trials} trials x {epochs}, or {format_duration(share)}, whichever ends first"
+
+
+def budget_spent(spec: ExperimentSpec, strategy: str, grid: tune.ResultGrid,
+                 storage: optuna.storages.BaseStorage | None) -> set[str]:
+    """The strategy's share of --time-budget ended its Tuner: say so, and record the trials it
+    stopped in the study. Returns the ids of the trials it left waiting, never started."""
+    if spec.has_study:
+        metrics = [METRIC, TIME_METRIC] if spec.objective == "acc+time" else [METRIC]
+        settle_stopped(storage, study_name(spec, strategy), str(spec.exp_dir), grid, metrics,
+                       spec.max_epochs)
+    waiting = never_started(grid)
+    print(f"{strategy}: its {format_duration(share_s(spec))} of --time-budget is spent; "
+          f"{len(grid) - len(waiting)} trials ran", flush=True)
+    return waiting
 
 
 def publish(spec: ExperimentSpec) -> None:

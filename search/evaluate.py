@@ -128,13 +128,14 @@ def run_seeds(spec, board: pd.DataFrame, data: Dataset, search_ref: ray.ObjectRe
     for _, row in board.iterrows():
         hp = TrialConfig.from_dict(json.loads(row["hyperparameters"]))
         for i in range(seeds):
-            settings = RunSettings(strategy=row["strategy"], backbone=spec.backbone,
+            settings = RunSettings(strategy=row["strategy"], backbone=spec.backbones[0],
                                    max_epochs=spec.max_epochs, seed=spec.seed + i,
                                    cpus_per_trial=spec.cpus_per_trial,
                                    gpus_per_trial=spec.gpus_per_trial, compile=spec.compile)
             keep = i == 0 and (keep_all or row["strategy"] == winner)
             refs[(row["strategy"], spec.seed + i)] = task.remote(
-                settings, hp, search_ref, test_ref, weights[row["strategy"]],
+                settings, hp, search_ref, test_ref,
+                weights[row["strategy"]][settings.for_trial(hp).backbone],
                 int(row["best_epoch"]),
                 train_on, keep)
     print(f"final evaluation: {len(board)} strategies x {seeds} seeds on the test split "
@@ -191,11 +192,12 @@ def keep_model(directory: Path, state: dict, spec, board: pd.DataFrame, strategy
 
     row = board.set_index("strategy").loc[strategy]
     hp = TrialConfig.from_dict(json.loads(row["hyperparameters"]))
-    model = build_model(spec.backbone, data.num_classes, hp.head, hidden=hp.head_hidden,
+    backbone = hp.backbone or spec.backbones[0]  # the winner's own, where several were searched
+    model = build_model(backbone, data.num_classes, hp.head, hidden=hp.head_hidden,
                         dropout=hp.head_dropout, batch_norm=hp.head_bn)
     model.load_state_dict(state)
     mine = results[(results["strategy"] == strategy) & (results["seed"] == spec.seed)]
-    save_model(directory, model, backbone=spec.backbone, hp=hp, classes=data.classes,
+    save_model(directory, model, backbone=backbone, hp=hp, classes=data.classes,
                image_size=data.image_size,
                extra={"strategy": strategy, "pretrained": row["pretrained"],
                       "hyperparameters": hp.to_dict(), "epochs": int(row["best_epoch"]),

@@ -9,12 +9,14 @@ torch. The options are parsed and checked into an `ExperimentSpec` by search.spe
 from __future__ import annotations
 
 import argparse
+import re
 
 from trainables.strategies import STRATEGIES
 
 SEARCHERS = ("tpe", "random", "cmaes", "qmc", "gp")
 SCHEDULERS = ("asha", "hyperband", "median", "pbt", "fifo")
 OBJECTIVES = ("acc", "acc+time")
+DEFAULT_SAMPLES = 8  # trials per strategy without --samples or --time-budget
 
 # --grace-period (epochs) and --reduction-factor where not given, per scheduler. ASHA's are Ray
 # Tune's own (a first rung after 1 epoch, a quarter going on): in bench/search_quality.py they
@@ -40,6 +42,9 @@ examples:
   python search/run.py --strategy frozen,unfrozen --data ~/photos --image-size 64 \\
       --samples 24 --max-epochs 12 --name photos
 
+  # as many trials as fit in half an hour, 15 minutes per strategy
+  python search/run.py --strategy frozen,unfrozen --time-budget 30m
+
   # your own ranges, checked and printed without running anything
   python search/run.py --strategy unfrozen --space my_space.yaml --show-space
 
@@ -59,6 +64,13 @@ class UsageError(ValueError):
 
 
 class ArgumentParser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # argparse takes a value that starts with "-" for a value only when it is a number, so
+        # `--time-budget -5m` would fail as "expected one argument", without saying what is
+        # wrong with the value; a signed duration is a value too, checked like any other
+        self._negative_number_matcher = re.compile(r"^-(\d+\.?\d*|\.\d+)[smh]?$")
+
     def error(self, message: str):  # one line, exit code 2, no usage dump
         raise UsageError(f"{message} (see --help)")
 
@@ -97,9 +109,11 @@ def add_strategy_options(g: argparse._ArgumentGroup) -> None:
                    help="a best/<strategy>.yaml exported by an earlier search: train exactly "
                    "that config once, without a search; flags given too override its settings "
                    "(default: none, search)")
-    g.add_argument("--backbone", default="resnet18", metavar="NAME",
+    g.add_argument("--backbone", default="resnet18", metavar="NAME[,NAME...]",
                    help="any timm model name: resnet50, vgg16, efficientnet_b0, "
-                   "convnext_tiny, vit_tiny_patch16_224, ... (default: %(default)s)")
+                   "convnext_tiny, vit_tiny_patch16_224, ...; several, comma-separated, are "
+                   "searched as a dimension of every strategy, each pretraining stage run once "
+                   "per backbone (default: %(default)s)")
     g.add_argument("--pretrained", default=None, metavar="STAGE[,STRATEGY=STAGE...]",
                    help="where weights come from, a stage of none, imagenet, supervised, "
                    "colorization: a bare STAGE applies to the strategies that start from "
@@ -126,8 +140,19 @@ def add_strategy_options(g: argparse._ArgumentGroup) -> None:
 
 
 def add_search_options(g: argparse._ArgumentGroup) -> None:
-    g.add_argument("--samples", type=int, default=8, metavar="N",
-                   help="trials per strategy (default: %(default)s)")
+    g.add_argument("--samples", type=int, default=None, metavar="N",
+                   help="trials per strategy; with --time-budget, at most N, whichever ends "
+                   f"first (default: {DEFAULT_SAMPLES}; with --time-budget, as many as fit, "
+                   "except for pbt, whose population is fixed)")
+    g.add_argument("--time-budget", default=None, metavar="DURATION",
+                   help="wall-clock time of the trials, split equally between the strategies, "
+                   "each strategy's Tuner stopped once its share is spent; 600 (seconds), 90s, "
+                   "10m or 1.5h; --resume keeps the time left; data, Ray's start, pretraining "
+                   "and --final-eval come on top (default: none, --samples trials)")
+    g.add_argument("--no-preset", action="store_true",
+                   help="do not try each strategy's preset first (a published recipe for its "
+                   "kind of training, shown by --show-space); the sampler picks every trial "
+                   "(default: the preset is the first trial)")
     g.add_argument("--max-epochs", type=int, default=6, metavar="N",
                    help="epoch budget of one trial (default: %(default)s)")
     g.add_argument("--searcher", choices=SEARCHERS, default="tpe",

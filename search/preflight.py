@@ -18,12 +18,13 @@ from trainables.pretrain import StageError, check_imagenet_weights, file_state
 def check_inputs(spec: ExperimentSpec, data: Dataset, sources: StageData) -> None:
     check_batch_sizes(spec, data)
     try:
-        if spec.weights:  # loaded once here, with weights_only: refused before any task runs
-            file_state(spec.backbone, spec.weights)
-        kinds = {stage_for(spec, s, data, sources).kind for s in spec.strategies}
-        if not spec.weights and ("imagenet" in kinds or (
-                "colorization" in kinds and spec.pretext_init == "imagenet")):
-            check_imagenet_weights(spec.backbone)
+        for backbone in spec.backbones:
+            if spec.weights:  # loaded once here, with weights_only: refused before any task
+                file_state(backbone, spec.weights)
+            kinds = {stage_for(spec, s, data, sources).kind for s in spec.strategies}
+            if not spec.weights and ("imagenet" in kinds or (
+                    "colorization" in kinds and spec.pretext_init == "imagenet")):
+                check_imagenet_weights(backbone)
     except StageError as error:
         raise UsageError(str(error)) from None
 

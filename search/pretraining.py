@@ -3,8 +3,8 @@
 A stage that trains runs as one Ray task with one trial's resources, so on a cluster it runs where
 a trial could; independent stages run side by side. Results are cached under
 `<cache>/stages/<stage>-<backbone>-<hash>/` (weights, record, colorization samples), so N trials,
-and later experiments on the same machine, cause one stage run. Frozen backbones also get their
-train/val features computed once here, for the head-only fast path.
+and later experiments on the same machine, cause one stage run per backbone searched. Frozen
+backbones also get their train/val features computed once here, for the head-only fast path.
 """
 
 from __future__ import annotations
@@ -42,10 +42,11 @@ from trainables.strategies import get_strategy
 
 @dataclass(frozen=True)
 class StageOutputs:
-    """Object-store references per strategy, and what happened, for experiment.json."""
+    """Object-store references per strategy and backbone, and what happened, for
+    experiment.json."""
 
-    weights: dict[str, ray.ObjectRef | None]
-    features: dict[str, ray.ObjectRef | None]
+    weights: dict[str, dict[str, ray.ObjectRef | None]]  # strategy -> backbone -> weights
+    features: dict[str, dict[str, ray.ObjectRef | None]]
     labels: dict[str, str]  # where each strategy's weights come from
     records: list[dict]
 
@@ -70,18 +71,20 @@ def load_stage_data(spec: ExperimentSpec) -> StageData:
 
 
 def stage_for(spec: ExperimentSpec, strategy: str, data: Dataset,
-              sources: StageData = StageData()) -> Stage:
-    """The stage a strategy's weights come from: --weights, else its stage_kind."""
+              sources: StageData = StageData(), backbone: str | None = None) -> Stage:
+    """The stage a strategy's weights come from, for `backbone` (default: the run's first):
+    --weights, else its stage_kind."""
+    backbone = backbone or spec.backbones[0]
     if get_strategy(strategy).pretrained == "none":
-        return Stage("none", spec.backbone, "", StageConfig())
+        return Stage("none", backbone, "", StageConfig())
     if spec.weights:
-        return Stage("imagenet", spec.backbone, "", StageConfig(), str(spec.weights))
+        return Stage("imagenet", backbone, "", StageConfig(), str(spec.weights))
     kind = stage_kind(spec.pretrained, strategy, is_demo=data.source is not None)
     if kind not in ("supervised", "colorization"):
-        return Stage(kind, spec.backbone, "", StageConfig())
+        return Stage(kind, backbone, "", StageConfig())
     config = StageConfig(epochs=spec.pretrain_epochs, seed=spec.seed, init=spec.pretext_init,
                          decoder_epochs=spec.pretext_decoder_epochs)
-    return Stage(kind, spec.backbone, stage_data(kind, data, sources).fingerprint, config)
+    return Stage(kind, backbone, stage_data(kind, data, sources).fingerprint, config)
 
 
 def stage_data(kind: str, data: Dataset, sources: StageData) -> Dataset:
@@ -112,9 +115,11 @@ def weights_label(stage: Stage) -> str:
 
 def run_stages(spec: ExperimentSpec, data: Dataset, data_ref: ray.ObjectRef,
                sources: StageData = StageData()) -> StageOutputs:
-    """Run or load every stage, then the frozen-backbone features. `data_ref` is the search
-    data already in the object store: stages and trials that use it share that one copy."""
-    stages = {s: stage_for(spec, s, data, sources) for s in spec.strategies}
+    """Run or load every stage, once per (stage, backbone), then the frozen-backbone features.
+    `data_ref` is the search data already in the object store: stages and trials that use it
+    share that one copy."""
+    stages = {(s, b): stage_for(spec, s, data, sources, b)
+              for s in spec.strategies for b in spec.backbones}
     cache = area(spec.cache_dir, "stages")
     # two returns: the weights stay in the object store where the task put them, for the trials,
     # while the driver fetches a copy to cache
@@ -146,10 +151,19 @@ def run_stages(spec: ExperimentSpec, data: Dataset, data_ref: ray.ObjectRef,
         by_stage[stage] = state_ref
         print(f"pretraining stage {stage.kind} done in {record['seconds']:.0f} s"
               f"{stage_quality(record)}", flush=True)
-    weights = {s: by_stage[stage] for s, stage in stages.items()}
+    weights = {key: by_stage[stage] for key, stage in stages.items()}
     features = run_features(spec, data, data_ref, stages, weights)
-    labels = {s: weights_label(stage) for s, stage in stages.items()}
-    return StageOutputs(weights, features, labels, records)
+    return StageOutputs(per_strategy(weights), per_strategy(features),
+                        {s: weights_label(stage) for (s, _), stage in stages.items()}, records)
+
+
+def per_strategy(refs: dict[tuple[str, str], ray.ObjectRef | None]
+                 ) -> dict[str, dict[str, ray.ObjectRef | None]]:
+    """(strategy, backbone) -> ref, as strategy -> backbone -> ref."""
+    out: dict[str, dict[str, ray.ObjectRef | None]] = {}
+    for (strategy, backbone), ref in refs.items():
+        out.setdefault(strategy, {})[backbone] = ref
+    return out
 
 
 def stage_quality(record: dict) -> str:
@@ -161,29 +175,32 @@ def stage_quality(record: dict) -> str:
     return ""
 
 
+Key = tuple[str, str]  # (strategy, backbone)
+
+
 def run_features(spec: ExperimentSpec, data: Dataset, data_ref: ray.ObjectRef,
-                 stages: dict[str, Stage], weights: dict[str, ray.ObjectRef | None]
-                 ) -> dict[str, ray.ObjectRef | None]:
+                 stages: dict[Key, Stage], weights: dict[Key, ray.ObjectRef | None]
+                 ) -> dict[Key, ray.ObjectRef | None]:
     """Backbone features once per (weights, data) for strategies whose backbone never trains."""
     task = ray.remote(num_cpus=spec.cpus_per_trial, num_gpus=spec.gpus_per_trial,
                       max_retries=1)(compute_features)
-    refs: dict[str, ray.ObjectRef | None] = {}
+    refs: dict[Key, ray.ObjectRef | None] = {}
     done: dict[Stage, ray.ObjectRef] = {}
-    for strategy, stage in stages.items():
-        if not get_strategy(strategy).frozen_backbone:
-            refs[strategy] = None
+    for key, stage in stages.items():
+        if not get_strategy(key[0]).frozen_backbone:
+            refs[key] = None
             continue
         if stage not in done:
             path = area(spec.cache_dir, "features") / (features_key(
-                stage.key, data.fingerprint, spec.backbone, spec.gpus_per_trial) + ".npz")
+                stage.key, data.fingerprint, stage.backbone, spec.gpus_per_trial) + ".npz")
             cached = read_features(path)
             if cached is not None:
                 done[stage] = ray.put(cached)
             else:
-                done[stage] = task.remote(spec.backbone, weights[strategy], data_ref,
+                done[stage] = task.remote(stage.backbone, weights[key], data_ref,
                                           int(spec.cpus_per_trial), spec.gpus_per_trial)
                 write_features(path, ray.get(done[stage]))
-        refs[strategy] = done[stage]
+        refs[key] = done[stage]
     return refs
 
 

@@ -229,10 +229,10 @@ def show_leaderboard(exp_dir, exp_uri: str) -> None:
 
     from analysis.console import leaderboard_text, pareto_text
     from analysis.results import refresh_leaderboard
-    from store.layout import PARETO_FILE
+    from store.layout import PARETO_FILE, read_experiment
 
     board = refresh_leaderboard(exp_dir)
-    print("\n" + leaderboard_text(board))
+    print("\n" + leaderboard_text(board, meta=read_experiment(exp_dir)))
     pareto = Path(exp_dir) / PARETO_FILE
     if pareto.is_file():  # written by refresh_leaderboard for --objective acc+time only
         print("\n" + pareto_text(pd.read_csv(pareto, dtype={"trial_id": str})))

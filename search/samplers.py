@@ -3,7 +3,8 @@
 TPE and GP start with random trials before their model proposes any. Optuna's default of 10
 startup trials is more than the default budget of 8 trials per strategy, and would leave the
 model nothing to propose; here the startup phase is a third of the trials, at least 3 (1 for
-CMA-ES, whose own population does the exploring). TPE is multivariate with `group=True`, so it
+CMA-ES, whose own population does the exploring), and 3 when a --time-budget alone bounds the
+trials, whose number is not known before they run. TPE is multivariate with `group=True`, so it
 models the parameters that occur together (those of one optimizer, or of the MLP head) jointly,
 and with a constant liar, so trials that run side by side are not proposed at one point.
 """
@@ -19,13 +20,16 @@ import optuna
 MODEL_KEYS = ("tpe:relative_params", "gp:relative_params")
 
 
-def startup_trials(samples: int) -> int:
-    """Random trials before TPE or GP model the results: a third of the budget, at least 3."""
-    return max(3, samples // 3)
+def startup_trials(samples: int | None) -> int:
+    """Random trials before TPE or GP model the results: a third of the budget, at least 3;
+    3 for an unknown number of trials (None: as many as fit in a time budget), so the model
+    has the rest of them however few fit."""
+    return 3 if samples is None else max(3, samples // 3)
 
 
-def make_sampler(name: str, samples: int, seed: int) -> optuna.samplers.BaseSampler:
-    """The sampler called `name` (search.options.SEARCHERS), seeded with `seed`."""
+def make_sampler(name: str, samples: int | None, seed: int) -> optuna.samplers.BaseSampler:
+    """The sampler called `name` (search.options.SEARCHERS), seeded with `seed`, for
+    `samples` trials (None: as many as fit in a time budget)."""
     random = optuna.samplers.RandomSampler(seed=seed)
     if name == "tpe":
         with warnings.catch_warnings():  # multivariate and group are marked experimental

@@ -40,14 +40,14 @@ from ray.tune.schedulers import (
 from ray.tune.search import BasicVariantGenerator
 
 from search.options import SCHEDULERS, UsageError
-from spaces.registry import LR_RANGES
+from spaces.registry import LR_RANGES, WD_RANGES
 from trainables.config import TrialConfig
 
 TIME_ATTR = "training_iteration"  # one per epoch: grace periods and intervals are in epochs
 
 # PBT moves lr and weight_decay within the ranges the spaces search (spaces.registry.common):
-# lr depends on the optimizer, AdamW's range being lower than SGD's, and on the device.
-PBT_WEIGHT_DECAY = (1e-6, 1e-2)
+# both depend on the optimizer (AdamW's lr range is lower than SGD's, its decay range higher),
+# and lr on the device.
 
 
 def check_scheduler(name: str, max_epochs: int, grace_period: int, reduction_factor: int, *,
@@ -144,7 +144,7 @@ class SeededPBT(PopulationBasedTraining):
             perturbation_interval=perturbation_interval,
             # the keys PBT mutates; these domains only fill a config that lacks the key
             hyperparam_mutations={"lr": tune.loguniform(*lr_ranges["sgd"]),
-                                  "weight_decay": tune.loguniform(*PBT_WEIGHT_DECAY)},
+                                  "weight_decay": tune.loguniform(*WD_RANGES["sgd"])},
             quantile_fraction=quantile_fraction,  # bottom 25% copy the top 25%
             resample_probability=resample_probability,
             perturbation_factors=perturbation_factors,
@@ -192,7 +192,7 @@ def pbt_bounds(key: str, config: dict, lr_ranges: Mapping[str, tuple[float, floa
                ) -> tuple[float, float]:
     if key == "lr":
         return lr_ranges[config.get("optimizer", "sgd")]
-    return PBT_WEIGHT_DECAY
+    return WD_RANGES[config.get("optimizer", "sgd")]
 
 
 def log_uniform(low: float, high: float) -> float:

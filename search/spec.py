@@ -24,12 +24,14 @@ from search.checks import (
     check_pretraining,
     check_search,
     check_storage_folder,
+    parse_duration,
     parse_keep,
     parse_pretrained,
     parse_split,
     parse_strategies,
 )
 from search.options import (  # noqa: F401 (ArgumentParser, UsageError: re-exported)
+    DEFAULT_SAMPLES,
     ArgumentParser,
     UsageError,
     build_parser,
@@ -45,7 +47,7 @@ class ExperimentSpec:
     strategies: tuple[str, ...]
     data: str
     backbone: str
-    samples: int
+    samples: int | None  # trials per strategy; None: as many as fit in time_budget_s
     max_epochs: int
     grace_period: int
     gpus_per_trial: float
@@ -84,6 +86,8 @@ class ExperimentSpec:
     storage_uri: str | None = None  # --storage s3://..., gs://...: where the experiment lives
     dashboard_host: str = "127.0.0.1"  # a local Ray's dashboard: loopback unless asked
     compile: bool = False  # torch.compile each trial's network
+    time_budget_s: float | None = None  # --time-budget: the trials' wall-clock time, all shares
+    preset: bool = True  # each strategy's preset is its first trial (not with --no-preset)
 
     @property
     def exp_dir(self) -> Path:
@@ -95,20 +99,35 @@ class ExperimentSpec:
         return experiment_location(self.storage, self.storage_uri, self.name)
 
     @property
+    def backbones(self) -> tuple[str, ...]:
+        """--backbone's names: one, or several that the search samples from."""
+        return tuple(self.backbone.split(","))
+
+    @property
     def has_study(self) -> bool:
         """Whether each strategy has an Optuna study: not for --config (one given config) nor
         for PBT (Ray runs it without a searcher)."""
         return self.hyperparameters is None and self.scheduler != "pbt"
 
 
-def check_backbone(name: str) -> None:
+def check_backbones(text: str) -> tuple[str, ...]:
+    """--backbone's comma-separated names, each a timm model, none twice."""
     import timm  # loads torch: seconds, so only once the cheaper checks have passed
 
-    if timm.is_model(name.split(".")[0]):
-        return
-    close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
-    hint = f"; close matches: {', '.join(close)}" if close else ""
-    raise UsageError(f"--backbone {name}: not a timm model{hint}")
+    names = tuple(name.strip() for name in text.split(","))
+    if "" in names:
+        raise UsageError(f"--backbone {text}: an empty name; separate timm model names with "
+                         "single commas, e.g. resnet18,resnet50d")
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise UsageError(f"--backbone {text}: {', '.join(twice)} given twice; name each "
+                         "backbone once")
+    for name in names:
+        if not timm.is_model(name.split(".")[0]):
+            close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
+            hint = f"; close matches: {', '.join(close)}" if close else ""
+            raise UsageError(f"--backbone {name}: not a timm model{hint}")
+    return names
 
 
 def check_model(backbone: str, image_size: int, storage: Path | None) -> None:
@@ -135,12 +154,13 @@ def parse_spec(argv: list[str] | None = None, prog: str = "run.py") -> Experimen
     if args.config:
         check_no_search_flags(parser, args)
         args, hyperparameters = apply_config(parser, args, argv)
-    args = with_scheduler_defaults(args)
+    args = with_samples(with_scheduler_defaults(args))
     strategies = parse_strategies(args.strategy)
     if hyperparameters is not None and len(strategies) > 1:
         raise UsageError("--config trains one strategy; it cannot be combined with several "
                          "--strategy names")
     check_numbers(args)
+    time_budget_s = parse_duration(args.time_budget)
     is_demo = check_data(args)
     pretrained = parse_pretrained(args.pretrained, strategies)
     check_pretraining(args, is_demo, pretrained, strategies)
@@ -152,12 +172,17 @@ def parse_spec(argv: list[str] | None = None, prog: str = "run.py") -> Experimen
         raise UsageError(f"experiment {experiment_location(storage, storage_uri, name)} already "
                          "exists; choose another --name, "
                          f"or continue it with --resume {name}")
-    space_file = check_space(args.space, strategies, args.scheduler)
+    space_file = check_space(args.space, strategies, args.scheduler,
+                             tuple(n.strip() for n in args.backbone.split(",")))
     warm_start = check_warm_start(args.warm_start, strategies)
-    check_backbone(args.backbone)
-    check_model(args.backbone, args.image_size, None if storage_uri else storage)
+    backbones = check_backbones(args.backbone)
+    if hyperparameters is not None and len(backbones) > 1:
+        raise UsageError(f"--config trains one config on one backbone; give one --backbone, "
+                         f"not {args.backbone}")
+    for backbone in backbones:
+        check_model(backbone, args.image_size, None if storage_uri else storage)
     return ExperimentSpec(
-        strategies=strategies, data=args.data, backbone=args.backbone,
+        strategies=strategies, data=args.data, backbone=",".join(backbones),
         samples=1 if hyperparameters is not None else args.samples,
         max_epochs=args.max_epochs, grace_period=min(args.grace_period, args.max_epochs),
         gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial,
@@ -174,12 +199,23 @@ def parse_spec(argv: list[str] | None = None, prog: str = "run.py") -> Experimen
         optuna_storage=check_storage(args.optuna_storage), max_concurrent=args.max_concurrent,
         verbosity=args.verbosity, show_space=args.show_space, storage_uri=storage_uri,
         dashboard_host=args.dashboard_host, compile=args.compile,
+        time_budget_s=time_budget_s, preset=not args.no_preset,
     )
 
 
+def with_samples(args: argparse.Namespace) -> argparse.Namespace:
+    """`args` with --samples filled in where not given: as many trials as fit in --time-budget
+    (None), except for PBT, whose population is drawn before it starts; else the default."""
+    if args.samples is not None:
+        return args
+    unbounded = args.time_budget is not None and args.scheduler != "pbt"
+    return argparse.Namespace(**{**vars(args),
+                                 "samples": None if unbounded else DEFAULT_SAMPLES})
+
+
 # what only a search reads: --config trains one given config, so these would do nothing
-SEARCH_FLAGS = ("samples", "searcher", "scheduler", "reduction_factor", "objective", "space",
-                "warm_start", "optuna_storage", "show_space")
+SEARCH_FLAGS = ("samples", "time_budget", "searcher", "scheduler", "reduction_factor",
+                "objective", "space", "warm_start", "optuna_storage", "show_space", "no_preset")
 
 
 def check_no_search_flags(parser: ArgumentParser, args: argparse.Namespace) -> None:
@@ -285,7 +321,8 @@ def check_storage(url: str | None) -> str | None:
     return check_storage_url(url)
 
 
-def check_space(path: str | None, strategies: tuple[str, ...], scheduler: str) -> str | None:
+def check_space(path: str | None, strategies: tuple[str, ...], scheduler: str,
+                backbones: tuple[str, ...] = ()) -> str | None:
     """--space: read and checked now, so a bad file costs one message and nothing else."""
     if path is None:
         return None
@@ -297,12 +334,35 @@ def check_space(path: str | None, strategies: tuple[str, ...], scheduler: str) -
         raise UsageError(str(error)) from None
     # PBT moves lr and weight decay itself, within the built-in ranges, during every trial
     moved = sorted({k for dims in overrides.values() for k in dims
-                    if k.startswith("lr_") or k in ("lr", "weight_decay")})
+                    if k.startswith(("lr_", "weight_decay_"))})
     if scheduler == "pbt" and moved:
         raise UsageError(f"--space {path}: sets {', '.join(moved)}, which --scheduler pbt "
                          "perturbs within its own ranges; drop them from the file, or use "
                          "another scheduler")
+    check_space_backbones(path, overrides, backbones)
     return str(Path(path).expanduser().resolve())
+
+
+def check_space_backbones(path: str, overrides: dict, backbones: tuple[str, ...]) -> None:
+    """A --space file's backbone narrows --backbone's list: only where it lists several, and
+    only to names in it (a trial gets stage weights for those alone)."""
+    from spaces.dims import Choices, Fixed
+
+    for dims in overrides.values():
+        dim = dims.get("backbone")
+        if dim is None:
+            continue
+        if len(backbones) < 2:
+            raise UsageError(f"--space {path}: sets backbone, which a run searches only over "
+                             "several --backbone names; list them, e.g. --backbone "
+                             "resnet18,resnet50d, or drop it from the file")
+        given = dim.choices if isinstance(dim, Choices) else (dim.value,) \
+            if isinstance(dim, Fixed) else ()
+        unknown = sorted(set(given) - set(backbones))
+        if unknown:
+            raise UsageError(f"--space {path}: backbone {', '.join(unknown)} is not among "
+                             f"--backbone {','.join(backbones)}; add it there or drop it from "
+                             "the file")
 
 
 def check_warm_start(path: str | None, strategies: tuple[str, ...]
@@ -337,6 +397,8 @@ def apply_config(parser: argparse.ArgumentParser, args: argparse.Namespace,
     parser.set_defaults(**config)
     args = parser.parse_args(argv)
     check_config_choices(parser, args, args.config)
+    if hyperparameters.get("backbone"):  # a searched backbone: --backbone given too wins
+        hyperparameters = {**hyperparameters, "backbone": args.backbone}
     return args, hyperparameters
 
 

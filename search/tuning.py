@@ -1,16 +1,18 @@
 """Tuner wiring: one Ray Tune `Tuner` per strategy, built new or restored from its directory.
 
 Each Tuner gets OptunaSearch (the sampler of `--searcher`, the strategy's define-by-run space
-with any `--space` overrides, warm-start configs enqueued first, the study in `--optuna-storage`),
-the scheduler of `--scheduler`, per-trial resources, checkpoints and retries, TensorBoard
-logging and the progress table. Search, scheduler, leaderboard and kept checkpoint all rank by
-one number: the trial's best epoch's val_acc (`best_val_acc`, see trainables.trainable). With
-`--objective acc+time` the study also minimises the trial's training time at its full budget;
-the scheduler still ranks by val_acc. With `--config`, one Tuner trains the given
-hyperparameters once, without a search; with `--scheduler pbt`, the population is drawn from
-the same space, since Ray runs PBT without a searcher. At most `--max-concurrent` trials run at
-once; without it, as many as the cluster holds, with one more proposed and waiting for the next
-free slot (trial_slots, MarkedOptunaSearch.suggest).
+with any `--space` overrides, its preset and warm-start configs enqueued first, the study in
+`--optuna-storage`), the scheduler of `--scheduler`, per-trial resources, checkpoints and
+retries, TensorBoard logging and the progress table. Search, scheduler, leaderboard and kept
+checkpoint all rank by one number: the trial's best epoch's val_acc (`best_val_acc`, see
+trainables.trainable). With `--objective acc+time` the study also minimises the trial's training
+time at its full budget; the scheduler still ranks by val_acc. With `--config`, one Tuner trains
+the given hyperparameters once, without a search; with `--scheduler pbt`, the population is
+drawn from the same space, since Ray runs PBT without a searcher. At most `--max-concurrent`
+trials run at once; without it, as many as the cluster holds, with one more proposed and waiting
+for the next free slot (trial_slots, MarkedOptunaSearch.suggest). With `--time-budget`, a Tuner
+also stops once its strategy's share of the time is spent (search.budget), and without
+`--samples` runs as many trials as fit in it.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from ray import tune
 from ray.tune.logger import TBXLoggerCallback
 from ray.tune.search.optuna import OptunaSearch
 
+from search.budget import budget_stopper, use_ledger
 from search.pretraining import StageOutputs
 from search.progress import progress_callbacks, tune_verbosity
 from search.resources import LAUNCHER_CONFIG
@@ -34,12 +37,13 @@ from search.samplers import make_sampler, proposed_by
 from search.schedulers import initial_population, make_scheduler, population_search
 from search.spec import ExperimentSpec
 from search.warm_start import study_points
-from spaces import SpaceContext, get_space, run_context, to_trial_values
+from spaces import SpaceContext, get_space, run_context, to_study_params, to_trial_values
 from spaces.overrides import load_space_file
+from spaces.registry import get_preset
 from store.records import full_budget_seconds
 from store.uri import join_uri
 from trainables.config import RunSettings
-from trainables.trainable import train_transfer
+from trainables.trainable import ByBackbone, train_transfer
 
 log = logging.getLogger(__name__)
 METRIC = "best_val_acc"
@@ -61,8 +65,9 @@ class MarkedOptunaSearch(OptunaSearch):
     """
 
     def __init__(self, *args, max_epochs: int, owner: str, yield_after_end: bool = False,
-                 **kwargs):
+                 preset: dict | None = None, **kwargs):
         super().__init__(*args, **kwargs)
+        self.preset = preset  # the preset's study parameters: its trial is marked "preset"
         self.max_epochs = max_epochs
         self.owner = owner  # the experiment directory: which driver asked a study trial
         self.yield_after_end = yield_after_end  # see suggest
@@ -98,7 +103,11 @@ class MarkedOptunaSearch(OptunaSearch):
         study_trial = self._ot_trials[trial_id]
         study_trial.set_user_attr("tune_trial_id", trial_id)
         frozen = self._ot_study._storage.get_trial(study_trial._trial_id)  # no public getter
-        study_trial.set_user_attr("proposed_by", proposed_by(frozen))
+        how = proposed_by(frozen)
+        preset = getattr(self, "preset", None)  # a searcher pickled before it existed has none
+        if how == "warm start" and preset and frozen.system_attrs.get("fixed_params") == preset:
+            how = "preset"
+        study_trial.set_user_attr("proposed_by", how)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if not self._told_before_restore(trial_id):
@@ -158,13 +167,17 @@ class MarkedOptunaSearch(OptunaSearch):
 
 def make_trainable(spec: ExperimentSpec, strategy: str, data_ref: ray.ObjectRef,
                    stages: StageOutputs):
-    settings = RunSettings(strategy=strategy, backbone=spec.backbone, max_epochs=spec.max_epochs,
-                           seed=spec.seed, cpus_per_trial=spec.cpus_per_trial,
+    """The trainable with its run settings, data, and each backbone's stage weights and
+    features, of which a trial takes its own config's (trainables.trainable.ByBackbone)."""
+    settings = RunSettings(strategy=strategy, backbone=spec.backbones[0],
+                           max_epochs=spec.max_epochs, seed=spec.seed,
+                           cpus_per_trial=spec.cpus_per_trial,
                            gpus_per_trial=spec.gpus_per_trial, compile=spec.compile)
+    weights, features = (ByBackbone(refs[strategy]) if refs.get(strategy) else None
+                         for refs in (stages.weights, stages.features))
     return tune.with_resources(
         tune.with_parameters(train_transfer, settings=settings, data=data_ref,
-                             weights=stages.weights[strategy],
-                             features=stages.features[strategy]),
+                             weights=weights, features=features),
         {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial},
     )
 
@@ -180,13 +193,14 @@ def make_searcher(spec: ExperimentSpec, strategy: str, storage: optuna.storages.
                   yield_after_end: bool = False, context: SpaceContext | None = None
                   ) -> MarkedOptunaSearch:
     multi = spec.objective == "acc+time"
-    warm = (spec.warm_start or {}).get(strategy, [])
     space = strategy_space(spec, strategy, context)
+    points = study_points(first_configs(spec, strategy, space), space)
     return MarkedOptunaSearch(
         space=space,
         metric=[METRIC, TIME_METRIC] if multi else METRIC,
         mode=["max", "min"] if multi else "max",
-        points_to_evaluate=study_points(warm, space) or None,
+        points_to_evaluate=points or None,
+        preset=points[0] if spec.preset else None,
         sampler=make_sampler(spec.searcher, spec.samples, spec.seed),
         study_name=study_name(spec, strategy),
         storage=storage,
@@ -229,7 +243,7 @@ def make_tuner(spec: ExperimentSpec, strategy: str, data_ref: ray.ObjectRef,
             common["max_concurrent_trials"] = slots + 1
         search_alg = make_searcher(spec, strategy, storage, yield_after_end=bool(slots),
                                    context=context)
-        num_samples = spec.samples
+        num_samples = -1 if spec.samples is None else spec.samples  # -1: until the budget ends
     return tune.Tuner(
         trainable,
         param_space=param_space,
@@ -287,20 +301,34 @@ def launchable_nodes(config_file: Path) -> list[dict]:
 
 def population_configs(spec: ExperimentSpec, strategy: str,
                        context: SpaceContext | None = None) -> list[dict]:
-    """PBT's first generation: warm-start configs, then draws of the sampler from the space."""
-    warm = list((spec.warm_start or {}).get(strategy, []))[: spec.samples]
-    drawn = initial_population(strategy_space(spec, strategy, context),
-                               spec.samples - len(warm),
+    """PBT's first generation: the preset (where the space holds all of it) and warm-start
+    configs, then draws of the sampler from the space."""
+    space = strategy_space(spec, strategy, context)
+    first = first_configs(spec, strategy, space)
+    if spec.preset and study_points(first[:1], space)[0] != to_study_params(first[0]):
+        first = first[1:]  # a --space that excludes part of it: PBT cannot sample the rest
+    first = first[: spec.samples]
+    drawn = initial_population(space, spec.samples - len(first),
                                make_sampler(spec.searcher, spec.samples, spec.seed),
                                to_trial_values)
-    return warm + drawn
+    return first + drawn
+
+
+def first_configs(spec: ExperimentSpec, strategy: str, space) -> list[dict]:
+    """The configs a strategy's search tries first: its preset (unless --no-preset), then the
+    --warm-start configs, as TrialConfig values."""
+    preset = [get_preset(strategy, space.context)] if spec.preset else []
+    return preset + list((spec.warm_start or {}).get(strategy, []))
 
 
 def restore_tuner(spec: ExperimentSpec, strategy: str, data_ref: ray.ObjectRef,
                   stages: StageOutputs) -> tune.Tuner:
     """The strategy's interrupted Tuner, from its directory: trials resume from their latest
     checkpoints, and the searcher (with its study) from its saved state. The trainable is built
-    again, since its data and weights live in this Ray session's object store."""
+    again, since its data and weights live in this Ray session's object store. A --time-budget
+    goes on with the time left (search.budget)."""
+    if spec.time_budget_s is not None:  # Tune's copy of the stopper finds the ledger here
+        use_ledger(spec, strategy)
     return tune.Tuner.restore(join_uri(spec.exp_uri, strategy),
                               trainable=make_trainable(spec, strategy, data_ref, stages),
                               resume_unfinished=True, resume_errored=False,
@@ -323,6 +351,7 @@ def run_config(spec: ExperimentSpec, strategy: str) -> tune.RunConfig:
                                                 checkpoint_score_order="max"),
         failure_config=tune.FailureConfig(max_failures=spec.max_failures),
         verbose=tune_verbosity(spec.verbosity),
+        stop=budget_stopper(spec, strategy),  # --time-budget: this strategy's share
     )
 
 
@@ -358,11 +387,14 @@ def unclaimed(trial: optuna.trial.FrozenTrial, after_s: float = 10.0) -> bool:
     return "owner" not in trial.user_attrs and age > after_s
 
 
-def planned_trials(spec: ExperimentSpec) -> int:
+def planned_trials(spec: ExperimentSpec) -> int | None:
+    """Trials per strategy; None: as many as fit in --time-budget."""
     return 1 if spec.hyperparameters is not None else spec.samples
 
 
-def finished(grid: tune.ResultGrid, spec: ExperimentSpec) -> bool:
-    """Whether every planned trial ended (done or errored); False after Ctrl-C."""
-    return len(grid) >= planned_trials(spec) and \
-        grid.num_terminated + grid.num_errors == len(grid)
+def finished(grid: tune.ResultGrid, spec: ExperimentSpec, by_budget: bool = False) -> bool:
+    """Whether every planned trial ended (done or errored), or `by_budget` --time-budget ended
+    the Tuner with every trial it started; False after Ctrl-C."""
+    planned = planned_trials(spec)
+    enough = by_budget or (planned is not None and len(grid) >= planned)
+    return enough and grid.num_terminated + grid.num_errors == len(grid)

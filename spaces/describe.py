@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 
 from spaces.dims import Choices, Dim, Dims, Fixed, dimensions, explore
-from spaces.registry import LR_NAMES, SpaceContext, get_space
+from spaces.registry import OPTIMIZER_PARAMS, SpaceContext, get_preset, get_space
 
 HEADER = ("# Search spaces: strategy -> dimension -> a range {low, high, log, type}, a list of\n"
           "# choices, or one fixed value. Edit and pass back with --space FILE.\n")
@@ -31,18 +31,35 @@ def describe_spaces(strategies: Sequence[str], context: SpaceContext | None = No
 def describe_space(strategy: str, context: SpaceContext | None = None,
                    overrides: Mapping[str, Dim] | None = None) -> str:
     """One strategy's effective space: `strategy:` and a line per dimension, by TrialConfig
-    field name, lr as one entry per optimizer."""
+    field name, lr and weight_decay as one entry per optimizer."""
     runs = explore(get_space(strategy, context, overrides).trace)
     specs = dimensions(runs)
     lines = [f"{strategy}:"]
     for name, spec in specs.items():
-        if name not in LR_NAMES:
+        if name not in OPTIMIZER_PARAMS:
             lines.append(entry(2, name, spec, condition(runs, specs, name)))
-        elif name == next(n for n in specs if n in LR_NAMES):  # all of lr at its first name
-            lines.append("  lr:")
-            lines += [entry(4, LR_NAMES[n], specs[n], condition(runs, specs, n, "optimizer"))
-                      for n in specs if n in LR_NAMES]
-    return "\n".join(lines) + "\n"
+            continue
+        field = OPTIMIZER_PARAMS[name][0]
+        same = [n for n in specs if OPTIMIZER_PARAMS.get(n, ("",))[0] == field]
+        if name == same[0]:  # all of the field at its first name
+            lines.append(f"  {field}:")
+            lines += [entry(4, OPTIMIZER_PARAMS[n][1], specs[n],
+                            condition(runs, specs, n, "optimizer")) for n in same]
+    return "\n".join(lines + preset_lines(strategy, context)) + "\n"
+
+
+def preset_lines(strategy: str, context: SpaceContext | None) -> list[str]:
+    """The strategy's preset as comments (the file stays a valid --space file): the config its
+    search tries first, unless --no-preset."""
+    values = get_preset(strategy, context)
+    pairs = [f"{k}={f'{v:.3g}' if isinstance(v, float) else v}" for k, v in values.items()]
+    lines, line = [], "  # preset, tried first (unless --no-preset):"
+    for pair in pairs:
+        if len(line) + len(pair) > 98:
+            lines.append(line)
+            line = "  #  "
+        line += f" {pair}"
+    return [*lines, line]
 
 
 def entry(indent: int, key: str, spec: Dim, when: str) -> str:

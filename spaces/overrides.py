@@ -15,6 +15,7 @@ wins over it. Each dimension takes one of three forms:
       lr:                                      # lr: one range for both optimizers, or one each
         sgd: {low: 0.01, high: 0.5, log: true}
         adamw: {low: 1.0e-4, high: 0.01, log: true}
+      weight_decay: {adamw: 0.05}              # weight_decay too: per optimizer, or one form
 
 A range's `type` defaults to the field's own (int for magnitude, freeze_depth, probe_epochs,
 head_hidden, batch_size; float otherwise); `log` defaults to false. Any form fits any numeric
@@ -41,7 +42,7 @@ import yaml
 
 from spaces.describe import describe_space, describe_spaces
 from spaces.dims import Choices, Dim, Fixed, Range
-from spaces.registry import LR_NAMES, SPACES, run_context, space_dimensions
+from spaces.registry import OPTIMIZER_PARAMS, PER_OPTIMIZER, SPACES, run_context, space_dimensions
 from trainables.config import OPTIMIZERS, TrialConfig
 
 ALL_KEYS = ("all", "*")
@@ -68,7 +69,9 @@ def load_space_file(path: str, strategies: Sequence[str]) -> dict[str, dict[str,
     if len(shared_keys) > 1:
         raise SpaceFileError(f"--space {path}: both {shared_keys[0]!r} and {shared_keys[1]!r}; "
                              "they mean the same, keep one")
-    names = {s: space_dimensions(s) for s in SPACES}
+    # backbone is searched only where a run lists several (its --backbone): any space may take
+    # it, and search.spec checks it against the run's list
+    names = {s: [*space_dimensions(s), "backbone"] for s in SPACES}
     shared: dict[str, Dim] = {}
     own: dict[str, dict[str, Dim]] = {}
     for key, block in raw.items():
@@ -124,7 +127,7 @@ def parse_block(path: str, strategy: str, block: Any, searched: set[str]) -> dic
     if not isinstance(block, dict):
         raise SpaceFileError(f"--space {path}: {strategy} is {yaml_type(block)}; it must map "
                              "dimension names to ranges, choices or values")
-    searched_fields = {"lr" if n in LR_NAMES else n for n in searched}
+    searched_fields = {OPTIMIZER_PARAMS[n][0] if n in OPTIMIZER_PARAMS else n for n in searched}
     dims: dict[str, Dim] = {}
     for name, raw in block.items():
         where = f"--space {path}: {strategy}.{name}"
@@ -134,15 +137,16 @@ def parse_block(path: str, strategy: str, block: Any, searched: set[str]) -> dic
         if name not in searched_fields:
             raise SpaceFileError(f"{where}: {strategy} does not search {name}; its dimensions "
                                  f"are {', '.join(sorted(searched_fields))}")
-        dims.update(parse_lr(where, raw) if name == "lr" else {name: parse_dim(where, name, raw)})
+        dims.update(parse_per_optimizer(where, name, raw) if name in PER_OPTIMIZER
+                    else {name: parse_dim(where, name, raw)})
     return dims
 
 
-def parse_lr(where: str, raw: Any) -> dict[str, Dim]:
-    """lr: one form for every optimizer, or a mapping of optimizers to forms."""
+def parse_per_optimizer(where: str, field: str, raw: Any) -> dict[str, Dim]:
+    """lr or weight_decay: one form for every optimizer, or a mapping of optimizers to forms."""
     if isinstance(raw, dict) and raw and set(raw) <= set(OPTIMIZERS):
-        return {f"lr_{o}": parse_dim(f"{where}.{o}", "lr", spec) for o, spec in raw.items()}
-    return {name: parse_dim(where, "lr", raw) for name in LR_NAMES}
+        return {f"{field}_{o}": parse_dim(f"{where}.{o}", field, spec) for o, spec in raw.items()}
+    return {f"{field}_{o}": parse_dim(where, field, raw) for o in OPTIMIZERS}
 
 
 def parse_dim(where: str, name: str, raw: Any) -> Dim:
@@ -156,7 +160,8 @@ def parse_dim(where: str, name: str, raw: Any) -> Dim:
             return parse_choices(where, name, raw["choices"])
         if raw and set(raw) <= set(RANGE_KEYS):
             return parse_range(where, name, raw)
-        extra = f" or one mapping per optimizer ({', '.join(OPTIMIZERS)})" if name == "lr" else ""
+        extra = (f" or one mapping per optimizer ({', '.join(OPTIMIZERS)})"
+                 if name in PER_OPTIMIZER else "")
         raise SpaceFileError(f"{where}: {{{', '.join(map(str, raw))}}} is no form I know; write "
                              f"a range {{low, high, log, type}}, a list of choices or one "
                              f"value{extra}")

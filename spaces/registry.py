@@ -9,14 +9,22 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from spaces.dims import Dim, Dims, dimensions, explore
-from trainables.config import AUGMENTATIONS, OPTIMIZERS, TrialConfig
+from trainables.config import AUGMENTATIONS, MIXES, OPTIMIZERS, TrialConfig
 
-# lr is searched under one name per optimizer: its range depends on the optimizer, and one name
-# with two ranges would make TPE model one parameter from two distributions
-LR_NAMES = {f"lr_{optimizer}": optimizer for optimizer in OPTIMIZERS}  # lr_sgd -> sgd
+# lr and weight_decay are searched under one name per optimizer: their ranges depend on the
+# optimizer, and one name with two ranges would make TPE model one parameter from two
+# distributions
+PER_OPTIMIZER = ("lr", "weight_decay")
+OPTIMIZER_PARAMS = {f"{field}_{optimizer}": (field, optimizer)  # lr_sgd -> (lr, sgd)
+                    for field in PER_OPTIMIZER for optimizer in OPTIMIZERS}
+LR_NAMES = {name: o for name, (f, o) in OPTIMIZER_PARAMS.items() if f == "lr"}  # lr_sgd -> sgd
 DEFAULT_OPTIMIZER = next(f.default for f in fields(TrialConfig) if f.name == "optimizer")
 SGD_LR = (1e-3, 0.3)
 LR_RANGES = {"sgd": SGD_LR, "adamw": (SGD_LR[0] / 100, SGD_LR[1] / 30)}  # AdamW's is lower
+# SGD's coupled decay is small (5e-4 for ResNets on CIFAR, 1e-4 on ImageNet); AdamW's decoupled
+# decay is multiplied by the lr, so its useful values are larger: 0.05 in DeiT and timm
+WD_RANGES = {"sgd": (1e-6, 1e-2), "adamw": (1e-4, 0.3)}
+RRC_FROM_PX = 64  # from this image side on, rrc replaces CIFAR's pad-and-crop among the choices
 CPU_BATCHES = (32, 64, 128)  # a CPU trial's batch sizes, whatever the image size
 # On a GPU, one trial's largest batch at 128 px: where a ResNet-18 in bf16 nearly fills an
 # H100-class GPU (about 34,000 img/s at batch 256 on an H200). It scales with 1 / image side.
@@ -26,14 +34,16 @@ MIN_STEPS = 8  # a batch leaves an epoch at least this many steps of the trainin
 
 @dataclass(frozen=True)
 class SpaceContext:
-    """What a space may depend on besides the trial: the backbone's depth, the epoch budget,
-    and the trial's device, image size and training split (which bound its batch sizes)."""
+    """What a space may depend on besides the trial: the backbone's depth (the shallowest's,
+    where several are searched), the epoch budget, the trial's device, image size and training
+    split (which bound its batch sizes), and the backbones to search."""
 
     num_blocks: int = 5  # the backbone's blocks (trainables.anatomy): what freeze_depth counts
     max_epochs: int = 6
     device: str = "cpu"  # "cuda" when each trial has a GPU, or a share of one
     image_size: int = 32
     train_images: int | None = None  # the training split's size; None where not known
+    backbones: tuple[str, ...] = ()  # --backbone A,B: searched where more than one
 
     @property
     def batch_sizes(self) -> tuple[int, ...]:
@@ -53,32 +63,55 @@ class SpaceContext:
         """Each optimizer's lr range, scaled with the square root of how much larger the
         batches are than a CPU's (Krizhevsky 2014; Hoffer et al. 2017): a GPU's 4x larger
         batches search lrs 2x higher."""
-        scale = math.sqrt(self.batch_sizes[-1] / CPU_BATCHES[-1])
+        scale = self.lr_scale
         return {name: (low * scale, high * scale) for name, (low, high) in LR_RANGES.items()}
+
+    @property
+    def lr_scale(self) -> float:
+        """How much higher the lrs go than a CPU's: the square root of the batches' growth."""
+        return math.sqrt(self.batch_sizes[-1] / CPU_BATCHES[-1])
 
 
 def run_context(spec: Any, train_images: int | None = None) -> SpaceContext:
-    """The context of a run (an ExperimentSpec): its backbone's depth, epoch budget, device
-    (a GPU where its trials have one), image size and, where loaded, its training split."""
+    """The context of a run (an ExperimentSpec): its backbones and the shallowest one's depth
+    (so freeze_depth has one range whichever is sampled), epoch budget, device (a GPU where its
+    trials have one), image size and, where loaded, its training split."""
     from trainables.models import num_blocks  # loads timm and torch: only for a run
 
-    return SpaceContext(num_blocks=num_blocks(spec.backbone), max_epochs=spec.max_epochs,
+    return SpaceContext(num_blocks=min(num_blocks(b) for b in spec.backbones),
+                        max_epochs=spec.max_epochs,
                         device="cuda" if spec.gpus_per_trial > 0 else "cpu",
-                        image_size=spec.image_size, train_images=train_images)
+                        image_size=spec.image_size, train_images=train_images,
+                        backbones=tuple(spec.backbones))
 
 
 Space = Callable[[Dims, SpaceContext], None]
+Preset = Callable[[SpaceContext], dict[str, Any]]  # TrialConfig values (spaces/recipes.py)
 SPACES: dict[str, Space] = {}
+PRESETS: dict[str, Preset] = {}
 
 
-def register_space(strategy: str):
+def register_space(strategy: str, preset: Preset):
+    """Register a strategy's space with its preset: the known-good config its search tries
+    first."""
     def decorator(space: Space) -> Space:
         if strategy in SPACES:
             raise ValueError(f"a space for {strategy!r} is already registered")
-        SPACES[strategy] = space
+        SPACES[strategy], PRESETS[strategy] = space, preset
         return space
 
     return decorator
+
+
+def get_preset(strategy: str, context: SpaceContext | None = None) -> dict[str, Any]:
+    """The strategy's preset as TrialConfig values, checked by TrialConfig; on the first
+    backbone of --backbone where several are searched."""
+    context = context or SpaceContext()
+    values = PRESETS[strategy](context)
+    if len(context.backbones) > 1:
+        values = {**values, "backbone": context.backbones[0]}
+    TrialConfig.from_dict(values)
+    return values
 
 
 @dataclass(frozen=True)
@@ -116,7 +149,7 @@ def get_space(strategy: str, context: SpaceContext | None = None,
     context = context or SpaceContext()
     bound = BoundSpace(SPACES[strategy], context, dict(overrides or {}))
     if overrides:
-        known = space_dimensions(strategy, context)
+        known = [*space_dimensions(strategy, context), "backbone"]  # see spaces.overrides
         unknown = sorted(set(overrides) - set(known))
         if unknown:
             raise ValueError(f"{strategy} does not search {unknown}; its dimensions: "
@@ -131,37 +164,59 @@ def space_dimensions(strategy: str, context: SpaceContext | None = None) -> dict
 
 
 def to_trial_values(params: Mapping[str, Any]) -> dict[str, Any]:
-    """Optuna's parameters (and the space's constants) as TrialConfig field values: the lr of
-    the trial's optimizer (lr_sgd, lr_adamw) becomes `lr`."""
-    values = {k: v for k, v in params.items() if k not in LR_NAMES}
-    lrs = {k: v for k, v in params.items() if k in LR_NAMES}
-    if lrs:
-        name = f"lr_{params.get('optimizer', DEFAULT_OPTIMIZER)}"
-        if name not in lrs:
-            raise ValueError(f"{sorted(lrs)} without {name}: the lr of another optimizer")
-        values["lr"] = lrs[name]
+    """Optuna's parameters (and the space's constants) as TrialConfig field values: the lr and
+    weight decay of the trial's optimizer (lr_sgd, weight_decay_adamw) become `lr` and
+    `weight_decay`."""
+    values = {k: v for k, v in params.items() if k not in OPTIMIZER_PARAMS}
+    optimizer = params.get("optimizer", DEFAULT_OPTIMIZER)
+    for name in PER_OPTIMIZER:
+        given = sorted(k for k in params if OPTIMIZER_PARAMS.get(k, ("",))[0] == name)
+        if given:
+            own = f"{name}_{optimizer}"
+            if own not in given:
+                raise ValueError(f"{given} without {own}: the {name} of another optimizer")
+            values[name] = params[own]
     return values
 
 
 def to_study_params(values: Mapping[str, Any]) -> dict[str, Any]:
     """TrialConfig field values as Optuna's parameters, to enqueue a known config into a study:
-    `lr` becomes the lr of its optimizer (TrialConfig's default optimizer when absent)."""
-    params = {k: v for k, v in values.items() if k != "lr"}
-    if "lr" in values:
-        params[f"lr_{values.get('optimizer', DEFAULT_OPTIMIZER)}"] = values["lr"]
+    `lr` and `weight_decay` become those of its optimizer (TrialConfig's default optimizer when
+    absent)."""
+    params = {k: v for k, v in values.items() if k not in PER_OPTIMIZER}
+    optimizer = values.get("optimizer", DEFAULT_OPTIMIZER)
+    params.update({f"{k}_{optimizer}": values[k] for k in PER_OPTIMIZER if k in values})
     return params
 
 
+def augmentations(image_size: int) -> list[str]:
+    """The augmentation policies worth searching at this image size: a random-resized crop for
+    natural images of RRC_FROM_PX and more, CIFAR's pad-and-crop below."""
+    unfit = "crop_flip" if image_size >= RRC_FROM_PX else "rrc"
+    return [a for a in AUGMENTATIONS if a != unfit]
+
+
 def common(dims: Dims, context: SpaceContext) -> None:
-    """Optimizer and its lr (log; AdamW's range is lower than SGD's), batch size (larger on a
-    GPU, with the lr ranges to match), augmentation policy (with RandAugment's magnitude),
-    weight decay (log) and label smoothing."""
+    """Optimizer with its lr and weight decay (log; each optimizer its own ranges), batch size
+    (larger on a GPU, with the lr ranges to match), augmentation policy (with RandAugment's
+    magnitude or the crop's smallest scale), mixup or CutMix with its alpha, an EMA of the
+    weights, the warmup's share of the schedule, and label smoothing; and the backbone, where
+    the run searches several."""
+    if len(context.backbones) > 1:
+        dims.categorical("backbone", list(context.backbones))
     optimizer = dims.categorical("optimizer", list(OPTIMIZERS))
     dims.float(f"lr_{optimizer}", *context.lr_ranges[optimizer], log=True)
+    dims.float(f"weight_decay_{optimizer}", *WD_RANGES[optimizer], log=True)
     dims.categorical("batch_size", list(context.batch_sizes))
-    if dims.categorical("augment", list(AUGMENTATIONS)) == "randaugment":
+    augment = dims.categorical("augment", augmentations(context.image_size))
+    if augment == "randaugment":
         dims.int("magnitude", 1, 20)
-    dims.float("weight_decay", 1e-6, 1e-2, log=True)
+    if augment == "rrc":  # from ImageNet's 0.08 up to the mild crops short runs prefer
+        dims.float("crop_scale", 0.08, 0.8)
+    if dims.categorical("mix", list(MIXES)) != "none":
+        dims.float("mix_alpha", 0.1, 1.0)
+    dims.categorical("ema_decay", [0.0, 0.99, 0.999, 0.9999])
+    dims.float("warmup", 0.0, 0.3)
     dims.float("label_smoothing", 0.0, 0.2)
 
 

@@ -1,9 +1,10 @@
 """Training from random initialisation: every weight is new."""
 
 from spaces.dims import Dims
+from spaces.recipes import fast_resnet
 from spaces.registry import SpaceContext, common, register_space
 
 
-@register_space("scratch")
+@register_space("scratch", preset=fast_resnet)
 def scratch(dims: Dims, context: SpaceContext) -> None:
     common(dims, context)

@@ -44,7 +44,8 @@ def best_config(meta: dict, strategy: str, weights_label: str, hyperparameters: 
         "data": meta["data"],
         "split": ",".join(f"{x:g}" for x in split),
         "image_size": meta["image_size"],
-        "backbone": meta["backbone"],
+        # the trial's own where the search sampled one (--backbone A,B)
+        "backbone": hyperparameters.get("backbone") or meta["backbone"],
         # STRATEGY=STAGE: a bare stage would not reach colorization or scratch
         "pretrained": f"{strategy}={pretrained}" if pretrained else None,
         # each stage's data only where this strategy's stage reads it, so --config accepts it

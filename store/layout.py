@@ -3,6 +3,8 @@
     <experiment>/
         experiment.json     the run's settings, strategies, data and stages (write_experiment)
         trials.json         each finished strategy's trial outcomes (write_trials)
+        time_budget.json    --time-budget: the seconds each strategy's Tuner has spent
+                            (write_budget)
         space.yaml          the --space file as the search read it
         <strategy>/         Ray Tune's folder of the strategy's trials and checkpoints
         stages/             each pretraining stage's curves and samples
@@ -20,6 +22,7 @@ from store.atomic import atomic_file
 
 EXPERIMENT_FILE = "experiment.json"
 TRIALS_FILE = "trials.json"
+BUDGET_FILE = "time_budget.json"
 SPACE_COPY = "space.yaml"
 TIMINGS_FILE = "timings.json"
 LEADERBOARD_FILE = "leaderboard.csv"  # and leaderboard.md beside it
@@ -61,6 +64,22 @@ def write_trials(exp_dir: str | Path, strategy: str, outcomes: list[dict]) -> No
     every[strategy] = outcomes
     with atomic_file(Path(exp_dir) / TRIALS_FILE) as tmp:
         tmp.write_text(json.dumps(every, indent=2))
+
+
+def read_budget(exp_dir: str | Path) -> dict[str, dict]:
+    """Each strategy's time-budget entry (share_s, spent_s, ended); empty without one."""
+    path = Path(exp_dir) / BUDGET_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def write_budget(exp_dir: str | Path, strategy: str, entry: dict) -> str:
+    """One strategy's entry, beside the others'; returns the file's new text."""
+    every = read_budget(exp_dir)
+    every[strategy] = entry
+    text = json.dumps(every, indent=2)
+    with atomic_file(Path(exp_dir) / BUDGET_FILE) as tmp:
+        tmp.write_text(text)
+    return text
 
 
 def best_config_path(exp_dir: str | Path, strategy: str) -> Path:

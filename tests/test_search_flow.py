@@ -37,9 +37,10 @@ def test_a_strategy_list_gives_one_leaderboard_and_tpe_proposes_after_startup(tm
         study = optuna.load_study(study_name=f"pair/{strategy}",
                                   storage=f"sqlite:///{exp_dir / 'optuna.db'}")
         # one trial at a time: each proposal sees every earlier result; the study's own
-        # records (TPE's relative-parameter attributes) say which trials its model proposed
+        # records (TPE's relative-parameter attributes) say which trials its model proposed;
+        # the preset is the first, and counts among TPE's start-up trials
         by = [t.user_attrs["proposed_by"] for t in study.trials]
-        assert by == ["sampler"] * start + ["model"] * (samples - start), by
+        assert by == ["preset"] + ["sampler"] * (start - 1) + ["model"] * (samples - start), by
         for trial in study.trials:  # lr under its optimizer's own name
             assert set(trial.params) & {"lr_sgd", "lr_adamw"} == {f"lr_{trial.params['optimizer']}"}
         tune_lrs = {json.loads((d / "params.json").read_text())["lr"]

@@ -163,7 +163,8 @@ def test_sampled_values_lie_inside_the_overrides(tmp_path, strategy):
             assert name not in overrides or overrides[name].contains(value), (name, value)
         seen |= set(trial.params)
         TrialConfig.from_dict(to_trial_values({**trial.params, **constants}))
-    assert {"batch_size", "augment", "magnitude", "weight_decay"} <= seen
+    assert {"batch_size", "augment", "magnitude"} <= seen
+    assert seen & {"weight_decay_sgd", "weight_decay_adamw"}
 
 
 @pytest.mark.parametrize("strategy", sorted(SPACES))
@@ -175,12 +176,16 @@ def test_every_space_gives_trial_config_values(strategy):
 
 
 def test_a_fixed_branch_settles_its_conditions(tmp_path):
-    text = "frozen:\n  head: linear\n  augment: flip\n  optimizer: sgd\n"
+    text = "frozen:\n  head: linear\n  augment: flip\n  optimizer: sgd\n  mix: none\n"
     overrides = load_space_file(space_file(tmp_path, text), ["frozen"])["frozen"]
     for trial, constants in run_space(get_space("frozen", overrides=overrides), n=10):
-        assert constants == {"head": "linear", "augment": "flip", "optimizer": "sgd"}
-        assert set(trial.params) == {"lr_sgd", "batch_size", "weight_decay", "label_smoothing"}
-        assert to_trial_values({**trial.params, **constants})["lr"] == trial.params["lr_sgd"]
+        assert constants == {"head": "linear", "augment": "flip", "optimizer": "sgd",
+                             "mix": "none"}
+        assert set(trial.params) == {"lr_sgd", "weight_decay_sgd", "batch_size", "ema_decay",
+                                     "warmup", "label_smoothing"}
+        values = to_trial_values({**trial.params, **constants})
+        assert (values["lr"], values["weight_decay"]) == (trial.params["lr_sgd"],
+                                                          trial.params["weight_decay_sgd"])
 
 
 # --- lr per optimizer --------------------------------------------------------------------------
@@ -197,6 +202,8 @@ def test_each_optimizer_has_its_own_lr_parameter():
         optimizers.add(optimizer)
         lrs = {n for n in trial.params if n in LR_NAMES}
         assert lrs == {f"lr_{optimizer}"}
+        assert {n for n in trial.params if n.startswith("weight_decay_")} == {
+            f"weight_decay_{optimizer}"}
         low, high = LR_RANGES[optimizer]
         assert low <= trial.params[f"lr_{optimizer}"] <= high
         assert trial.distributions[f"lr_{optimizer}"].log
@@ -211,6 +218,8 @@ def test_trial_values_and_study_params_map_lr_both_ways():
     assert to_trial_values({"lr_sgd": 0.1}) == {"lr": 0.1}
     with pytest.raises(ValueError, match="lr of another optimizer"):
         to_trial_values({"lr_sgd": 0.1, "optimizer": "adamw"})
+    assert to_study_params({"weight_decay": 0.05, "optimizer": "adamw"}) == {
+        "weight_decay_adamw": 0.05, "optimizer": "adamw"}
 
 
 # --- --show-space ------------------------------------------------------------------------------
@@ -221,12 +230,20 @@ unfrozen:
   lr:
     sgd: {low: 0.001, high: 0.3, log: true}
     adamw: {low: 1.0e-05, high: 0.01, log: true}
+  weight_decay:
+    sgd: {low: 1.0e-06, high: 0.01, log: true}
+    adamw: {low: 0.0001, high: 0.3, log: true}
   batch_size: [32, 64, 128]
   augment: [none, flip, crop_flip, trivialaugment, randaugment]
   magnitude: {low: 1, high: 20, type: int}  # when augment=randaugment
-  weight_decay: {low: 1.0e-06, high: 0.01, log: true}
+  mix: [none, mixup, cutmix]
+  mix_alpha: {low: 0.1, high: 1.0}  # when mix in [mixup, cutmix]
+  ema_decay: [0.0, 0.99, 0.999, 0.9999]
+  warmup: {low: 0.0, high: 0.3}
   label_smoothing: {low: 0.0, high: 0.2}
   lr_mult: {low: 0.01, high: 1.0, log: true}
+  # preset, tried first (unless --no-preset): optimizer=sgd lr=0.0015 weight_decay=1e-06
+  #   batch_size=128 augment=crop_flip mix=none ema_decay=0 warmup=0.05 label_smoothing=0 lr_mult=1
 """
 
 
@@ -354,7 +371,8 @@ def test_warm_start_points_are_the_first_trials(tmp_path):
         study.enqueue_trial(point)
     trial = study.ask()
     constants = space(trial)
-    assert to_trial_values({**trial.params, **constants}) == configs[0]
+    # the config's values, and the sampler's for what the config does not name
+    assert to_trial_values({**trial.params, **constants}).items() >= configs[0].items()
 
 
 def test_points_outside_an_overridden_space_leave_those_values_to_the_sampler(tmp_path, caplog):
@@ -365,7 +383,7 @@ def test_points_outside_an_overridden_space_leave_those_values_to_the_sampler(tm
     config = {**HYPERPARAMETERS, "augment": "crop_flip"}  # batch 64 and lr 0.05: outside
     with caplog.at_level(logging.WARNING, logger="search.warm_start"):
         [point] = study_points([config], space)
-    assert point == {"optimizer": "sgd", "weight_decay": 1e-4, "label_smoothing": 0.1}
+    assert point == {"optimizer": "sgd", "weight_decay_sgd": 1e-4, "label_smoothing": 0.1}
     assert "outside the space, so sampled: batch_size=64, lr_sgd=0.05" in caplog.text
     assert "not searched here: augment='crop_flip'" in caplog.text
     assert "lr_mult" not in caplog.text  # fixed by the file to the config's own value
@@ -374,7 +392,7 @@ def test_points_outside_an_overridden_space_leave_those_values_to_the_sampler(tm
     trial = study.ask()
     assert space(trial) == {"augment": "flip", "lr_mult": 0.3}
     assert trial.params["batch_size"] == 32 and 0.1 <= trial.params["lr_sgd"] <= 0.2
-    assert trial.params["weight_decay"] == 1e-4
+    assert trial.params["weight_decay_sgd"] == 1e-4
 
 
 def test_optuna_would_fail_on_a_choice_outside_the_space():

@@ -28,8 +28,9 @@ def test_space_samples_build_a_valid_trial_config(strategy):
     names = set(to_trial_values(first.params))
     assert {"lr", "batch_size", "augment", "weight_decay"} <= names
     assert names <= {f.name for f in fields(TrialConfig)}
-    assert first.distributions[f"lr_{first.params['optimizer']}"].log  # lr per optimizer
-    assert study.trials[0].distributions["weight_decay"].log
+    optimizer = first.params["optimizer"]  # lr and weight decay per optimizer, log scales
+    assert first.distributions[f"lr_{optimizer}"].log
+    assert first.distributions[f"weight_decay_{optimizer}"].log
 
 
 def test_strategy_specific_dimensions():
@@ -110,8 +111,12 @@ def test_show_space_prints_what_a_gpu_search_samples():
     from spaces.overrides import show_spaces
 
     run = SimpleNamespace(strategies=("scratch",), space_file=None, backbone="resnet18",
-                          max_epochs=5, image_size=128, gpus_per_trial=0.25)
+                          backbones=("resnet18",), max_epochs=5, image_size=128,
+                          gpus_per_trial=0.25)
     assert "batch_size: [128, 256, 512]" in show_spaces(run, train_images=9000)
+    # at 128 px the random-resized crop replaces CIFAR's pad-and-crop, in the preset too
+    assert "augment: [none, flip, rrc, trivialaugment, randaugment]" in show_spaces(run)
+    assert "batch_size=512 augment=rrc crop_scale=0.35" in show_spaces(run, train_images=9000)
     assert "sgd: {low: 0.002, high: 0.6, log: true}" in show_spaces(run, train_images=9000)
     cpu = SimpleNamespace(**{**vars(run), "gpus_per_trial": 0.0})
     assert "batch_size: [32, 64, 128]" in show_spaces(cpu, train_images=9000)

@@ -9,10 +9,13 @@ A TrialConfig is named `hp` wherever it is passed; `config` is Ray Tune's dict i
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-AUGMENTATIONS = ("none", "flip", "crop_flip", "trivialaugment", "randaugment")
+# crop_flip is CIFAR's pad-and-crop, for small images; rrc is Inception's random-resized crop,
+# the standard for natural images of 64 px and more (both with a horizontal flip)
+AUGMENTATIONS = ("none", "flip", "crop_flip", "rrc", "trivialaugment", "randaugment")
+MIXES = ("none", "mixup", "cutmix")  # timm's Mixup: mixed images, soft targets
 HEADS = ("linear", "mlp")
 OPTIMIZERS = ("sgd", "adamw")
 # Pretraining stages, where a backbone's starting weights come from (trainables.pretrain).
@@ -28,6 +31,11 @@ class RunSettings:
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0  # the trial's share of a GPU: how much data stays resident
     compile: bool = False  # torch.compile the trained network (trainables/compiled.py)
+
+    def for_trial(self, hp: TrialConfig) -> RunSettings:
+        """The settings a trial trains with: the backbone its config names, where the search
+        samples one (--backbone A,B), else the run's."""
+        return replace(self, backbone=hp.backbone) if hp.backbone else self
 
 
 @dataclass(frozen=True)
@@ -46,6 +54,12 @@ class TrialConfig:
     magnitude: int = 9  # RandAugment's magnitude bin, 0 to 30 (searched when augment=randaugment)
     freeze_depth: int = 0  # partial, colorization: backbone blocks kept frozen, from the stem on
     probe_epochs: int = 1  # lp_ft: linear-probe epochs before full fine-tuning
+    crop_scale: float = 0.08  # rrc: the smallest crop, as a fraction of the image's area
+    mix: str = "none"  # mixup or cutmix of the batch, with soft targets
+    mix_alpha: float = 0.2  # the Beta(alpha, alpha) the mixing ratio is drawn from
+    ema_decay: float = 0.0  # an EMA of the weights (0: none), evaluated and kept instead
+    warmup: float = 0.1  # the lr's linear warmup, as a fraction of the whole schedule
+    backbone: str = ""  # the timm backbone, where the search samples one; "": the run's
 
     def __post_init__(self) -> None:
         if self.augment not in AUGMENTATIONS:
@@ -54,10 +68,14 @@ class TrialConfig:
             raise ValueError(f"head={self.head!r}: expected one of {HEADS}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer={self.optimizer!r}: expected one of {OPTIMIZERS}")
+        if self.mix not in MIXES:
+            raise ValueError(f"mix={self.mix!r}: expected one of {MIXES}")
         if (self.lr <= 0 or self.batch_size < 1 or self.weight_decay < 0 or self.lr_mult <= 0
                 or not 0 <= self.magnitude <= 30 or not 0 <= self.label_smoothing < 1
                 or not 0 <= self.head_dropout < 1 or self.head_hidden < 1
-                or self.freeze_depth < 0 or self.probe_epochs < 0):
+                or self.freeze_depth < 0 or self.probe_epochs < 0
+                or not 0 < self.crop_scale <= 1 or self.mix_alpha <= 0
+                or not 0 <= self.ema_decay < 1 or not 0 <= self.warmup < 1):
             raise ValueError(f"out-of-range hyperparameters: {self}")
 
     @classmethod

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from timm.data import Mixup
+from timm.data.mixup import mixup_target
 from torch import nn
 
 from trainables.data.augment import augment
@@ -106,18 +108,28 @@ def run_epoch(optimizer: torch.optim.Optimizer, n: int, batch_loss: BatchLoss, *
 def train_epoch(
     model: nn.Module, optimizer: torch.optim.Optimizer, images: Images,
     labels: torch.Tensor, *, batch_size: int, policy: str, magnitude: int = 9,
-    normalize: nn.Module, loss_fn: nn.Module, device: torch.device,
+    crop_scale: float = 0.08, normalize: nn.Module, loss_fn: nn.Module, device: torch.device,
     generator: torch.Generator, scheduler: Any = None, first_update: int = 0,
     scaler: torch.amp.GradScaler | None = None, between_steps: Callable[[], None] | None = None,
+    mixup: Mixup | None = None,
 ) -> EpochStats:
-    """One epoch of classification: augment, normalise, forward, loss, step."""
+    """One epoch of classification: augment, normalise, mix (with `mixup`, timm's: `loss_fn`
+    then takes its soft targets), forward, loss, step. Train accuracy counts the argmax against
+    each image's own label, mixed or not."""
 
     def batch_loss(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = channels_last(normalize(augment(fetch(images, idx, device), policy, magnitude)))
+        x = fetch(images, idx, device)
+        x = channels_last(normalize(augment(x, policy, magnitude, crop_scale)))
         y = labels[idx.to(device, non_blocking=True)]
+        target = y
+        if mixup is not None and len(idx) % 2:  # timm mixes a batch with itself reversed,
+            # which needs an even size: an odd last batch trains unmixed, on the same soft form
+            target = mixup_target(y, mixup.num_classes, 1.0, mixup.label_smoothing)
+        elif mixup is not None:
+            x, target = mixup(x, y)
         with autocast(device):
             logits = model(x)
-        return loss_fn(logits.float(), y), (logits.argmax(1) == y).sum()
+        return loss_fn(logits.float(), target), (logits.argmax(1) == y).sum()
 
     return run_epoch(optimizer, len(labels), batch_loss, batch_size=batch_size, device=device,
                      generator=generator, scheduler=scheduler, first_update=first_update,

@@ -18,15 +18,25 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import ray
 import torch
 from ray import tune
 from timm.scheduler import CosineLRScheduler
+from timm.utils import ModelEmaV3
 from torch import nn
 
 from trainables import stopping
+from trainables.averaging import (
+    after_steps,
+    checkpoint_weights,
+    load_weights,
+    make_ema,
+    mixing,
+)
 from trainables.compiled import compile_net
 from trainables.config import RunSettings, TrialConfig
 from trainables.data.dataset import Dataset, Split
@@ -46,10 +56,23 @@ CHECKPOINT_FILE = "checkpoint.pt"
 Report = Callable[[dict, Callable[[], dict] | None], None]
 
 
+@dataclass(frozen=True)
+class ByBackbone:
+    """A trial input per backbone (stage weights, or frozen features), each an object-store
+    reference or None: a search over several backbones (--backbone A,B) hands every trial all
+    of them, and the trial takes its own config's."""
+
+    refs: dict[str, Any]
+
+
 def train_transfer(config: dict, *, settings: RunSettings, data: Dataset,
-                   weights: dict[str, torch.Tensor] | None, features: Features | None = None
-                   ) -> None:
+                   weights: dict[str, torch.Tensor] | ByBackbone | None,
+                   features: Features | ByBackbone | None = None) -> None:
     """The Ray Tune function trainable: `fit` on train/val, a checkpoint every epoch."""
+    hp = TrialConfig.from_dict(config)
+    backbone = settings.for_trial(hp).backbone
+    weights, features = (x.refs[backbone] if isinstance(x, ByBackbone) else x
+                         for x in (weights, features))
     data, weights, features = (ray.get(x) if isinstance(x, ray.ObjectRef) else x
                                for x in (data, weights, features))
 
@@ -81,7 +104,7 @@ def train_transfer(config: dict, *, settings: RunSettings, data: Dataset,
     release_memory()
     release_gpu_memory()
     try:
-        fit(settings, TrialConfig.from_dict(config), data.train, data.val, weights, features,
+        fit(settings, hp, data.train, data.val, weights, features,
             num_classes=data.num_classes, report=report, resume=tune_checkpoint(),
             between_steps=between_steps)
         reports.wait()  # the last epoch's report
@@ -113,6 +136,7 @@ def fit(settings: RunSettings, hp: TrialConfig, train: Split, val: Split | None,
     The lr schedule always spans settings.max_epochs, so stopping after `epochs` reproduces the
     model a trial had at that epoch. Without `val`, epochs report no validation metrics.
     """
+    settings = settings.for_trial(hp)  # the backbone the config names, if it names one
     torch.manual_seed(settings.seed)
     torch.set_num_threads(max(1, int(settings.cpus_per_trial)))
     device = pick_device()
@@ -125,26 +149,30 @@ def fit(settings: RunSettings, hp: TrialConfig, train: Split, val: Split | None,
                         hidden=hp.head_hidden, dropout=hp.head_dropout, batch_norm=hp.head_bn)
     plan = strategy.setup(model, hp)  # before the move: its parameter groups are the model's
     model = model.to(device, memory_format=torch.channels_last)
-    fast = features is not None and strategy.frozen_backbone and hp.augment == "none"
+    ema = make_ema(model, hp)  # evaluated, kept and returned in the raw weights' place
+    fast = (features is not None and strategy.frozen_backbone and hp.augment == "none"
+            and hp.mix == "none")
     net, normalize, (train_x, train_y), (val_x, val_y), resident = place_data(
         model, (features.train, features.val) if fast else None, train, val, device,
         resident_budget(device, settings.gpus_per_trial))
 
     optimizer = make_optimizer(hp.optimizer, plan.param_groups, hp.lr)
     steps = steps_per_epoch(len(train_y), hp.batch_size)
-    scheduler = lr_schedule(optimizer, steps * settings.max_epochs)
+    scheduler = lr_schedule(optimizer, steps * settings.max_epochs, hp.warmup)
     generator = torch.Generator().manual_seed(settings.seed)
     best = {"best_val_acc": 0.0, "best_epoch": 0}
     # the checkpoint may be another trial's (PBT's exploit): it brings the weights and the
     # optimizer's state, this config its hyperparameters
-    start_epoch = restore(resume, model, optimizer, generator, best) if resume else 0
+    start_epoch = restore(resume, model, ema, optimizer, generator, best) if resume else 0
     scheduler.step_update(start_epoch * steps)  # the lr of the first step, also after a resume
     plan.begin_epoch(model, start_epoch)  # the modes the first epoch trains (and compiles) in
     net, compile_s = compile_net(net, train_x, val_x, batch_size=hp.batch_size,
                                  normalize=normalize, device=device) \
         if settings.compile else (net, 0.0)
 
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=hp.label_smoothing)
+    scored = net if ema is None else ema.module.get_classifier() if fast else ema.module
+    after_step = after_steps(model, ema, start_epoch * steps, between_steps)
+    mixup, loss_fn = mixing(hp, num_classes)
     scaler = grad_scaler(device)  # fp16's loss scale carries over from epoch to epoch
     trial = {"fast_path": fast, "data_resident": resident, "compile_s": compile_s}  # per trial
     for epoch in range(start_epoch, epochs):
@@ -154,11 +182,12 @@ def fit(settings: RunSettings, hp: TrialConfig, train: Split, val: Split | None,
                 inject_epoch_fault(settings.strategy, epoch + 1, model)  # only in tests
                 stats = train_epoch(
                     net, optimizer, train_x, train_y, batch_size=hp.batch_size,
-                    policy=hp.augment, magnitude=hp.magnitude, normalize=normalize,
-                    loss_fn=loss_fn, device=device, generator=generator, scheduler=scheduler,
-                    first_update=epoch * steps, scaler=scaler, between_steps=between_steps)
+                    policy=hp.augment, magnitude=hp.magnitude, crop_scale=hp.crop_scale,
+                    normalize=normalize, loss_fn=loss_fn, device=device, generator=generator,
+                    scheduler=scheduler, first_update=epoch * steps, scaler=scaler,
+                    between_steps=after_step, mixup=mixup)
                 check_finite(stats.loss, epoch + 1)
-                score = (evaluate(net, val_x, val_y, normalize=normalize, device=device,
+                score = (evaluate(scored, val_x, val_y, normalize=normalize, device=device,
                                   between_batches=between_steps)
                          if val_y is not None else None)
         except TrialFailure as failure:
@@ -167,14 +196,14 @@ def fit(settings: RunSettings, hp: TrialConfig, train: Split, val: Split | None,
             # the trial ends here, without a checkpoint; the scheduler still needs its metric
             report({"epoch": epoch + 1, "failure": str(failure), "failure_kind": failure.kind,
                     **best}, None)
-            return model
+            return model if ema is None else ema.module
         metrics, best = epoch_metrics(stats, score, best, epoch + 1,
                                       lr=optimizer.param_groups[-1]["lr"], **trial)
         if report is not None:
             report(metrics, lambda e=epoch + 1, b=best: {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                **checkpoint_weights(model, ema), "optimizer": optimizer.state_dict(),
                 "generator": generator.get_state(), "epoch": e, **b})
-    return model
+    return model if ema is None else ema.module
 
 
 def epoch_metrics(stats: EpochStats, score: EpochStats | None, best: dict, epoch: int,
@@ -189,10 +218,13 @@ def epoch_metrics(stats: EpochStats, score: EpochStats | None, best: dict, epoch
     return metrics, best
 
 
-def lr_schedule(optimizer: torch.optim.Optimizer, total_steps: int) -> CosineLRScheduler:
-    """A linear warmup (a tenth of the run) into a cosine decay, stepped per update."""
-    return CosineLRScheduler(optimizer, t_initial=total_steps,
-                             warmup_t=max(1, total_steps // 10), warmup_lr_init=0.0,
+def lr_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup: float = 0.1
+                ) -> CosineLRScheduler:
+    """A linear warmup (`warmup`, a fraction of the run; at least one step unless 0) into a
+    cosine decay over the rest, stepped per update: one cycle, the peak where warmup ends."""
+    warmup_t = max(1, int(total_steps * warmup + 1e-9)) if warmup > 0 else 0
+    return CosineLRScheduler(optimizer, t_initial=max(1, total_steps - warmup_t),
+                             warmup_t=warmup_t, warmup_prefix=True, warmup_lr_init=0.0,
                              t_in_epochs=False)
 
 
@@ -215,10 +247,10 @@ def load_checkpoint(directory: Path) -> dict:
     return torch.load(Path(directory) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
 
 
-def restore(state: dict, model: nn.Module, optimizer: torch.optim.Optimizer,
-            generator: torch.Generator, best: dict) -> int:
+def restore(state: dict, model: nn.Module, ema: ModelEmaV3 | None,
+            optimizer: torch.optim.Optimizer, generator: torch.Generator, best: dict) -> int:
     """Load a checkpoint's state in place; returns the epoch to start at."""
-    model.load_state_dict(state["model"])
+    load_weights(state, model, ema)
     load_optimizer_state(optimizer, state["optimizer"])
     generator.set_state(state["generator"])
     best.update(best_val_acc=float(state.get("best_val_acc", 0.0)),

@@ -1,0 +1,55 @@
+"""Known-good starting points: each strategy's preset, a published recipe for its kind of
+training, tried as the first trial of its search (unless --no-preset).
+
+A recipe is written at its own batch size and scaled to the space's largest batch the way the
+spaces scale their lr ranges (the square root of the batch's growth, SpaceContext.lr_scale),
+and its crop follows the image size as the spaces' augmentation choices do. Each value lies
+inside the built-in space (a test checks), so the search starts where a careful practitioner
+would and TPE's random start-up trials come after it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from spaces.registry import RRC_FROM_PX, SpaceContext
+
+
+def crop(context: SpaceContext, crop_scale: float) -> dict[str, Any]:
+    """The crop of a recipe: Inception's random-resized crop for natural images, CIFAR's
+    pad-and-crop for small ones."""
+    if context.image_size >= RRC_FROM_PX:
+        return {"augment": "rrc", "crop_scale": crop_scale}
+    return {"augment": "crop_flip"}
+
+
+def fast_resnet(context: SpaceContext) -> dict[str, Any]:
+    """Training a ResNet from scratch in a few epochs: Page, "How to train your ResNet" (2018;
+    DAWNBench, 94% on CIFAR-10 in 10 epochs). SGD with Nesterov momentum at lr 0.4 for batch
+    512 (0.1 at 128), weight decay 5e-4, label smoothing 0.2, pad-and-crop with flips, a
+    warmup over the first fifth of a one-cycle schedule, and an EMA of the weights (0.99)."""
+    return {"optimizer": "sgd", "lr": 0.1 * context.lr_scale, "weight_decay": 5e-4,
+            "batch_size": context.batch_sizes[-1], **crop(context, 0.35), "mix": "none",
+            "ema_decay": 0.99, "warmup": 0.2, "label_smoothing": 0.2}
+
+
+def linear_probe(context: SpaceContext) -> dict[str, Any]:
+    """A linear probe on frozen features: SimCLR's linear evaluation (Chen et al. 2020,
+    appendix B.5), SGD with Nesterov momentum, lr 0.1 x batch / 256, no weight decay (the
+    space's least), no augmentation (so the head trains on cached features) and no warmup."""
+    batch = context.batch_sizes[-1]
+    return {"optimizer": "sgd", "lr": 0.1 * batch / 256, "weight_decay": 1e-6,
+            "batch_size": batch, "augment": "none", "mix": "none", "ema_decay": 0.0,
+            "warmup": 0.0, "label_smoothing": 0.0, "head": "linear"}
+
+
+def fine_tune(context: SpaceContext) -> dict[str, Any]:
+    """Fine-tuning a pretrained network: BiT-HyperRule (Kolesnikov et al., "Big Transfer",
+    2020). SGD with momentum 0.9 at lr 0.003 for batch 512, no weight decay (the space's
+    least), random crops with flips, a short linear warmup (500 of about 10,000 steps), no
+    mixup below 20,000 training images, the backbone at the head's lr."""
+    batch = context.batch_sizes[-1]
+    return {"optimizer": "sgd", "lr": 0.003 * math.sqrt(batch / 512), "weight_decay": 1e-6,
+            "batch_size": batch, **crop(context, 0.08), "mix": "none",
+            "ema_decay": 0.0, "warmup": 0.05, "label_smoothing": 0.0, "lr_mult": 1.0}
