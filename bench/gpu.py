@@ -231,7 +231,7 @@ def measure(cfg: dict, cache: Path | None = None) -> dict:
     m = {"cfg": cfg}
     one = (cfg["backbone"], cfg["size"], cfg["batch"], cfg["images"], cfg["epochs"])
     m["eager"] = throughput(*one)
-    m["compiled"] = throughput(*one, compiled=True)
+    m["compiled"] = throughput(*one, compiled=True) if cfg.get("compile", True) else None
     m["bare"] = bare(cfg["backbone"], cfg["bare_size"], cfg["bare_batch"], cfg["images"],
                      cfg["epochs"])
     release_gpu_memory()  # the packed trials and the search may have the whole GPU
@@ -309,11 +309,14 @@ def table(m: dict) -> list[tuple[str, str, str]]:
     cfg, eager, compiled = m["cfg"], m["eager"], m["compiled"]
     what = f"{cfg['backbone']} at {cfg['size']} px, batch {cfg['batch']}, {eager['device']}"
     one, four = m["packed"]
-    return [
-        (f"one trial, eager ({what})", f"{eager['images_per_s']:,.0f} img/s", ""),
+    compile_rows = [
         (f"one trial, --compile ({what})", f"{compiled['images_per_s']:,.0f} img/s",
          f"{compiled['images_per_s'] / eager['images_per_s']:.2f}x eager"),
         ("  its compile time, apart from the epochs", f"{compiled['compile_s']:.1f} s", ""),
+    ] if compiled else []
+    return [
+        (f"one trial, eager ({what})", f"{eager['images_per_s']:,.0f} img/s", ""),
+        *compile_rows,
         (f"bare loop alone ({cfg['backbone']} at {cfg['bare_size']} px, batch "
          f"{cfg['bare_batch']})", f"{m['bare']:,.0f} img/s", "the search's ceiling"),
         (f"1 trial of a quarter GPU at {cfg['packed_size']} px, batch {cfg['packed_batch']}",

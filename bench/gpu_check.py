@@ -7,10 +7,11 @@
 1. tests: the gpu-marked tests and the quick suite (`pytest -m "gpu or not slow"`), on parallel
    workers where pytest-xdist is installed; on a CPU, only the tests of the device rules.
 2. search: a packed demo search (`--gpus-per-trial 0.25`) of scratch and frozen (with its
-   supervised stage and features), ending with the final evaluation over 2 seeds.
+   supervised stage and features), ending with the final evaluation over 2 seeds (1 on a CPU).
 3. predict: search/predict.py on four test images, with the model the evaluation kept.
 4. report: analysis/report.py on that search.
-5. table: bench/gpu.py's throughput table, with nothing else running.
+5. table: bench/gpu.py's throughput table, with nothing else running (on a CPU without its
+   --compile rows).
 
 Part 1 runs beside parts 2 to 4 (the tests mostly on the CPU's cores, the search on the GPU),
 and the table's data is prepared meanwhile; the table then runs alone. Each part has its own
@@ -45,6 +46,9 @@ SEARCH = {
             "--max-epochs", "1", "--pretrain-epochs", "1", "--backbone", "test_resnet",
             "--cpus-per-trial", "1"],
 }
+# the final evaluation's seeds: on a CPU one, as a check of the check (the suite's shared
+# search evaluates over 2)
+FINAL_SEEDS = {"cuda": 2, "cpu": 1}
 # on one GPU: the tests beside search + predict + report (at most 240 s), then the table (240
 # s): 480 s in all. The table's data, prepared meanwhile, is left to the table if not ready.
 PREPARE_WAIT_S = 0
@@ -104,8 +108,8 @@ def tests(device: str, out: Path) -> Part:
 def search(device: str, out: Path, tmp: Path) -> Part:
     start = time.perf_counter()
     command = [sys.executable, str(ROOT / "search" / "run.py"), *SEARCH[device],
-               "--final-eval", "2", "--storage", str(tmp / "runs"), "--name", "check",
-               "--cache-dir", str(tmp / "cache"), "--quiet"]
+               "--final-eval", str(FINAL_SEEDS[device]), "--storage", str(tmp / "runs"),
+               "--name", "check", "--cache-dir", str(tmp / "cache"), "--quiet"]
     code = run(command, out / "search.log", TIMEOUT_S[device]["search"], cwd=tmp)
     summary = tmp / "runs" / "check" / EVAL_SUMMARY
     return outcome("search", code, start, f"final evaluation: {summary.is_file()}; "
