@@ -184,13 +184,14 @@ def same_training(asha: list[dict], fifo: list[dict]) -> int:
 def one_seed(tmp: Path, dataset: str, data: str, seed: int, s: dict) -> dict:
     """The three searches of one dataset and seed, and what the table needs from them."""
     name = f"{dataset}-{seed}"
+    # no preset: the arms compare searchers and schedulers from the same random start
     fifo_dir = search(tmp, f"{name}-random-fifo", data, seed, s, "--searcher", "random",
-                      "--scheduler", "fifo")
+                      "--scheduler", "fifo", "--no-preset")
     configs = write_sampled_configs(fifo_dir, tmp / f"{name}-configs.csv")
     asha_dir = search(tmp, f"{name}-asha", data, seed, s, "--searcher", "random",
-                      "--scheduler", "asha", "--warm-start", str(configs))
+                      "--scheduler", "asha", "--warm-start", str(configs), "--no-preset")
     tpe_dir = search(tmp, f"{name}-tpe-fifo", data, seed, s, "--searcher", "tpe",
-                     "--scheduler", "fifo")
+                     "--scheduler", "fifo", "--no-preset")
     fifo, asha, tpe = trials(fifo_dir), trials(asha_dir), trials(tpe_dir)
     key = sorted(json.dumps(t["config"], sort_keys=True) for t in fifo)
     if key != sorted(json.dumps(t["config"], sort_keys=True) for t in asha):

@@ -33,8 +33,9 @@ def test_unfrozen_search_writes_leaderboard_best_config_study_and_tensorboard(
     best = yaml.safe_load((exp_dir / "best" / "unfrozen.yaml").read_text())
     assert best["strategy"] == "unfrozen" and best["pretrained"] == "unfrozen=supervised"
     sampled = {"optimizer", "lr", "batch_size", "augment", "weight_decay", "label_smoothing",
-               "lr_mult"}
-    assert sampled <= set(best["hyperparameters"]) <= sampled | {"magnitude"}
+               "lr_mult", "mix", "ema_decay", "warmup"}
+    on_branches = {"magnitude", "mix_alpha"}  # with randaugment, with mixup or cutmix
+    assert sampled <= set(best["hyperparameters"]) <= sampled | on_branches
     assert best["val_acc"] == pytest.approx(board.loc["unfrozen", "val_acc"])
 
     meta = json.loads((exp_dir / "experiment.json").read_text())

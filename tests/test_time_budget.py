@@ -162,9 +162,9 @@ def test_the_budget_line_names_each_strategys_share_and_trials():
 
 @pytest.mark.slow
 def test_a_budget_of_two_strategies_stops_each_within_its_share(tmp_path):
-    budget, tolerance = 40.0, 10.0  # a trial's epoch and its stop, on a busy 2-core machine
+    budget, tolerance = 60.0, 10.0  # a trial's epoch and its stop, on a busy 2-core machine
     result = ok(run_search(tmp_path, "--strategy", "scratch,frozen", "--time-budget",
-                           f"{budget:g}s", "--max-epochs", "3", name="tb", timeout=600))
+                           f"{budget:g}s", "--max-epochs", "2", name="tb", timeout=600))
     exp_dir = tmp_path / "experiments" / "tb"
     ledger = read_budget(exp_dir)
     counts = {}
@@ -178,9 +178,9 @@ def test_a_budget_of_two_strategies_stops_each_within_its_share(tmp_path):
         starts = [r["timestamp"] - r["time_total_s"] for r in rows]
         assert max(r["timestamp"] for r in rows) - min(starts) <= budget / 2 + tolerance
         counts[strategy] = len(list((exp_dir / strategy).glob("trial_*/params.json")))
-    assert (f"time budget 40s: 20s per strategy; trials in that time: scratch "
+    assert (f"time budget 1m: 30s per strategy; trials in that time: scratch "
             f"{counts['scratch']}, frozen {counts['frozen']}") in result.stdout
-    assert "as many trials as fit in 20s" in result.stdout
+    assert "as many trials as fit in 30s" in result.stdout
     meta = json.loads((exp_dir / "experiment.json").read_text())
     assert meta["time_budget_s"] == budget and meta["samples"] is None
     # the trials it stopped are told to the study, none left running or taken for orphans;

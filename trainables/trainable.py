@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import ray
 import torch
 from ray import tune
@@ -138,6 +139,7 @@ def fit(settings: RunSettings, hp: TrialConfig, train: Split, val: Split | None,
     """
     settings = settings.for_trial(hp)  # the backbone the config names, if it names one
     torch.manual_seed(settings.seed)
+    np.random.seed(settings.seed)  # timm's Mixup draws its mixing ratios from numpy's global
     torch.set_num_threads(max(1, int(settings.cpus_per_trial)))
     device = pick_device()
     hold_to_share(device, settings.gpus_per_trial)  # packed trials: each within its share
