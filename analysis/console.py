@@ -123,7 +123,8 @@ def format_params(params: dict) -> str:
 def format_value(value) -> str:
     """0.000312345678 -> 0.000312; ints, strings and flags as they are."""
     if isinstance(value, float):
-        return f"{value:.3g}"
+        # a decay such as 0.9999 keeps its digits: at 3 it would read as 1, a different value
+        return f"{value:.6g}" if 0.99 < value < 1 else f"{value:.3g}"
     if isinstance(value, (list, dict)):
         return json.dumps(value, separators=(",", ":"))
     return str(value)

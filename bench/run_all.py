@@ -63,6 +63,10 @@ SUITE: dict[str, tuple[str, list[str], list[str]]] = {
         "search efficiency: ASHA against FIFO on the same configs, TPE against random search at "
         "equal trial-epochs, on the demo and a generated ImageFolder over 3 seeds", [],
         ["--quick"]),
+    "recipe": (
+        "the search against a tuned recipe: the search as it was before presets and training "
+        "tricks, the preset alone, and the search now, at equal trial-epochs, test accuracy over "
+        "3 seeds on the CIFAR-10 slice and the demo", [], ["--quick"]),
     "big_data": (
         "an ImageFolder of up to 100,000 JPEGs: preparation time against image count, its peak "
         "memory, the cache on disk, and the search's one copy in Ray's object store", [],

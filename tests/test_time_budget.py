@@ -167,17 +167,20 @@ def test_a_budget_of_two_strategies_stops_each_within_its_share(tmp_path):
                            f"{budget:g}s", "--max-epochs", "2", name="tb", timeout=600))
     exp_dir = tmp_path / "experiments" / "tb"
     ledger = read_budget(exp_dir)
-    counts = {}
+    counts, trained = {}, {}
     for strategy in ("scratch", "frozen"):
         assert ledger[strategy]["ended"] and ledger[strategy]["share_s"] == budget / 2
         rows = [json.loads(line) for path in (exp_dir / strategy).glob("trial_*/result.json")
                 for line in path.read_text().splitlines() if line.strip()]
-        trials = {r["trial_id"] for r in rows}
-        assert len(trials) > 1, result.stdout[-3000:]
+        trained[strategy] = len({r["trial_id"] for r in rows})
+        assert trained[strategy] >= 1, result.stdout[-3000:]
         # each report's wall time: its trial's start plus the time it had trained by then
         starts = [r["timestamp"] - r["time_total_s"] for r in rows]
         assert max(r["timestamp"] for r in rows) - min(starts) <= budget / 2 + tolerance
         counts[strategy] = len(list((exp_dir / strategy).glob("trial_*/params.json")))
+    # as many trials as fit: the first strategy's share also pays for starting the trial actors
+    # (on a loaded machine most of it), the second's is all trials
+    assert trained["frozen"] > 2, result.stdout[-3000:]
     assert (f"time budget 1m: 30s per strategy; trials in that time: scratch "
             f"{counts['scratch']}, frozen {counts['frozen']}") in result.stdout
     assert "as many trials as fit in 30s" in result.stdout
