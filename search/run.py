@@ -241,9 +241,14 @@ def show_leaderboard(exp_dir, exp_uri: str) -> None:
     print(f"  python analysis/report.py {exp_uri}")
 
 
-def console() -> int:
-    """The `transfer-search` command."""
-    return main(prog="transfer-search")
+def console(argv: list[str] | None = None) -> int:
+    """The `transfer-search` command; `transfer-search export ...` is search/export.py."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["export"]:  # no search flag is a bare word, so this shadows none
+        from search.export import main as export
+
+        return export(argv[1:], prog="transfer-search export")
+    return main(argv, prog="transfer-search")
 
 
 if __name__ == "__main__":
