@@ -137,6 +137,53 @@ def check_numbers(args: argparse.Namespace) -> None:
     check_gpus(args.gpus_per_trial)
 
 
+def parse_backbones(text: str) -> tuple[str, ...]:
+    """--backbone's comma-separated names, none empty and none twice (check_backbones then
+    asks timm for each)."""
+    names = tuple(name.strip() for name in text.split(","))
+    if "" in names:
+        raise UsageError(f"--backbone {text}: an empty name; separate timm model names with "
+                         "single commas, e.g. resnet18,resnet50d")
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise UsageError(f"--backbone {text}: {', '.join(twice)} given twice; name each "
+                         "backbone once")
+    return names
+
+
+def check_backbones(names: tuple[str, ...]) -> None:
+    """Each name is a timm model; else the closest names."""
+    import timm  # loads torch: seconds, so only once the cheaper checks have passed
+
+    for name in names:
+        if not timm.is_model(name.split(".")[0]):
+            close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
+            hint = f"; close matches: {', '.join(close)}" if close else ""
+            raise UsageError(f"--backbone {name}: not a timm model{hint}")
+
+
+def check_space_backbones(path: str, overrides: dict, backbones: tuple[str, ...]) -> None:
+    """A --space file's backbone narrows --backbone's list: only where it lists several, and
+    only to names in it (a trial gets stage weights for those alone)."""
+    from spaces.dims import Choices, Fixed
+
+    for dims in overrides.values():
+        dim = dims.get("backbone")
+        if dim is None:
+            continue
+        if len(backbones) < 2:
+            raise UsageError(f"--space {path}: sets backbone, which a run searches only over "
+                             "several --backbone names; list them, e.g. --backbone "
+                             "resnet18,resnet50d, or drop it from the file")
+        given = dim.choices if isinstance(dim, Choices) else (dim.value,) \
+            if isinstance(dim, Fixed) else ()
+        unknown = sorted(set(given) - set(backbones))
+        if unknown:
+            raise UsageError(f"--space {path}: backbone {', '.join(unknown)} is not among "
+                             f"--backbone {','.join(backbones)}; add it there or drop it from "
+                             "the file")
+
+
 DURATION = re.compile(r"(-?(?:\d+\.?\d*|\.\d+))([smh]?)")
 UNIT_S = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import difflib
 import re
 import shutil
 import time
@@ -18,12 +17,15 @@ from pathlib import Path
 
 from search.checks import (
     check_address,
+    check_backbones,
     check_data,
     check_free_space,
     check_numbers,
     check_pretraining,
     check_search,
+    check_space_backbones,
     check_storage_folder,
+    parse_backbones,
     parse_duration,
     parse_keep,
     parse_pretrained,
@@ -110,26 +112,6 @@ class ExperimentSpec:
         return self.hyperparameters is None and self.scheduler != "pbt"
 
 
-def check_backbones(text: str) -> tuple[str, ...]:
-    """--backbone's comma-separated names, each a timm model, none twice."""
-    import timm  # loads torch: seconds, so only once the cheaper checks have passed
-
-    names = tuple(name.strip() for name in text.split(","))
-    if "" in names:
-        raise UsageError(f"--backbone {text}: an empty name; separate timm model names with "
-                         "single commas, e.g. resnet18,resnet50d")
-    twice = sorted({name for name in names if names.count(name) > 1})
-    if twice:
-        raise UsageError(f"--backbone {text}: {', '.join(twice)} given twice; name each "
-                         "backbone once")
-    for name in names:
-        if not timm.is_model(name.split(".")[0]):
-            close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
-            hint = f"; close matches: {', '.join(close)}" if close else ""
-            raise UsageError(f"--backbone {name}: not a timm model{hint}")
-    return names
-
-
 def check_model(backbone: str, image_size: int, storage: Path | None) -> None:
     """The images are big enough for every layer of the backbone, and a local --storage has
     room for a trial's checkpoints (model and optimizer state: up to 3 floats per weight)."""
@@ -172,10 +154,10 @@ def parse_spec(argv: list[str] | None = None, prog: str = "run.py") -> Experimen
         raise UsageError(f"experiment {experiment_location(storage, storage_uri, name)} already "
                          "exists; choose another --name, "
                          f"or continue it with --resume {name}")
-    space_file = check_space(args.space, strategies, args.scheduler,
-                             tuple(n.strip() for n in args.backbone.split(",")))
+    backbones = parse_backbones(args.backbone)
+    space_file = check_space(args.space, strategies, args.scheduler, backbones)
     warm_start = check_warm_start(args.warm_start, strategies)
-    backbones = check_backbones(args.backbone)
+    check_backbones(backbones)
     if hyperparameters is not None and len(backbones) > 1:
         raise UsageError(f"--config trains one config on one backbone; give one --backbone, "
                          f"not {args.backbone}")
@@ -341,28 +323,6 @@ def check_space(path: str | None, strategies: tuple[str, ...], scheduler: str,
                          "another scheduler")
     check_space_backbones(path, overrides, backbones)
     return str(Path(path).expanduser().resolve())
-
-
-def check_space_backbones(path: str, overrides: dict, backbones: tuple[str, ...]) -> None:
-    """A --space file's backbone narrows --backbone's list: only where it lists several, and
-    only to names in it (a trial gets stage weights for those alone)."""
-    from spaces.dims import Choices, Fixed
-
-    for dims in overrides.values():
-        dim = dims.get("backbone")
-        if dim is None:
-            continue
-        if len(backbones) < 2:
-            raise UsageError(f"--space {path}: sets backbone, which a run searches only over "
-                             "several --backbone names; list them, e.g. --backbone "
-                             "resnet18,resnet50d, or drop it from the file")
-        given = dim.choices if isinstance(dim, Choices) else (dim.value,) \
-            if isinstance(dim, Fixed) else ()
-        unknown = sorted(set(given) - set(backbones))
-        if unknown:
-            raise UsageError(f"--space {path}: backbone {', '.join(unknown)} is not among "
-                             f"--backbone {','.join(backbones)}; add it there or drop it from "
-                             "the file")
 
 
 def check_warm_start(path: str | None, strategies: tuple[str, ...]
