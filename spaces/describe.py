@@ -8,6 +8,7 @@ back with `spaces.overrides.load_space_file` into overrides that print the same 
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -53,13 +54,9 @@ def preset_lines(strategy: str, context: SpaceContext | None) -> list[str]:
     search tries first, unless --no-preset."""
     values = get_preset(strategy, context)
     pairs = [f"{k}={f'{v:.3g}' if isinstance(v, float) else v}" for k, v in values.items()]
-    lines, line = [], "  # preset, tried first (unless --no-preset):"
-    for pair in pairs:
-        if len(line) + len(pair) > 98:
-            lines.append(line)
-            line = "  #  "
-        line += f" {pair}"
-    return [*lines, line]
+    return textwrap.wrap(" ".join(pairs), width=99, break_long_words=False,
+                         initial_indent="  # preset, tried first (unless --no-preset): ",
+                         subsequent_indent="  #   ")
 
 
 def entry(indent: int, key: str, spec: Dim, when: str) -> str:
