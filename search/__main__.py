@@ -1,10 +1,11 @@
-"""`python -m search`: the same command as `python search/run.py`.
+"""`python -m search`: the same command as `transfer-search` (search/run.py, and its export
+and serve subcommands).
 
     python -m search --strategy unfrozen
 """
 
 import sys
 
-from search.run import main
+from search.run import console
 
-sys.exit(main(prog="python -m search"))
+sys.exit(console(prog="python -m search"))

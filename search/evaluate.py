@@ -30,7 +30,7 @@ import torch
 
 from analysis import leaderboard, load_results
 from analysis.eval_plots import confusion_plot, tsne_plot
-from analysis.stats import gap_ci, mean_ci
+from analysis.stats import CONFIDENCE, gap_ci, mean_ci
 from store.atomic import DiskFullError, atomic_file
 from store.layout import EVAL_DIR, EVAL_RESULTS, EVAL_SUMMARY, MODEL_DIR, read_experiment
 from trainables.config import RunSettings, TrialConfig
@@ -202,7 +202,17 @@ def keep_model(directory: Path, state: dict, spec, board: pd.DataFrame, strategy
                extra={"strategy": strategy, "pretrained": row["pretrained"],
                       "hyperparameters": hp.to_dict(), "epochs": int(row["best_epoch"]),
                       "seed": spec.seed, "test_acc": float(mine["test_acc"].iloc[0]),
-                      "data": spec.data})
+                      "test_acc_over_seeds": over_seeds(results, strategy), "data": spec.data})
+
+
+def over_seeds(results: pd.DataFrame, strategy: str) -> dict | None:
+    """The strategy's test accuracy over the evaluation's seeds, with its interval (what
+    `serve`'s /metadata reports); None with one seed, which has no spread."""
+    stats = mean_ci(results.loc[results["strategy"] == strategy, "test_acc"].to_numpy())
+    if stats.n < 2:
+        return None
+    return {"mean": stats.mean, "std": stats.std, "low": stats.low, "high": stats.high,
+            "seeds": stats.n, "confidence": CONFIDENCE}
 
 
 def summary(results: pd.DataFrame, board: pd.DataFrame) -> str:

@@ -241,14 +241,19 @@ def show_leaderboard(exp_dir, exp_uri: str) -> None:
     print(f"  python analysis/report.py {exp_uri}")
 
 
-def console(argv: list[str] | None = None) -> int:
-    """The `transfer-search` command; `transfer-search export ...` is search/export.py."""
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["export"]:  # no search flag is a bare word, so this shadows none
-        from search.export import main as export
+SUBCOMMANDS = {"export": "search.export", "serve": "search.serve"}
 
-        return export(argv[1:], prog="transfer-search export")
-    return main(argv, prog="transfer-search")
+
+def console(argv: list[str] | None = None, prog: str = "transfer-search") -> int:
+    """The `transfer-search` command; `transfer-search export|serve ...` are search/export.py
+    and search/serve.py."""
+    import importlib
+
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] and argv[0] in SUBCOMMANDS:  # no search flag is a bare word: this shadows none
+        command = importlib.import_module(SUBCOMMANDS[argv[0]])
+        return command.main(argv[1:], prog=f"{prog} {argv[0]}")
+    return main(argv, prog=prog)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from trainables.data.demo import load_demo
 
@@ -20,6 +22,43 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def tiny_demo():
     return load_demo(train_per_class=8, image_size=32)
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory, tiny_demo) -> Path:
+    """test_resnet trained a few steps, so its probabilities are far from uniform and a wrong
+    normalisation or softmax shows, then saved as evaluate.py keeps a winner."""
+    from trainables.config import TrialConfig
+    from trainables.export import save_model
+    from trainables.models import build_model, normalizer
+
+    torch.manual_seed(0)
+    model = build_model("test_resnet", tiny_demo.num_classes)
+    norm = normalizer(model)
+    images = torch.from_numpy(np.asarray(tiny_demo.train.images))
+    labels = torch.from_numpy(np.asarray(tiny_demo.train.labels))
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    model.train()
+    for _ in range(15):  # BatchNorm's running statistics move too, as in training
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(norm(images)), labels).backward()
+        optimizer.step()
+    hp = TrialConfig(lr=0.01, batch_size=8, augment="none", weight_decay=0.0)
+    return save_model(tmp_path_factory.mktemp("kept") / "unfrozen", model.eval(),
+                      backbone="test_resnet", hp=hp, classes=tiny_demo.classes,
+                      image_size=32, extra={"strategy": "unfrozen", "test_acc": 0.625})
+
+
+@pytest.fixture(scope="session")
+def image_files(tiny_demo, tmp_path_factory) -> list[Path]:
+    """Test images saved larger and not square, so decoding resizes and crops them."""
+    folder = tmp_path_factory.mktemp("images")
+    paths = []
+    for i, array in enumerate(np.asarray(tiny_demo.test.images)[:6]):
+        image = Image.fromarray(array.transpose(1, 2, 0)).resize((56 + 8 * i, 48))
+        paths.append(folder / f"image{i}.png")
+        image.save(paths[-1])
+    return paths
 
 
 @pytest.fixture(autouse=True)

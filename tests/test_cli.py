@@ -20,6 +20,9 @@ def test_console_script_and_module_run_the_same_cli(tmp_path):
                                 cwd=tmp_path, capture_output=True, text=True, timeout=120)
         assert result.returncode == 2, result.stderr
         assert result.stderr.strip() == f"{prog}: error: --samples 0: must be at least 1"
+        served = subprocess.run([*command, "serve", str(tmp_path / "nowhere")], cwd=tmp_path,
+                                capture_output=True, text=True, timeout=120)
+        assert served.returncode == 2 and served.stderr.startswith(f"{prog} serve: error: ")
 
 
 def test_help_groups_every_option_with_its_default():

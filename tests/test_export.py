@@ -1,6 +1,6 @@
 """ONNX export of a kept model: onnxruntime's probabilities equal torch's through predict.py's
 own preprocessing, the metadata, an experiment's winner, and bad input (exit 2, one line, no
-file). One export per module, of a tiny model saved as the final evaluation saves it."""
+file). One export per module, of conftest's tiny model saved as the final evaluation saves it."""
 
 import json
 import shutil
@@ -11,40 +11,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from search.export import main as export_main
 from search.predict import NoModel, find_model
 from tests.helpers import TINY_MODEL, run_script
-from trainables.config import TrialConfig
-from trainables.export import save_model
-from trainables.models import build_model, normalizer
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-IMAGE_SIZE = 32
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, tiny_demo) -> Path:
-    """test_resnet trained a few steps, so its probabilities are far from uniform and a wrong
-    normalisation or softmax shows, then saved as evaluate.py keeps a winner."""
-    torch.manual_seed(0)
-    model = build_model(TINY_MODEL, tiny_demo.num_classes)
-    norm = normalizer(model)
-    images = torch.from_numpy(np.asarray(tiny_demo.train.images))
-    labels = torch.from_numpy(np.asarray(tiny_demo.train.labels))
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
-    model.train()
-    for _ in range(15):  # BatchNorm's running statistics move too, as in training
-        optimizer.zero_grad()
-        torch.nn.functional.cross_entropy(model(norm(images)), labels).backward()
-        optimizer.step()
-    hp = TrialConfig(lr=0.01, batch_size=8, augment="none", weight_decay=0.0)
-    return save_model(tmp_path_factory.mktemp("kept") / "unfrozen", model.eval(),
-                      backbone=TINY_MODEL, hp=hp, classes=tiny_demo.classes,
-                      image_size=IMAGE_SIZE, extra={"strategy": "unfrozen", "test_acc": 0.625})
+IMAGE_SIZE = 32  # conftest's kept model_dir
 
 
 @pytest.fixture(scope="module")
@@ -52,18 +27,6 @@ def exported(model_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("onnx") / "model.onnx"
     assert export_main([str(model_dir), "--onnx", str(out)]) == 0
     return out
-
-
-@pytest.fixture(scope="module")
-def image_files(tiny_demo, tmp_path_factory) -> list[Path]:
-    """Test images saved larger and not square, so decoding resizes and crops them."""
-    folder = tmp_path_factory.mktemp("images")
-    paths = []
-    for i, array in enumerate(np.asarray(tiny_demo.test.images)[:6]):
-        image = Image.fromarray(array.transpose(1, 2, 0)).resize((56 + 8 * i, 48))
-        paths.append(folder / f"image{i}.png")
-        image.save(paths[-1])
-    return paths
 
 
 def test_onnxruntime_gives_torchs_probabilities_within_1e_4(model_dir, exported, image_files):

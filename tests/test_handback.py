@@ -12,6 +12,7 @@ import yaml
 from PIL import Image
 
 from analysis import load_results
+from search.predict import find_model
 from tests.helpers import TINY, TINY_MODEL, run_once, run_script, run_search
 from trainables.config import TrialConfig
 from trainables.data.dataset import Split
@@ -128,6 +129,11 @@ def test_the_final_evaluation_reports_test_accuracy_over_seeds(all_strategies_se
         assert {"precision", "recall", "f1-score"} <= set(report.columns)
         for png in ("confusion.png", "tsne.png"):
             assert Image.open(exp_dir / "eval" / strategy / png).size[0] > 300
+    # the kept model carries its strategy's spread, for serve's /metadata
+    kept = json.loads((find_model(exp_dir) / "model.json").read_text())
+    over, row = kept["test_acc_over_seeds"], board.loc[kept["strategy"]]
+    assert (over["mean"], over["low"], over["high"], over["seeds"]) == pytest.approx(
+        (row["test_acc_mean"], row["test_ci_low"], row["test_ci_high"], 2))
 
 
 def test_predict_matches_the_evaluation_and_survives_a_corrupt_file(all_strategies_search,

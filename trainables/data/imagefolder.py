@@ -93,13 +93,14 @@ def to_array(image: Image.Image, image_size: int) -> np.ndarray:
 
 
 def decode(path: str | Path, image_size: int) -> np.ndarray | None:
-    """(3, S, S) uint8, or None for a truncated or corrupt file."""
+    """(3, S, S) uint8, or None for a truncated, corrupt, empty or huge file."""
     global DECODED
     DECODED += 1
     try:
         with Image.open(path) as image:
             return to_array(image, image_size)
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, ZeroDivisionError,
+            Image.DecompressionBombError):  # 0 px; over twice PIL's MAX_IMAGE_PIXELS
         return None
 
 
