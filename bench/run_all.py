@@ -67,6 +67,10 @@ SUITE: dict[str, tuple[str, list[str], list[str]]] = {
         "the search against a tuned recipe: the search as it was before presets and training "
         "tricks, the preset alone, and the search now, at equal trial-epochs, test accuracy over "
         "3 seeds on the CIFAR-10 slice and the demo", [], ["--quick"]),
+    "serve_load": (
+        "the model service under load (`python search/serve.py`, over HTTP): requests/s and "
+        "latency percentiles with @serve.batch on and off, at 1 and 16 concurrent clients", [],
+        [*TINY, "--requests", "20"]),
     "big_data": (
         "an ImageFolder of up to 100,000 JPEGs: preparation time against image count, its peak "
         "memory, the cache on disk, and the search's one copy in Ray's object store", [],
