@@ -73,26 +73,32 @@ async def send(url: str, images: list[bytes], count: int, clients: int
     `clients` concurrent clients, each sending its next request when its last is answered."""
     import aiohttp
 
-    latencies, failed, queue = [], 0, iter(range(count))
+    latencies, failed, numbers = [], 0, iter(range(count))  # shared: each request once
 
     async def client(session: aiohttp.ClientSession) -> None:
         nonlocal failed
-        for i in queue:
+        for i in numbers:
             form = aiohttp.FormData()
             form.add_field("file", images[i % len(images)], filename=f"{i}.png",
                            content_type="image/png")
             start = time.perf_counter()
             async with session.post(f"{url}/predict", data=form) as response:
                 await response.read()
-                failed += response.status != 200
-            latencies.append(time.perf_counter() - start)
+            if response.status == 200:  # a refusal's latency says nothing of the service's
+                latencies.append(time.perf_counter() - start)
+            else:
+                failed += 1
 
-    limits = aiohttp.TCPConnector(limit=clients)
+    connector = aiohttp.TCPConnector(limit=clients)
     timeout = aiohttp.ClientTimeout(total=120)
-    async with aiohttp.ClientSession(connector=limits, timeout=timeout) as session:
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         start = time.perf_counter()
         await asyncio.gather(*(client(session) for _ in range(clients)))
         return time.perf_counter() - start, latencies, failed
+
+
+def image_size_of(model: Path) -> int:
+    return int(json.loads((model / "model.json").read_text())["image_size"])
 
 
 def free_port() -> int:
@@ -129,7 +135,7 @@ def measure(model: Path, requests: int, clients: tuple[int, ...], batch_size: in
             gpus: float) -> dict[tuple[str, int], dict]:
     """{(mode, clients): requests/s, latency percentiles (ms), failures}: one service per mode,
     the same but batching, each cell after a warm-up."""
-    images = request_images(int(json.loads((model / "model.json").read_text())["image_size"]))
+    images = request_images(image_size_of(model))
     flags = ["--max-batch-size", str(batch_size), "--gpus-per-replica", str(gpus)]
     results = {}
     with tempfile.TemporaryDirectory() as logs:
@@ -181,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         model = args.model or make_model(args.backbone, args.image_size, Path(tmp))
         results = measure(model, args.requests, clients, args.max_batch_size,
                           args.gpus_per_replica)
-    print(f"{model.name if args.model else args.backbone} at {args.image_size} px, one replica, "
+        size = image_size_of(model)
+    print(f"{model.name if args.model else args.backbone} at {size} px, one replica, "
           f"{args.requests} one-image requests per cell, --max-batch-size "
           f"{args.max_batch_size}")
     print(table(results, args.requests, device))

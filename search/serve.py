@@ -11,13 +11,14 @@ each replica (on a cluster, the way every node reaches it). Then:
 
 The service is search/serving.py. Locally this starts its own Ray and serves until Ctrl-C; with
 --address auto it deploys on a running cluster (`ray up`) and exits, leaving the service up
-(`serve status`, `serve shutdown`). Bad input (no model, a taken port, GPUs a local machine
-lacks) gets one line and exit code 2 before Ray starts; every wait is bounded.
+(`serve status`; `serve delete transfer-search` ends it). Bad input (no model, a taken port, GPUs
+a local machine lacks) gets one line and exit code 2 before Ray starts; every wait is bounded.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import socket
 import sys
@@ -26,11 +27,14 @@ from pathlib import Path
 
 from search.export import BadModel, load
 from search.options import UsageError
-from search.predict import NoModel, find_model, is_model
+from search.predict import NoModel, find_model
+from search.serve_settings import MiB, ServiceSettings
 from store.uri import RemoteError
 
 EXIT_BAD_INPUT, EXIT_FAILED = 2, 1
+DEFAULTS = ServiceSettings(model="-")  # the flags' defaults are the service's own
 APP_NAME = "transfer-search"
+REQUEST_TIMEOUT_S = 120  # Serve's bound on a whole request, the upload and the answer
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -47,21 +51,27 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     parser.add_argument("--replicas", type=int, default=1, help="copies of the model (default 1)")
     parser.add_argument("--gpus-per-replica", type=float, default=0.0, metavar="G",
                         help="GPUs each replica holds; fractions share a GPU (default: 0, CPU)")
-    parser.add_argument("--max-batch-size", type=int, default=16, metavar="N",
-                        help="images in one forward pass, across requests (default: 16)")
-    parser.add_argument("--batch-wait-ms", type=float, default=5.0, metavar="MS",
-                        help="how long a batch waits to fill (default: 5)")
+    parser.add_argument("--max-batch-size", type=int, default=DEFAULTS.max_batch_size,
+                        metavar="N", help="images in one forward pass, across requests "
+                        "(default: %(default)s)")
+    parser.add_argument("--batch-wait-ms", type=float, default=DEFAULTS.batch_wait_s * 1000,
+                        metavar="MS", help="how long a batch waits to fill (default: %(default)g)")
     parser.add_argument("--no-batching", action="store_true",
                         help="one forward pass per request, without @serve.batch")
-    parser.add_argument("--max-image-mb", type=float, default=10.0, metavar="MB",
-                        help="largest file accepted, in MiB; larger ones get 413 (default: 10)")
-    parser.add_argument("--max-images", type=int, default=32, metavar="N",
-                        help="most images in one request; more get 413 (default: 32)")
-    parser.add_argument("--max-pixels", type=int, default=40_000_000, metavar="N",
+    parser.add_argument("--max-image-mb", type=float, default=DEFAULTS.max_image_bytes / MiB,
+                        metavar="MB", help="largest file accepted, in MiB; larger ones get 413 "
+                        "(default: %(default)g)")
+    parser.add_argument("--max-images", type=int, default=DEFAULTS.max_images, metavar="N",
+                        help="most images in one request; more get 413 (default: %(default)s)")
+    parser.add_argument("--max-request-mb", type=float, default=DEFAULTS.max_request_bytes / MiB,
+                        metavar="MB", help="largest request body, in MiB, checked before it is "
+                        "read; larger ones get 413 (default: %(default)g)")
+    parser.add_argument("--max-pixels", type=int, default=DEFAULTS.max_pixels, metavar="N",
                         help="most pixels in one image, checked before it is decoded; more get "
-                        "413 (default: 40000000)")
-    parser.add_argument("--top-k", type=int, default=5, metavar="K",
-                        help="classes per image in an answer, unless ?top_k= says (default: 5)")
+                        "413 (default: %(default)s)")
+    parser.add_argument("--top-k", type=int, default=DEFAULTS.top_k, metavar="K",
+                        help="classes per image in an answer, unless ?top_k= says (default: "
+                        "%(default)s)")
     parser.add_argument("--address", default=None,
                         help="a running Ray cluster to deploy on ('auto': this node's); the "
                         "service stays up there after this command exits")
@@ -70,34 +80,35 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
     return parser
 
 
-def model_of(path: str) -> tuple[Path, str]:
-    """(a local folder of the model, to check; what the replicas load): a kept model or an
-    experiment's winner here, or the URI of a kept model folder, which the replicas download
+def checked_model(path: str) -> tuple[dict, str]:
+    """(model.json, what the replicas load) once the whole model has loaded here: a kept model
+    or an experiment's winner, or the URI of a kept model folder, which the replicas download
     themselves (on a cluster, a path here would be missing on the other nodes)."""
+    import tempfile
+
     from store.uri import is_uri
 
     if not is_uri(path):
         local = find_model(path).resolve()
-        return local, str(local)
+        return load(local)[2], str(local)
     from search.serving import local_model
 
-    try:
-        local = local_model(path)
-    except FileNotFoundError as error:
-        raise NoModel(str(error)) from None
-    except OSError as error:  # pyarrow's network and credential errors
-        raise RemoteError(f"{path}: cannot reach it ({str(error).splitlines()[0]}); check the "
-                          "URI, the credentials and the network") from None
-    if not is_model(local):
-        raise NoModel(f"{path}: not a model folder; pass the URI of one, "
-                      ".../eval/model/STRATEGY")
-    return local, path
+    with tempfile.TemporaryDirectory(prefix="transfer-search-model-") as tmp:
+        try:
+            local = local_model(path, into=Path(tmp))
+        except FileNotFoundError as error:
+            raise NoModel(str(error)) from None
+        except OSError as error:  # pyarrow's network and credential errors
+            raise RemoteError(f"{path}: cannot reach it ({str(error).splitlines()[0]}); check "
+                              "the URI, the credentials and the network") from None
+        return load(local)[2], path
 
 
 def check_args(args: argparse.Namespace) -> None:
     """UsageError naming the flag and the fix; nothing here starts Ray or imports torch."""
     positive = {"--replicas": args.replicas, "--max-batch-size": args.max_batch_size,
                 "--max-image-mb": args.max_image_mb, "--max-images": args.max_images,
+                "--max-request-mb": args.max_request_mb,
                 "--max-pixels": args.max_pixels, "--top-k": args.top_k,
                 "--start-timeout": args.start_timeout}
     for flag, value in positive.items():
@@ -111,7 +122,7 @@ def check_args(args: argparse.Namespace) -> None:
                          "of GPUs (Ray shares only fractions of one)")
     if not 1 <= args.port <= 65535:
         raise UsageError(f"--port {args.port}: pass a port from 1 to 65535")
-    if args.address is None:
+    if args.address is None and not os.environ.get("RAY_ADDRESS"):  # this machine's own Ray
         check_port_free(args.host, args.port)
 
 
@@ -137,15 +148,14 @@ def check_local_gpus(gpus_per_replica: float, replicas: int) -> None:
                          "--address of a cluster with GPUs")
 
 
-def settings_of(args: argparse.Namespace, model_dir) -> object:
-    from search.serving import MiB, ServiceSettings
-
-    return ServiceSettings(model=str(model_dir), batching=not args.no_batching,
+def settings_of(args: argparse.Namespace, served: str) -> ServiceSettings:
+    return ServiceSettings(model=served, batching=not args.no_batching,
                            max_batch_size=args.max_batch_size,
                            batch_wait_s=args.batch_wait_ms / 1000,
                            max_image_bytes=int(args.max_image_mb * MiB),
-                           max_images=args.max_images, max_pixels=args.max_pixels,
-                           top_k=args.top_k)
+                           max_images=args.max_images,
+                           max_request_bytes=int(args.max_request_mb * MiB),
+                           max_pixels=args.max_pixels, top_k=args.top_k)
 
 
 def wait_until_running(timeout: float) -> str | None:
@@ -164,29 +174,38 @@ def wait_until_running(timeout: float) -> str | None:
             "cluster (`ray status`)? --start-timeout waits longer")
 
 
-def deploy(args: argparse.Namespace, settings, meta: dict) -> int:
+def deploy(args: argparse.Namespace, settings: ServiceSettings, meta: dict) -> int:
+    """Deploy on this machine's own Ray and serve until stopped; or, on a running cluster
+    (--address, or RAY_ADDRESS as `ray job submit` sets it), deploy and exit."""
     import ray
     from ray import serve
 
     from search.resources import init_ray
     from search.serving import build_app
 
+    on_cluster = bool(args.address or os.environ.get("RAY_ADDRESS"))
     init_ray(args.address, log_to_driver=False)
-    serve.start(http_options={"host": args.host, "port": args.port})
+    # on a cluster whose Serve already runs, Serve keeps its own host and port
+    serve.start(http_options={"host": args.host, "port": args.port,
+                              "request_timeout_s": REQUEST_TIMEOUT_S})
     app = build_app(settings, replicas=args.replicas, gpus_per_replica=args.gpus_per_replica)
     serve._run(app, name=APP_NAME, _blocking=False)  # waits below, with a bound
     problem = wait_until_running(args.start_timeout)
     if problem:
         print(f"serve: error: {problem}", file=sys.stderr)
-        serve.delete(APP_NAME)
+        if on_cluster:  # what ran there before stays: a delete would take it down too
+            print(f"`serve status` shows it; `serve delete {APP_NAME}` removes it",
+                  file=sys.stderr)
+        else:
+            serve.shutdown()
         ray.shutdown()
         return EXIT_FAILED
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"serving {settings.model} ({meta['backbone']}, {len(meta['classes'])} classes, "
           f"{args.replicas} replica(s)) on http://{host}:{args.port}: POST /predict, GET "
           "/health, GET /metadata", flush=True)
-    if args.address is not None:
-        print("it stays up on the cluster: `serve status`; `serve shutdown` ends it")
+    if on_cluster:
+        print(f"it stays up on the cluster: `serve status`; `serve delete {APP_NAME}` ends it")
         ray.shutdown()
         return 0
     print("Ctrl-C stops it", flush=True)
@@ -194,6 +213,7 @@ def deploy(args: argparse.Namespace, settings, meta: dict) -> int:
 
 
 def serve_until_stopped() -> int:
+    """Until Ctrl-C or SIGTERM, then Serve and this process's own Ray stop."""
     import ray
     from ray import serve
 
@@ -213,9 +233,9 @@ def main(argv: list[str] | None = None, prog: str = "serve.py") -> int:
     args = build_parser(prog).parse_args(argv)
     try:
         check_args(args)
-        model_dir, served = model_of(args.model_dir)
-        _, _, meta = load(model_dir)  # the whole model loads here, or the service never would
-        if args.address is None and args.gpus_per_replica > 0:
+        meta, served = checked_model(args.model_dir)  # loads, or the replicas never would
+        if args.address is None and not os.environ.get("RAY_ADDRESS") \
+                and args.gpus_per_replica > 0:
             check_local_gpus(args.gpus_per_replica, args.replicas)
     except (UsageError, NoModel, BadModel, RemoteError) as error:
         print(f"{prog}: error: {error}", file=sys.stderr)

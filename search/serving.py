@@ -17,58 +17,23 @@ import asyncio
 import io
 import logging
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from ray import serve
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
-MiB = 2**20
+from search.serve_settings import ServiceSettings
+
 ENDPOINTS = "POST /predict, GET /health and GET /metadata"
 EXAMPLE = "curl -F file=@photo.jpg http://HOST:PORT/predict"
 logger = logging.getLogger("ray.serve")
-
-
-@dataclass(frozen=True)
-class ServiceSettings:
-    """What a replica needs: the model and the request rules (resources are Ray's options)."""
-
-    model: str  # a kept model's folder, or an s3:// or gs:// URI of one
-    batching: bool = True  # @serve.batch across requests; off: one forward pass per request
-    max_batch_size: int = 16  # images in one forward pass
-    batch_wait_s: float = 0.005  # how long a batch waits to fill
-    max_image_bytes: int = 10 * MiB
-    max_images: int = 32  # per request
-    max_pixels: int = 40_000_000  # per image, before decoding: a decompression bomb is refused
-    top_k: int = 5
-
-    @property
-    def max_body_bytes(self) -> int:  # the files and their multipart headers
-        return self.max_images * (self.max_image_bytes + 4096)
-
-    @classmethod
-    def from_args(cls, args: dict) -> "ServiceSettings":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(args) - known)
-        if unknown:
-            raise ValueError(f"unknown service settings {unknown}; known: {sorted(known)}")
-        return cls(**{k: cls.parsed(k, v) for k, v in args.items()})
-
-    @classmethod
-    def parsed(cls, name: str, value):
-        """A setting from a Serve config's args, where a value may come as a string."""
-        default = getattr(cls, name, None)
-        if isinstance(default, bool) and isinstance(value, str):
-            if value.lower() not in ("true", "false"):
-                raise ValueError(f"{name}={value!r}: pass true or false")
-            return value.lower() == "true"
-        return value if default is None else type(default)(value)
 
 
 class RequestError(Exception):
@@ -83,13 +48,14 @@ def error_response(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message, "status": status}, status_code=status)
 
 
-async def read_files(request: Request, settings: ServiceSettings) -> list[tuple[str, bytes]]:
-    """(file name, bytes) of each file in a multipart body, every limit checked before the body
-    is read whole."""
+async def read_images(request: Request, settings: ServiceSettings, image_size: int
+                      ) -> list[tuple[str, np.ndarray]]:
+    """(file name, decoded image) of each file in a multipart body, every limit checked before
+    the body is read whole; each file's bytes are dropped once decoded."""
     length = request.headers.get("content-length")
     if length is None and "transfer-encoding" in request.headers:
         raise RequestError(411, "no Content-Length: send the body with its length")
-    if length is not None and not length.isdigit():
+    if length is not None and not (length.isascii() and length.isdigit()):
         raise RequestError(400, f"Content-Length {length!r}: not a number of bytes")
     if not int(length or 0):
         raise RequestError(400, f"empty body: send one or more image files, e.g. {EXAMPLE}")
@@ -97,34 +63,41 @@ async def read_files(request: Request, settings: ServiceSettings) -> list[tuple[
     if not kind.lower().startswith("multipart/form-data"):
         raise RequestError(415, f"content type {kind or '(none)'!r}: send the images as "
                            f"multipart/form-data files, e.g. {EXAMPLE}")
-    if int(length) > settings.max_body_bytes:
-        raise RequestError(413, f"body of {int(length)} bytes: over {settings.max_body_bytes} "
-                           f"({settings.max_images} images of at most "
-                           f"{settings.max_image_bytes} bytes); send fewer or smaller images")
+    if int(length) > settings.max_request_bytes:
+        raise RequestError(413, f"body of {int(length)} bytes: over {settings.max_request_bytes}"
+                           "; send fewer or smaller images per request")
     try:
-        form = await request.form(max_files=settings.max_images, max_fields=16)
+        form = await asyncio.wait_for(
+            request.form(max_files=settings.max_images, max_fields=16),
+            settings.upload_timeout_s)
+    except asyncio.TimeoutError:  # TimeoutError itself from Python 3.11 on
+        raise RequestError(408, f"the body took over {settings.upload_timeout_s:g} s to arrive; "
+                           "send it faster, or in smaller requests") from None
     except HTTPException as error:  # starlette's parser: a malformed body, or too many files
         if "Too many files" in str(error.detail):
             raise RequestError(413, f"more than {settings.max_images} images in one request; "
                                "split them over several requests") from None
         raise RequestError(400, f"unreadable multipart body ({error.detail})") from None
-    files = []
+    images = []
     try:
         for field, value in form.multi_items():
-            if not isinstance(value, UploadFile):
-                continue
-            data = await value.read(settings.max_image_bytes + 1)
-            name = value.filename or field
-            if len(data) > settings.max_image_bytes:
-                raise RequestError(413, f"{name}: over {settings.max_image_bytes} bytes; send a "
-                                   "smaller image")
-            files.append((name, data))
+            if isinstance(value, UploadFile):
+                name = value.filename or field
+                data = await value.read(settings.max_image_bytes + 1)
+                if len(data) > settings.max_image_bytes:
+                    raise RequestError(413, f"{name}: over {settings.max_image_bytes} bytes; "
+                                       "send a smaller image")
+                images.append((name, decode_upload(name, data, image_size, settings.max_pixels)))
     finally:
         await form.close()
-    if not files:
+    if not images:
         raise RequestError(400, f"no image file in the body: send each image as a file field, "
                            f"e.g. {EXAMPLE}")
-    return files
+    return images
+
+
+# formats a camera or a browser produces; PIL's others include EPS, which runs Ghostscript
+FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "PPM")
 
 
 def decode_upload(name: str, data: bytes, image_size: int, max_pixels: int) -> np.ndarray:
@@ -134,7 +107,7 @@ def decode_upload(name: str, data: bytes, image_size: int, max_pixels: int) -> n
     if not data:
         raise RequestError(400, f"{name}: an empty file; send an image")
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with Image.open(io.BytesIO(data), formats=FORMATS) as image:
             width, height = image.size  # from the header: nothing is decoded yet
             if width * height == 0:
                 raise RequestError(400, f"{name}: an image of {width}x{height} px; send one "
@@ -145,31 +118,40 @@ def decode_upload(name: str, data: bytes, image_size: int, max_pixels: int) -> n
             return to_array(image, image_size)
     except RequestError:
         raise
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError,
-            Image.DecompressionBombError):  # truncated, corrupt, or not an image at all
-        raise RequestError(400, f"{name}: not a readable image (PNG, JPEG, ...)") from None
+    except Exception:  # PIL raises many kinds on a truncated, corrupt or foreign file
+        raise RequestError(400, f"{name}: not a readable image ({', '.join(FORMATS)})"
+                           ) from None
 
 
 def top_k_of(request: Request, default: int, classes: int) -> int:
     text = request.query_params.get("top_k")
     if text is None:
         return min(default, classes)
-    if not text.isdigit() or not 1 <= int(text) <= classes:
+    if not (text.isascii() and text.isdigit() and len(text) < 6) or not 1 <= int(text) <= classes:
         raise RequestError(400, f"top_k={text!r}: pass a whole number from 1 to {classes}")
     return int(text)
 
 
-def local_model(model: str) -> Path:
-    """The model's folder here: itself, or a download of a URI into a temporary folder."""
-    from store.uri import download, is_uri
+def local_model(model: str, into: Path | None = None) -> Path:
+    """The model's folder here: itself, or its two files downloaded from a URI into `into`
+    (else a new temporary folder)."""
+    import shutil
+    import tempfile
+
+    from store.uri import is_uri, join_uri, open_uri
+    from trainables.export import META_FILE, WEIGHTS_FILE
 
     if not is_uri(model):
         return Path(model)
-    import tempfile
-
-    local = Path(tempfile.mkdtemp(prefix="transfer-search-model-"))
-    if download(model, local) == 0:
-        raise FileNotFoundError(f"{model}: nothing there; pass the URI of a kept model folder")
+    local = into or Path(tempfile.mkdtemp(prefix="transfer-search-model-"))
+    for name in (META_FILE, WEIGHTS_FILE):
+        fs, path = open_uri(join_uri(model, name))
+        try:
+            with fs.open_input_stream(path) as src, (local / name).open("wb") as dst:
+                shutil.copyfileobj(src, dst)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{model}: no {name} there; pass the URI of a kept model "
+                                    "folder, .../eval/model/STRATEGY") from None
     return local
 
 
@@ -183,7 +165,9 @@ async def http_error(request: Request, error: HTTPException) -> JSONResponse:
     if error.status_code == 404:
         return error_response(404, f"{where}: no such endpoint; the service answers {ENDPOINTS}")
     if error.status_code == 405:
-        return error_response(405, f"{where}: wrong method; the service answers {ENDPOINTS}")
+        response = error_response(405, f"{where}: wrong method; the service answers {ENDPOINTS}")
+        response.headers.update(error.headers or {})  # Allow: the methods that path takes
+        return response
     return error_response(error.status_code, f"{where}: {error.detail}")
 
 
@@ -226,7 +210,9 @@ class Classifier:
     # The forward pass runs on the replica's event loop, blocking it: in a thread of its own it
     # contends with the loop for the GIL, which halved the requests/s bench/serve_load.py
     # measured with batching on.
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
+    # the decorator's values stand until __init__ sets the service's own
+    @serve.batch(max_batch_size=ServiceSettings.max_batch_size,
+                 batch_wait_timeout_s=ServiceSettings.batch_wait_s)
     async def classify(self, images: list[np.ndarray]) -> list[np.ndarray]:
         return list(self.forward(np.stack(images)))
 
@@ -239,10 +225,8 @@ class Classifier:
     async def predict(self, request: Request) -> JSONResponse:
         try:
             top_k = top_k_of(request, self.settings.top_k, len(self.classes))
-            files = await read_files(request, self.settings)
-            size, limit = int(self.meta["image_size"]), self.settings.max_pixels
-            images = [decode_upload(name, data, size, limit) for name, data in files]
-            probs = await self.probabilities(images)
+            files = await read_images(request, self.settings, int(self.meta["image_size"]))
+            probs = await self.probabilities([image for _, image in files])
         except RequestError as error:
             return error_response(error.status, str(error))
         except Exception as error:  # a fault of the service, not the request: it keeps serving
@@ -270,7 +254,9 @@ class Classifier:
                     "test_acc_over_seeds"),
                 "preprocessing": {"resize": "shorter side to image_size, bilinear",
                                   "crop": "center", "normalize": meta["normalize"]},
-                "device": str(self.device), "settings": asdict(self.settings)}
+                "device": str(self.device),
+                # not where the model lives: a path or a URI is no client's business
+                "settings": {k: v for k, v in asdict(self.settings).items() if k != "model"}}
 
 
 def build_app(settings: ServiceSettings, replicas: int = 1, gpus_per_replica: float = 0.0):

@@ -74,7 +74,7 @@ def test_the_application_builds_from_its_args():
     deployment options name the deployment the builder makes."""
     from ray.serve.deployment import Application
 
-    from search.serving import ServiceSettings
+    from search.serve_settings import ServiceSettings
 
     (app,) = serve_config()["applications"]
     module, _, name = app["import_path"].partition(":")
@@ -84,6 +84,13 @@ def test_the_application_builds_from_its_args():
     assert settings.model.startswith(("s3://", "gs://")) and settings.batching
     with pytest.raises(ValueError, match="unknown service settings"):
         builder({**app["args"], "max_batch": 8})
+    # `serve run search.serving:app_builder max_batch_size=8 ...` passes strings
+    typed = ServiceSettings.from_args({"model": "s3://b/m", "max_batch_size": "8",
+                                       "batching": "false", "batch_wait_s": "0.01"})
+    assert (typed.max_batch_size, typed.batching, typed.batch_wait_s) == (8, False, 0.01)
+    for bad in ({"max_images": "0"}, {"batching": "maybe"}, {"max_images": "2.5"}):
+        with pytest.raises(ValueError):
+            ServiceSettings.from_args({"model": "s3://b/m", **bad})
     (deployment,) = app["deployments"]
     assert deployment["name"] == "Classifier"
     assert deployment["max_ongoing_requests"] >= settings.max_batch_size

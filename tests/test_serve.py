@@ -27,7 +27,8 @@ from search.predict import predict_files
 from tests.helpers import ROOT, run_script
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("serve")]
-LIMITS = {"--max-image-mb": "0.25", "--max-images": "4", "--max-pixels": "4000000"}
+LIMITS = {"--max-image-mb": "0.25", "--max-images": "4", "--max-request-mb": "1",
+          "--max-pixels": "4000000"}
 START_TIMEOUT = 180
 
 
@@ -116,6 +117,7 @@ def test_metadata_describes_the_model(service, tiny_demo):
     assert (meta["backbone"], meta["strategy"], meta["test_acc"]) == (
         "test_resnet", "unfrozen", 0.625)
     assert meta["device"] == "cpu" and meta["settings"]["max_images"] == 4
+    assert "model" not in meta["settings"], "where the model lives is no client's business"
     assert requests.get(f"{service.url}/health", timeout=30).json()["status"] == "ok"
     listening = {c.laddr.ip for c in psutil.net_connections("tcp")
                  if c.status == psutil.CONN_LISTEN and c.laddr.port == service.port}
@@ -141,6 +143,12 @@ def bad_requests(image: bytes) -> dict[str, tuple[dict, int, str]]:
         "truncated JPEG": (files(("cut.jpg", truncated.getvalue()[:300])), 400, "cut.jpg"),
         "bad top_k": ({"params": {"top_k": "11"}, **files(("a.png", image))}, 400, "1 to 10"),
         "image over the size limit": (files(("big.png", png(noise))), 413, "over 262144 bytes"),
+        "body over the request limit": (files(*[(f"{i}.png", png(noise[:, :300])) for i in
+                                                range(4)]), 413, "body of"),
+        "no Content-Length": ({"data": iter([b"--x\r\n"]), "headers": {
+            "Content-Type": "multipart/form-data; boundary=x"}}, 411, "Content-Length"),
+        "malformed multipart": ({"data": b"not multipart at all", "headers": {
+            "Content-Type": "multipart/form-data; boundary=x"}}, 400, ""),
         "too many images": (files(*[(f"{i}.png", image) for i in range(5)]), 413,
                             "more than 4 images"),
         "decompression bomb": (files(("bomb.png", bomb)), 413, "8000x8000 px"),
@@ -159,6 +167,7 @@ def test_each_bad_request_gets_its_code_and_the_service_keeps_serving(service, i
         response = requests.request(method, service.url + path, timeout=30)
         assert (response.status_code, response.json()["status"]) == (status, status)
         assert "POST /predict" in response.json()["error"]
+    assert "POST" in response.headers["Allow"]  # the 405 says which method
     assert len(answers_of(service.post([("a.png", image)]))) == 1  # still serving
 
 
@@ -201,9 +210,9 @@ def test_a_replica_reads_a_model_from_a_uri(model_dir):
 
     local = local_model(model_dir.as_uri())
     assert local != model_dir
-    assert sorted(p.name for p in local.iterdir()) == sorted(p.name for p in model_dir.iterdir())
+    assert sorted(p.name for p in local.iterdir()) == ["model.json", "model.safetensors"]
     assert load_model(local)[2]["backbone"] == "test_resnet"
-    with pytest.raises(FileNotFoundError, match="nothing there"):
+    with pytest.raises(FileNotFoundError, match="no model.json there"):
         local_model((model_dir.parent / "nowhere").as_uri())
 
 
