@@ -227,6 +227,11 @@ def stage_quality(stages: pd.DataFrame, stage_curves: pd.DataFrame, path: Path) 
             _note(ax, "quality not measured" + ("" if field else f" for {stage['stage']}"))
             continue
         ax.plot(curve["epoch"], curve["value"], marker="o", color="0.25")
+        best = stage.get("best_epoch")
+        if isinstance(best, (int, float)) and not math.isnan(best) and best in set(curve["epoch"]):
+            ax.axvline(best, color="C3", linestyle="--", linewidth=1,
+                       label=f"kept: epoch {int(best)}; stopped: {stage.get('stopped') or '?'}")
+            ax.legend(loc="best", fontsize="small")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle("Pretraining stages: quality on held-out images after each epoch")
     return save(fig, path)

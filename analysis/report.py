@@ -146,18 +146,21 @@ def stage_tables(exp_dirs: list[Path], metas: list[dict]) -> tuple[pd.DataFrame,
             metric, meaning = QUALITY.get(kind, (None, None))
             values = (record.get(metric) or []) if metric else []
             samples = exp_dir / STAGES_DIR / str(record.get("key")) / "samples.png"
+            # the epoch whose weights trials got: the best (early stopping), else the last
+            best = record.get("best_epoch") or len(values)
             rows.append({"experiment": exp_dir.name, "stage": kind, "key": record.get("key"),
                          "data": record.get("data"),
                          "epochs": record.get("epochs") or len(record.get("losses") or []) or None,
                          "images": record.get("images"), "seconds": record.get("seconds"),
                          "cached": record.get("cached"), "quality_metric": meaning,
-                         "quality": values[-1] if values else math.nan,
+                         "quality": values[best - 1] if values else math.nan,
+                         "best_epoch": best or None, "stopped": record.get("stopped"),
                          "samples": samples if samples.is_file() else None})
             curves += [{"key": record.get("key"), "epoch": i, "value": v}
                        for i, v in enumerate(values, start=1)]
     return (pd.DataFrame(rows, columns=["experiment", "stage", "key", "data", "epochs", "images",
                                         "seconds", "cached", "quality_metric", "quality",
-                                        "samples"]),
+                                        "best_epoch", "stopped", "samples"]),
             pd.DataFrame(curves, columns=["key", "epoch", "value"]))
 
 
@@ -320,7 +323,8 @@ def stages_md(tables: Tables, out: Path) -> str:
         return "No pretraining stage ran: every strategy started from random weights or a file."
     table = pd.DataFrame({
         "stage": stages["stage"], "data": stages["data"].map(_text),
-        "epochs": stages["epochs"].map(_int), "images": stages["images"].map(_int),
+        "epochs": stages["epochs"].map(_int), "kept epoch": stages["best_epoch"].map(_int),
+        "stopped": stages["stopped"].map(_text), "images": stages["images"].map(_int),
         "seconds": stages["seconds"].map(lambda s: _num(s, ".1f")),
         "cached": stages["cached"].map(lambda c: MISSING if c is None else "yes" if c else "no"),
         "quality": stages["quality"].map(lambda q: NOT_MEASURED if pd.isna(q) else f"{q:.4g}"),
@@ -329,9 +333,9 @@ def stages_md(tables: Tables, out: Path) -> str:
                     for p in stages["samples"]]})
     if len(tables.exp_dirs) > 1:
         table.insert(0, "experiment", stages["experiment"])
-    return (_md(table) + "\n\nQuality is measured after the stage's last epoch "
-            "on held-out images of the data it trained on; a cached stage was trained by "
-            "an earlier experiment.")
+    return (_md(table) + "\n\nQuality is measured at the kept epoch (the best on held-out "
+            "images of the data the stage trained on, whose weights trials got; `patience`: "
+            "early stopping ended it); a cached stage was trained by an earlier experiment.")
 
 
 def _md(table: pd.DataFrame, index: bool = False) -> str:

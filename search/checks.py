@@ -252,9 +252,45 @@ def check_pretraining(args: argparse.Namespace, is_demo: bool, pretrained: dict[
         if value and not value.startswith(("demo", "torchvision:")) \
                 and not Path(value).expanduser().is_dir():
             raise UsageError(f"{flag} {value}: no such directory")
+    colorization_flags = [flag for flag, given in (
+        ("--pretext-loss", args.pretext_loss != "l1"),
+        ("--pretext-schedule", args.pretext_schedule)) if given]
+    if colorization_flags and "colorization" not in kinds:
+        raise UsageError(f"{colorization_flags[0]} sets the colorization stage, and none of "
+                         f"{named} starts from it; add colorization to --strategy or "
+                         "--pretrained")
+    if args.pretrain_patience < 0:
+        raise UsageError(f"--pretrain-patience {args.pretrain_patience}: must be 0 (never stop "
+                         "early) or more")
+    if args.pretext_schedule and args.pretext_decoder_epochs:
+        raise UsageError("--pretext-schedule and --pretext-decoder-epochs both set the "
+                         "colorization stage's phases; give one (a decoder@LR phase trains the "
+                         "decoder alone)")
+    parse_schedule(args.pretext_schedule)
     if not 0 <= args.pretext_decoder_epochs <= args.pretrain_epochs:
         raise UsageError(f"--pretext-decoder-epochs {args.pretext_decoder_epochs}: must be "
                          f"between 0 and --pretrain-epochs ({args.pretrain_epochs})")
+
+
+def parse_schedule(text: str | None) -> tuple[tuple[str, float], ...]:
+    """--pretext-schedule as (what trains, Adam's lr) per phase; () when not given."""
+    from search.options import THREE_PHASE
+
+    if not text:
+        return ()
+    phases = []
+    for part in (THREE_PHASE if text == "three-phase" else text).split(","):
+        trains, _, lr = part.strip().partition("@")
+        try:
+            rate = float(lr)
+        except ValueError:
+            rate = -1.0
+        if trains not in ("decoder", "all") or not rate > 0:
+            raise UsageError(f"--pretext-schedule {text}: {part.strip()!r} is not a phase; "
+                             "give decoder@LR or all@LR, comma-separated (e.g. "
+                             f"{THREE_PHASE}), or three-phase")
+        phases.append((trains, rate))
+    return tuple(phases)
 
 
 def parse_split(text: str) -> tuple[float, float, float]:

@@ -13,6 +13,9 @@ import re
 
 from trainables.strategies import STRATEGIES
 
+# the U-Net colorization study's phases: the decoder at lr 0.01, at 0.001, then the whole net
+THREE_PHASE = "decoder@0.01,decoder@0.001,all@0.001"
+
 SEARCHERS = ("tpe", "random", "cmaes", "qmc", "gp")
 SCHEDULERS = ("asha", "hyperband", "median", "pbt", "fifo")
 OBJECTIVES = ("acc", "acc+time")
@@ -134,6 +137,19 @@ def add_strategy_options(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--pretext-decoder-epochs", type=int, default=0, metavar="N",
                    help="colorization: the first N pretraining epochs train the decoder "
                    "alone, the encoder frozen (default: %(default)s)")
+    g.add_argument("--pretrain-patience", type=int, default=6, metavar="N",
+                   help="a pretraining stage stops once its held-out metric (the source's val "
+                   "accuracy, colorization's ab error) has not improved for N epochs, and "
+                   "hands on its best epoch's weights; 0: no early stopping, every epoch, the "
+                   "last kept (default: %(default)s)")
+    g.add_argument("--pretext-loss", choices=("l1", "classification"), default="l1",
+                   help="colorization: L1 regression of ab, or Zhang et al.'s classification "
+                   "over quantised ab bins with class rebalancing (default: %(default)s)")
+    g.add_argument("--pretext-schedule", default=None, metavar="PHASE[,PHASE...]",
+                   help="colorization: phases, each decoder@LR (the decoder alone) or all@LR "
+                   "(the whole net), each up to --pretrain-epochs with early stopping and from "
+                   "the best weights of the one before; three-phase is "
+                   f"{THREE_PHASE} (default: none, --pretext-decoder-epochs' two)")
     g.add_argument("--weights", default=None, metavar="FILE",
                    help="a local backbone checkpoint (.pt, .pth, .safetensors) for every "
                    "pretrained strategy, instead of its stage (default: none)")

@@ -16,7 +16,7 @@ from pathlib import Path
 import ray
 from tensorboardX import SummaryWriter
 
-from search.checks import stage_kind
+from search.checks import parse_schedule, stage_kind
 from search.spec import ExperimentSpec
 from store.atomic import atomic_file
 from store.layout import STAGES_DIR
@@ -82,8 +82,11 @@ def stage_for(spec: ExperimentSpec, strategy: str, data: Dataset,
     kind = stage_kind(spec.pretrained, strategy, is_demo=data.source is not None)
     if kind not in ("supervised", "colorization"):
         return Stage(kind, backbone, "", StageConfig())
+    pretext = {"loss": spec.pretext_loss, "schedule": parse_schedule(spec.pretext_schedule)} \
+        if kind == "colorization" else {}
     config = StageConfig(epochs=spec.pretrain_epochs, seed=spec.seed, init=spec.pretext_init,
-                         decoder_epochs=spec.pretext_decoder_epochs)
+                         decoder_epochs=spec.pretext_decoder_epochs,
+                         patience=spec.pretrain_patience, **pretext)
     return Stage(kind, backbone, stage_data(kind, data, sources).fingerprint, config)
 
 

@@ -69,6 +69,9 @@ class ExperimentSpec:
     pretext_data: str | None = None  # the colorization stage's unlabeled images
     pretext_init: str = "scratch"
     pretext_decoder_epochs: int = 0
+    pretrain_patience: int = 6
+    pretext_loss: str = "l1"
+    pretext_schedule: str | None = None  # as given; search.checks.parse_schedule reads it
     max_failures: int = 2
     keep_checkpoints: int | None = 3  # top trials per strategy whose best checkpoint stays
     final_eval: int = 0  # seeds of the final test evaluation after the search; 0: none
@@ -173,7 +176,9 @@ def parse_spec(argv: list[str] | None = None, prog: str = "run.py") -> Experimen
         split=parse_split(args.split), cache_dir=cache_root(args.cache_dir),
         pretrained=pretrained, pretrain_data=args.pretrain_data,
         pretext_data=args.pretext_data, pretext_init=args.pretext_init,
-        pretext_decoder_epochs=args.pretext_decoder_epochs, max_failures=args.max_failures,
+        pretext_decoder_epochs=args.pretext_decoder_epochs,
+        pretrain_patience=args.pretrain_patience, pretext_loss=args.pretext_loss,
+        pretext_schedule=args.pretext_schedule, max_failures=args.max_failures,
         keep_checkpoints=parse_keep(args.keep_checkpoints), final_eval=args.final_eval,
         hyperparameters=hyperparameters, config_file=args.config, searcher=args.searcher,
         scheduler=args.scheduler, reduction_factor=args.reduction_factor,

@@ -22,7 +22,8 @@ VERSION_KEY, VERSION = "transfer_search_config", 1
 # starting weights, the trial's epoch budget (its lr schedule spans it) and the seed
 RUN_KEYS = ("strategy", "data", "split", "image_size", "backbone", "pretrained",
             "pretrain_data", "pretext_data", "pretrain_epochs", "pretext_init",
-            "pretext_decoder_epochs", "weights", "max_epochs", "seed")
+            "pretext_decoder_epochs", "pretrain_patience", "pretext_loss", "pretext_schedule",
+            "weights", "max_epochs", "seed")
 # what the search measured, for the reader; not read back
 RECORD_KEYS = ("best_epoch", "val_acc", "trial_id", "experiment")
 
@@ -54,6 +55,11 @@ def best_config(meta: dict, strategy: str, weights_label: str, hyperparameters: 
         "pretrain_epochs": meta["pretrain_epochs"],
         "pretext_init": meta.get("pretext_init", "scratch"),
         "pretext_decoder_epochs": meta.get("pretext_decoder_epochs", 0),
+        "pretrain_patience": meta.get("pretrain_patience", 6),
+        # the colorization stage's own: --config refuses them for a strategy without it
+        "pretext_loss": meta.get("pretext_loss", "l1") if pretrained == "colorization" else "l1",
+        "pretext_schedule": meta.get("pretext_schedule") if pretrained == "colorization"
+        else None,
         "weights": weights,
         "max_epochs": meta["max_epochs"],
         "seed": meta["seed"],

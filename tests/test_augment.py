@@ -105,7 +105,7 @@ def test_augmentation_issues_no_host_sync_on_a_gpu(policy):
 
 @pytest.mark.gpu
 def test_the_pretext_tasks_lab_conversion_issues_no_host_sync_on_a_gpu():
-    from trainables.colorization import lab_inputs, lab_to_rgb
+    from trainables.lab import lab_inputs, lab_to_rgb
 
     x = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8, device="cuda")
     lab_inputs(x)  # the constants go to the GPU once, on first use

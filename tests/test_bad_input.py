@@ -117,6 +117,15 @@ CASES = [
     ("pretrain-epochs", [*S, "--pretrain-epochs", "0"], None, "must be at least 1"),
     ("decoder-epochs", ["--strategy", "colorization", "--pretrain-epochs", "2",
                         "--pretext-decoder-epochs", "3"], None, "between 0 and --pretrain-epochs"),
+    ("pretext-schedule phase", ["--strategy", "colorization", "--pretext-schedule",
+                                "encoder@0.1"], None, "'encoder@0.1' is not a phase"),
+    ("pretext-schedule lr", ["--strategy", "colorization", "--pretext-schedule", "all@0"], None,
+     "'all@0' is not a phase"),
+    ("pretext-schedule and decoder-epochs", ["--strategy", "colorization", "--pretext-schedule",
+                                             "three-phase", "--pretext-decoder-epochs", "2"],
+     None, "give one"),
+    ("pretext-loss unused", [*S, "--pretext-loss", "classification"], None,
+     "--pretext-loss sets the colorization stage, and none of scratch starts from it"),
     ("seed", [*S, "--seed", "-1"], None, "--seed -1: must be between 0 and 4294967295"),
     ("max-failures", [*S, "--max-failures", "-2"], None, "must be at least 0"),
     ("final-eval", [*S, "--final-eval", "-1"], None, "--final-eval -1: must be at least 0"),
@@ -267,7 +276,7 @@ OUT_OF_RANGE = {
     "--max-epochs": ["0"], "--grace-period": ["0"], "--reduction-factor": ["1"],
     "--seed": ["-1"], "--max-failures": ["-1"], "--final-eval": ["-1"],
     "--cpus-per-trial": ["0"], "--gpus-per-trial": ["-0.5"], "--max-concurrent": ["0"],
-    "--pretext-decoder-epochs": ["11"],
+    "--pretext-decoder-epochs": ["11"], "--pretrain-patience": ["-1"],
 }
 
 

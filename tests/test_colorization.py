@@ -15,9 +15,8 @@ from trainables.colorization import (
     ab_error,
     backbone_to_encoder,
     encoder_to_backbone,
-    lab_to_rgb,
-    rgb_to_lab,
 )
+from trainables.lab import lab_to_rgb, rgb_to_lab
 from trainables.models import build_model, create_backbone, head_module
 from trainables.pretrain import Stage, StageConfig, public_record, run_stage, train_colorization
 
@@ -104,6 +103,8 @@ def test_pretext_init_loads_backbone_weights_into_the_encoder():
 class _Grey(nn.Module):
     """Predicts no colour at all (a = b = 0) whatever the input."""
 
+    loss = "l1"
+
     def forward(self, grey: torch.Tensor) -> torch.Tensor:
         return torch.zeros_like(grey[:, :2])
 
@@ -119,18 +120,27 @@ def test_ab_error_is_in_lab_units():
         3 * (80.0925 + 67.2032) / 2 / 5, abs=0.05)
 
 
-def test_held_out_error_per_epoch_and_without_side_effects(tiny_demo, monkeypatch):
-    """Measuring held-out images runs in eval mode without gradients: the trained weights,
-    BatchNorm statistics included, are the same as without measuring. On the CPU wherever it
-    runs: it compares two trainings bit for bit, which a GPU's autotuned, nondeterministic
-    cuDNN kernels do not promise."""
+def test_held_out_error_per_epoch_without_side_effects_and_the_best_epoch_kept(tiny_demo,
+                                                                               monkeypatch):
+    """Measuring held-out images runs in eval mode without gradients, so the stage's weights
+    at its best epoch are bit for bit those of a stage that trained only that many epochs
+    unmeasured; early stopping hands back those weights, not the last epoch's. On the CPU
+    wherever it runs: it compares two trainings bit for bit, which a GPU's autotuned,
+    nondeterministic cuDNN kernels do not promise."""
     monkeypatch.setattr("trainables.colorization.pick_device", lambda: torch.device("cpu"))
-    config = StageConfig(epochs=2, lr=0.5, batch_size=16)
-    plain, _ = train_colorization(TINY_MODEL, tiny_demo.train.images, config)
-    errors = []
+    config = StageConfig(epochs=5, lr=0.5, batch_size=16, patience=1)
+    errors, phases = [], []
     measured, _ = train_colorization(TINY_MODEL, tiny_demo.train.images, config,
-                                     val_images=tiny_demo.val.images[:40], val_log=errors)
-    assert len(errors) == 2 and all(0 <= e < 110 for e in errors), errors
+                                     val_images=tiny_demo.val.images[:40], val_log=errors,
+                                     phases=phases)
+    assert all(0 <= e < 110 for e in errors), errors
+    (phase,) = phases
+    best = int(np.argmin(errors)) + 1
+    assert (phase["best_epoch"], phase["epochs_run"]) == (best, len(errors))
+    assert phase["stopped"] == ("patience" if len(errors) < 5 else "epochs")
+    assert len(errors) == min(5, best + 1)  # patience 1: one epoch past the best
+    plain, _ = train_colorization(TINY_MODEL, tiny_demo.train.images,
+                                  replace(config, epochs=best))
     assert all(torch.equal(plain[k], measured[k]) for k in plain)
 
 

@@ -101,16 +101,20 @@ def test_supervised_record_says_what_it_trained_on_and_its_held_out_accuracy(sma
 def test_measuring_the_held_out_set_changes_nothing_the_stage_learns(small_source,
                                                                      monkeypatch):
     """Evaluation runs in eval mode without gradients: no BatchNorm statistic, weight or random
-    draw of training may change because val accuracy is measured. On the CPU wherever it
-    runs: it compares two trainings bit for bit, which a GPU's autotuned, nondeterministic
-    cuDNN kernels do not promise."""
+    draw of training may change because val accuracy is measured, so each epoch's training
+    loss is the same bit for bit; the stage stops `patience` epochs past its best and says so.
+    On the CPU wherever it runs: it compares two trainings bit for bit, which a GPU's
+    autotuned, nondeterministic cuDNN kernels do not promise."""
     monkeypatch.setattr("trainables.pretrain.pick_device", lambda: torch.device("cpu"))
-    config = StageConfig(epochs=2, lr=0.05, batch_size=16)
-    plain = train_supervised(TINY_MODEL, small_source, config)
-    accuracies = []
-    measured = train_supervised(TINY_MODEL, small_source, config, val_log=accuracies)
-    assert len(accuracies) == 2
-    assert all(torch.equal(plain[k], measured[k]) for k in plain)
+    config = StageConfig(epochs=4, lr=0.05, batch_size=16, patience=1)
+    plain_losses, losses, accuracies, outcome = [], [], [], {}
+    train_supervised(TINY_MODEL, small_source, config, plain_losses)
+    train_supervised(TINY_MODEL, small_source, config, losses, accuracies, outcome=outcome)
+    assert losses == plain_losses[: len(losses)]
+    best = max(range(len(accuracies)), key=lambda i: (accuracies[i], -i)) + 1
+    assert outcome["best_epoch"] == best and outcome["epochs_run"] == len(accuracies)
+    assert len(accuracies) == min(4, best + 1)
+    assert outcome["stopped"] == ("patience" if len(accuracies) < 4 else "epochs")
 
 
 def test_stage_keys_change_with_their_inputs():

@@ -282,3 +282,18 @@ def test_notebook_runs_on_the_real_experiment_without_errors(real):
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     assert sum("image/png" in o.get("data", {}) for o in outputs) >= 5
+
+
+def test_the_stage_table_and_plot_show_the_kept_epoch_and_why_the_stage_stopped(tmp_path):
+    """Trials got the best epoch's weights, so its quality is the stage's, not the last's."""
+    from analysis import plots
+    from analysis.report import stage_tables
+
+    meta = {"stages": [{"stage": "colorization", "key": "k", "data": "demo", "epochs": 10,
+                        "val_l1": [30.0, 25.0, 27.0, 28.0], "best_epoch": 2,
+                        "stopped": "patience", "losses": [1.0] * 4}]}
+    stages, curves = stage_tables([tmp_path], [meta])
+    row = stages.iloc[0]
+    assert (row["quality"], row["best_epoch"], row["stopped"]) == (25.0, 2, "patience")
+    png = plots.stage_quality(stages, curves, tmp_path / "stages.png")
+    assert Image.open(png).size[0] > 300

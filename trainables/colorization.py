@@ -1,73 +1,32 @@
 """The colorization pretext task: a U-Net on a timm `features_only` encoder predicts ab from L.
 
-Lab conversion runs on batches on the device (sRGB, D65 white). The encoder sees the L channel
+Lab conversion (trainables/lab.py) runs on batches on the device. The encoder sees the L channel
 repeated to three channels, so its weights drop straight into an RGB classifier afterwards.
 """
 
 from __future__ import annotations
-
-import functools
 
 import numpy as np
 import timm
 import torch
 from torch import nn
 
+from trainables.ab_bins import (
+    annealed_mean,
+    bin_centers,
+    classification_loss,
+    count_bins,
+    rebalancing_weights,
+)
 from trainables.data.augment import random_flip
 from trainables.device import autocast, channels_last, hold_to_share, pick_device
+from trainables.early_stop import BestEpoch
+from trainables.lab import AB_SCALE, lab_inputs, lab_to_rgb
 from trainables.loop import run_epoch
 from trainables.models import create_backbone, model_kwargs
 from trainables.placement import Images, fetch, place_inputs, resident_budget
 
-# sRGB (linear) -> XYZ, D65, and the D65 reference white.
-_RGB_TO_XYZ = torch.tensor([[0.412453, 0.357580, 0.180423],
-                            [0.212671, 0.715160, 0.072169],
-                            [0.019334, 0.119193, 0.950227]])
-_WHITE = torch.tensor([0.950456, 1.0, 1.088754])
-
-
-@functools.cache
-def _on(device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor,
-                                                            torch.Tensor]:
-    """(RGB -> XYZ, its inverse, the white point) on a device, copied there once: a copy per
-    batch from host memory would make the host wait for the GPU every step."""
-    return tuple(t.to(device, dtype) for t in (_RGB_TO_XYZ, torch.linalg.inv(_RGB_TO_XYZ),
-                                                _WHITE))
-AB_SCALE = 110.0  # |a|, |b| stay below ~110 for sRGB colours: ab / 110 lies in [-1, 1]
-
-
-def rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) sRGB in [0, 1] -> Lab with L in [0, 100] and a, b roughly in [-110, 110]."""
-    linear = torch.where(rgb > 0.04045, ((rgb + 0.055) / 1.055) ** 2.4, rgb / 12.92)
-    to_xyz, _, white = _on(rgb.device, rgb.dtype)
-    xyz = torch.einsum("ij,bjhw->bihw", to_xyz, linear)
-    xyz = xyz / white.view(1, 3, 1, 1)
-    eps = (6 / 29) ** 3
-    f = torch.where(xyz > eps, xyz.clamp_min(eps) ** (1 / 3), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
-    lightness = 116 * f[:, 1] - 16
-    a = 500 * (f[:, 0] - f[:, 1])
-    b = 200 * (f[:, 1] - f[:, 2])
-    return torch.stack([lightness, a, b], 1)
-
-
-def lab_to_rgb(lab: torch.Tensor) -> torch.Tensor:
-    """Inverse of `rgb_to_lab`, clamped to [0, 1]."""
-    fy = (lab[:, 0] + 16) / 116
-    f = torch.stack([fy + lab[:, 1] / 500, fy, fy - lab[:, 2] / 200], 1)
-    delta = 6 / 29
-    xyz = torch.where(f > delta, f**3, 3 * delta**2 * (f - 4 / 29))
-    _, to_rgb, white = _on(lab.device, lab.dtype)
-    xyz = xyz * white.view(1, 3, 1, 1)
-    linear = torch.einsum("ij,bjhw->bihw", to_rgb, xyz)
-    linear = linear.clamp(0, 1)
-    return torch.where(linear > 0.0031308, 1.055 * linear ** (1 / 2.4) - 0.055, 12.92 * linear)
-
-
-def lab_inputs(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 RGB batch -> (L repeated to 3 channels in [-1, 1], ab target in [-1, 1])."""
-    lab = rgb_to_lab(images.float() / 255)
-    grey = (lab[:, :1] / 50 - 1).expand(-1, 3, -1, -1)
-    return grey.contiguous(), lab[:, 1:] / AB_SCALE
+LOSSES = ("l1", "classification")
 
 
 class _Up(nn.Module):
@@ -85,10 +44,15 @@ class _Up(nn.Module):
 
 
 class ColorizationUNet(nn.Module):
-    """timm `features_only` encoder + a light decoder with one skip per encoder stage."""
+    """timm `features_only` encoder + a light decoder with one skip per encoder stage. With the
+    `l1` loss it outputs ab / AB_SCALE (tanh); with `classification`, a logit per ab bin
+    (trainables/ab_bins.py), which `predict_ab` decodes."""
 
-    def __init__(self, backbone: str, decoder_width: int = 64):
+    def __init__(self, backbone: str, decoder_width: int = 64, loss: str = "l1"):
         super().__init__()
+        if loss not in LOSSES:
+            raise ValueError(f"unknown pretext loss {loss!r}; expected one of {LOSSES}")
+        self.loss = loss
         self.encoder = timm.create_model(backbone, pretrained=False, features_only=True,
                                          **model_kwargs(backbone))
         channels = self.encoder.feature_info.channels()
@@ -97,7 +61,9 @@ class ColorizationUNet(nn.Module):
         for skip_ch in reversed(channels[:-1]):
             self.ups.append(_Up(in_ch, skip_ch, decoder_width))
             in_ch = decoder_width
-        self.out = nn.Conv2d(in_ch, 2, 3, padding=1)
+        # classification: a 1x1 convolution to the bins' logits, as the paper's last layer
+        self.out = nn.Conv2d(in_ch, 2, 3, padding=1) if loss == "l1" else \
+            nn.Conv2d(in_ch, len(bin_centers()), 1)
 
     def forward(self, grey: torch.Tensor) -> torch.Tensor:
         features = self.encoder(grey)
@@ -106,7 +72,14 @@ class ColorizationUNet(nn.Module):
             x = up(x, skip)
         x = nn.functional.interpolate(x, size=grey.shape[-2:], mode="bilinear",
                                       align_corners=False)
-        return torch.tanh(self.out(x))
+        return torch.tanh(self.out(x)) if self.loss == "l1" else self.out(x)
+
+
+def predict_ab(unet: ColorizationUNet, grey: torch.Tensor) -> torch.Tensor:
+    """ab / AB_SCALE, (B, 2, H, W), whatever the loss: a classifier's annealed mean."""
+    with autocast(grey.device):
+        out = unet(channels_last(grey))
+    return out.float() if unet.loss == "l1" else annealed_mean(out) / AB_SCALE
 
 
 def _paired_keys(encoder_state: dict, backbone_state: dict) -> list[tuple[str, str]]:
@@ -150,7 +123,7 @@ def sample_grid(unet: ColorizationUNet, images: torch.Tensor) -> np.ndarray:
     with torch.no_grad():
         grey, _ = lab_inputs(images)
         lightness = (grey[:, :1] + 1) * 50
-        predicted = lab_to_rgb(torch.cat([lightness, unet(grey) * AB_SCALE], 1))
+        predicted = lab_to_rgb(torch.cat([lightness, predict_ab(unet, grey) * AB_SCALE], 1))
         grey_rgb = lab_to_rgb(torch.cat([lightness, torch.zeros_like(grey[:, :2])], 1))
     rows = [torch.cat(list(x.cpu()), -1) for x in (grey_rgb, predicted, images.float() / 255)]
     grid = torch.cat(rows, -2).permute(1, 2, 0)
@@ -169,36 +142,54 @@ def ab_error(unet: ColorizationUNet, images: Images, device: torch.device | None
     total = torch.zeros((), dtype=torch.float64, device=device)
     for begin in range(0, len(images), batch_size):
         grey, ab = lab_inputs(fetch(images, slice(begin, begin + batch_size), device))
-        with autocast(device):
-            predicted = unet(channels_last(grey))
-        total += (predicted.float() - ab).abs().sum(dtype=torch.float64)
+        total += (predict_ab(unet, grey) - ab).abs().sum(dtype=torch.float64)
     pixels = len(images) * images.shape[-2] * images.shape[-1]
     return total.item() * AB_SCALE / (2 * pixels)
+
+
+def pretext_phases(config) -> list[tuple[str, float, int]]:
+    """(what trains, "decoder" or "all"; Adam's lr; at most how many epochs) per phase: the
+    config's schedule, each phase up to `epochs`; else `decoder_epochs` of the decoder alone,
+    then the rest with everything, at lr / 50."""
+    if config.schedule:
+        return [(part, lr, config.epochs) for part, lr in config.schedule]
+    split = [("decoder", config.decoder_epochs), ("all", config.epochs - config.decoder_epochs)]
+    return [(part, config.lr / 50, epochs) for part, epochs in split if epochs]
+
+
+def rebalancing(images: Images, device: torch.device, batch_size: int = 256) -> torch.Tensor:
+    """The class-rebalancing weights of the pretext images' ab bins (ab_bins)."""
+    batches = (lab_inputs(fetch(images, slice(b, b + batch_size), device))[1] * AB_SCALE
+               for b in range(0, len(images), batch_size))
+    return rebalancing_weights(count_bins(batches)).to(device)
 
 
 def train_colorization(backbone: str, images_np: np.ndarray, config, log: list[float] | None = None,
                        init: dict[str, torch.Tensor] | None = None, *,
                        val_images: np.ndarray | None = None, val_log: list[float] | None = None,
-                       gpus_per_trial: float = 0.0
+                       phases: list[dict] | None = None, gpus_per_trial: float = 0.0
                        ) -> tuple[dict[str, torch.Tensor], np.ndarray]:
-    """Train the U-Net (L1 on ab) on unlabeled images; return its encoder as backbone weights,
-    and a sample grid. With `config.decoder_epochs`, the decoder trains alone first (encoder
-    frozen, its BatchNorm statistics too), then everything: a new decoder on a pretrained
-    encoder would otherwise send large, random gradients into the encoder.
+    """Train the U-Net on unlabeled images, phase by phase (`pretext_phases`); return its
+    encoder as backbone weights, and a sample grid. A phase that trains the decoder alone keeps
+    the encoder frozen, its BatchNorm statistics too: a new decoder on a pretrained encoder
+    would otherwise send large, random gradients into it. The loss is `config.loss`: L1 on ab,
+    or Zhang et al.'s rebalanced classification over ab bins.
 
     Appends each epoch's training loss to `log` and, given held-out `val_images`, their ab error
-    in Lab units (`ab_error`) to `val_log`. It keeps to a trial's rules on the GPU: its share
-    of the memory (`gpus_per_trial`), and the images resident only within a trial's budget."""
+    in Lab units (`ab_error`) to `val_log`. Each phase stops early once that error has not
+    improved for `config.patience` epochs, and hands its best epoch's weights to the next; each
+    phase's best epoch and why it stopped go to `phases`. It keeps to a trial's rules on the
+    GPU: its share of the memory, and the images resident only within a trial's budget."""
     torch.manual_seed(config.seed)
     device = pick_device()
     hold_to_share(device, gpus_per_trial)
-    unet = ColorizationUNet(backbone)
+    unet = ColorizationUNet(backbone, loss=config.loss)
     if init is not None:
         backbone_to_encoder(init, unet.encoder)
     unet = unet.to(device, memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(unet.parameters(), lr=config.lr / 50)
     (images, held_out), _ = place_inputs([images_np, val_images], device,
                                          resident_budget(device, gpus_per_trial))
+    weights = rebalancing(images, device) if config.loss == "classification" else None
     generator = torch.Generator().manual_seed(config.seed)
 
     def batch_loss(idx: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -206,19 +197,29 @@ def train_colorization(backbone: str, images_np: np.ndarray, config, log: list[f
         grey, ab = lab_inputs(random_flip(fetch(images, idx, device)))
         with autocast(device):
             predicted = unet(channels_last(grey))
-        return nn.functional.l1_loss(predicted.float(), ab), 0
+        if weights is None:
+            return nn.functional.l1_loss(predicted.float(), ab), 0
+        return classification_loss(predicted, ab * AB_SCALE, weights), 0
 
-    for epoch in range(config.epochs):
-        encoder_trains = epoch >= config.decoder_epochs
-        unet.encoder.requires_grad_(encoder_trains)
-        unet.train()
-        if not encoder_trains:
-            unet.encoder.eval()
-        stats = run_epoch(optimizer, len(images), batch_loss, batch_size=config.batch_size,
-                          device=device, generator=generator, index_device=images.device)
-        if log is not None:
-            log.append(stats.loss)
-        if val_log is not None and held_out is not None and len(held_out):
-            val_log.append(ab_error(unet, held_out, device))
+    watched = val_log is not None and held_out is not None and len(held_out) > 0
+    for part, lr, epochs in pretext_phases(config):
+        unet.encoder.requires_grad_(part == "all")
+        optimizer = torch.optim.Adam([p for p in unet.parameters() if p.requires_grad], lr=lr)
+        best, stop, epoch = BestEpoch(config.patience, higher=False), False, 0
+        while epoch < epochs and not stop:
+            epoch += 1
+            unet.train()
+            if part == "decoder":
+                unet.encoder.eval()
+            stats = run_epoch(optimizer, len(images), batch_loss, batch_size=config.batch_size,
+                              device=device, generator=generator, index_device=images.device)
+            if log is not None:
+                log.append(stats.loss)
+            if watched:
+                val_log.append(ab_error(unet, held_out, device))
+                stop = best.update(epoch, val_log[-1], unet)
+        best.restore(unet)
+        if phases is not None:
+            phases.append({"trains": part, "lr": lr, **best.summary(stop, epoch)})
     grid = sample_grid(unet, fetch(images, slice(0, 8), device))
     return encoder_to_backbone(unet.encoder.state_dict(), create_backbone(backbone)), grid

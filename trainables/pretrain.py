@@ -30,6 +30,7 @@ from trainables.colorization import train_colorization
 from trainables.config import STAGES
 from trainables.data.dataset import Dataset
 from trainables.device import hold_to_share, pick_device
+from trainables.early_stop import BestEpoch
 from trainables.loop import evaluate, train_epoch
 from trainables.models import (
     backbone_state,
@@ -55,6 +56,13 @@ class StageConfig:
     seed: int = 0
     init: str = "scratch"  # colorization: the encoder starts from scratch or from imagenet
     decoder_epochs: int = 0  # colorization: epochs that train the decoder alone, encoder frozen
+    # stop once the held-out metric has not improved for this many epochs, and keep the best
+    # epoch's weights (0: every epoch, the last kept); 6 as in the U-Net colorization study
+    patience: int = 6
+    loss: str = "l1"  # colorization: "l1" on ab, or "classification" over ab bins
+    # colorization: phases of ("decoder" or "all", Adam's lr), each up to `epochs` with early
+    # stopping, each from the best weights of the one before; () for decoder_epochs' two
+    schedule: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -187,11 +195,14 @@ def file_state(backbone: str, weights_file: str) -> dict[str, torch.Tensor]:
 
 def train_supervised(backbone: str, source: Dataset, config: StageConfig,
                      log: list[float] | None = None, val_log: list[float] | None = None, *,
-                     gpus_per_trial: float = 0.0) -> dict[str, torch.Tensor]:
+                     outcome: dict | None = None, gpus_per_trial: float = 0.0
+                     ) -> dict[str, torch.Tensor]:
     """Train the whole backbone on the labeled source set; return it without classifier.
 
     Appends each epoch's training loss to `log`, and its accuracy on `source.val` (held out,
-    when there is one) to `val_log`: how well the stage learned, which a loss cannot say. The
+    when there is one) to `val_log`: how well the stage learned, which a loss cannot say. It
+    stops once that accuracy has not improved for `config.patience` epochs and returns the best
+    epoch's weights; `outcome` gets that epoch and why the stage stopped. The
     stage runs with a trial's resources (`gpus_per_trial`), and keeps to a trial's rules: its
     share of the GPU's memory, and its splits resident only within a trial's budget.
     """
@@ -210,7 +221,9 @@ def train_supervised(backbone: str, source: Dataset, config: StageConfig,
     labels = to_device(source.train.labels, device)
     val_labels = to_device(source.val.labels, device)
     generator = torch.Generator().manual_seed(config.seed)
-    for _ in range(config.epochs):
+    best, stop, epoch = BestEpoch(config.patience, higher=True), False, 0
+    while epoch < config.epochs and not stop:
+        epoch += 1
         model.train()
         stats = train_epoch(
             model, optimizer, images, labels, batch_size=config.batch_size, policy="crop_flip",
@@ -222,8 +235,21 @@ def train_supervised(backbone: str, source: Dataset, config: StageConfig,
         if val_log is not None and len(val_labels):
             val_log.append(evaluate(model, val_images, val_labels, normalize=normalize,
                                     device=device).accuracy)
+            stop = best.update(epoch, val_log[-1], model)
+    best.restore(model)
+    if outcome is not None:
+        outcome.update(best.summary(stop, epoch))
     model.reset_classifier(0)
     return backbone_state(model)
+
+
+def colorization_outcome(phases: list[dict]) -> dict:
+    """The stage's best epoch, counted over all its phases' epochs, and why its last phase
+    stopped: the weights trials get are that epoch's."""
+    done = sum(p["epochs_run"] for p in phases[:-1])
+    last = phases[-1]
+    return {"best_epoch": done + last["best_epoch"], "stopped": last["stopped"],
+            "epochs_run": done + last["epochs_run"]}
 
 
 def run_stage(stage: Stage, data: Dataset | None, threads: int = 0, gpus_per_trial: float = 0.0
@@ -247,18 +273,20 @@ def run_stage(stage: Stage, data: Dataset | None, threads: int = 0, gpus_per_tri
             raise StageError("supervised pretraining needs a labeled source set")
         extra["val_acc"] = []
         state = train_supervised(stage.backbone, data, stage.config, losses, extra["val_acc"],
-                                 gpus_per_trial=gpus_per_trial)
+                                 outcome=extra, gpus_per_trial=gpus_per_trial)
     elif stage.kind == "colorization":
         init = imagenet_state(stage.backbone, None) if stage.config.init == "imagenet" else None
-        extra["val_l1"] = []
+        extra["val_l1"], extra["phases"] = [], []
         state, extra["samples"] = train_colorization(
             stage.backbone, data.train.images, stage.config, losses, init,
-            val_images=data.val.images, val_log=extra["val_l1"], gpus_per_trial=gpus_per_trial)
+            val_images=data.val.images, val_log=extra["val_l1"], phases=extra["phases"],
+            gpus_per_trial=gpus_per_trial)
+        extra.update(colorization_outcome(extra["phases"]))
     else:
         raise StageError(f"unknown stage {stage.kind!r}; expected one of {STAGES}")
     if stage.trains:
         extra.update(epochs=stage.config.epochs, data=data.name, images=len(data.train),
-                     val_images=len(data.val))
+                     val_images=len(data.val), patience=stage.config.patience)
     record = {"stage": stage.kind, "key": stage.key, "seconds": time.perf_counter() - start,
               "losses": losses, **extra}
     return state, record
