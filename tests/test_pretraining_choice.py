@@ -71,3 +71,19 @@ def test_supervised_pretraining_needs_labels(tmp_path, tiny_demo):
                          StageData(pretrain=flat))
     check_stage_data(spec(tmp_path, "--pretrained", "colorization"), tiny_demo,
                      StageData(pretext=flat))
+
+
+def test_a_flat_pretext_folder_holds_out_its_last_images_as_views(tmp_path):
+    """5% held out for the stage's early stopping, none under 20 images; both parts views of
+    the one prepared (memory-mapped) array, so a large pretext set is never copied."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(40):
+        Image.new("RGB", (20, 20), (6 * i, 255 - 6 * i, 128)).save(folder / f"{i:03d}.png")
+    data = load_pretrain_data(str(folder), image_size=16, cache_dir=tmp_path / "cache")
+    assert (len(data.train), len(data.val)) == (38, 2)
+    assert data.val.paths == (str(folder / "038.png"), str(folder / "039.png"))
+    base = data.train.images.base
+    assert base is not None and data.val.images.base is base  # views, no copy
+    small = load_pretrain_data(str(images(tmp_path / "flat")), image_size=16)
+    assert len(small.val) == 0  # 6 images: all to train

@@ -295,8 +295,15 @@ def warn_unreadable(paths: list[str]) -> None:
                     ", ..." if len(paths) > 5 else "")
 
 
+# unlabeled pretext images held out for the stage's early stopping: 5%, at most this many
+HELD_OUT_SHARE, HELD_OUT_MAX, HELD_OUT_FROM = 0.05, 2000, 20
+
+
 def load_unlabeled(root: Path, image_size: int = 32, cache_dir: Path | None = None) -> Dataset:
-    """Every image under `root` (flat or in class folders), labels ignored: pretext data."""
+    """Every image under `root` (flat or in class folders), labels ignored: pretext data. The
+    last 5% of them (at most 2,000; none below 20 images) are held out as `val`, which the
+    colorization stage measures itself on each epoch to stop early. Both are views of the
+    prepared, memory-mapped images, so a pretext set of any size is never copied here."""
     files = scan_images(root)
     if not files:
         raise DataError(f"{root}: no image files (expected .jpg, .png or other image files in "
@@ -305,6 +312,10 @@ def load_unlabeled(root: Path, image_size: int = 32, cache_dir: Path | None = No
     if len(split) == 0:
         raise none_decodable(root, bad)
     warn_unreadable(bad)
-    empty = Split(split.images[:0], split.labels[:0])
-    return Dataset(name=root.name, classes=("unlabeled",), train=split, val=empty, test=None,
+    held = min(HELD_OUT_MAX, int(len(split) * HELD_OUT_SHARE)) if len(split) >= HELD_OUT_FROM \
+        else 0
+    cut = len(split) - held
+    train = Split(split.images[:cut], split.labels[:cut], split.paths[:cut])
+    val = Split(split.images[cut:], split.labels[cut:], split.paths[cut:])
+    return Dataset(name=root.name, classes=("unlabeled",), train=train, val=val, test=None,
                    fingerprint=fingerprint("unlabeled", key))
