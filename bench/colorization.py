@@ -17,9 +17,9 @@ its kept epoch. The configurations change one thing at a time from today's defau
 - `all three`: classification, early stopping and the larger pretext set.
 
 The larger pretext set is the target's training images plus the demo's source images (unlabeled)
-on the demo (about 10x). On the CIFAR-10 slice it would be CIFAR-10's other 45,000 training
-images, which cannot be downloaded offline: `--cifar-more DIR` names a folder of them, else those
-configurations are skipped there and the table says so.
+on the demo (11x at the default 30 images per class). On the CIFAR-10 slice it would be
+CIFAR-10's other 45,000 training images, which cannot be downloaded offline: `--cifar-more DIR`
+names a folder of them, else those configurations are skipped there and the table says so.
 """
 
 from __future__ import annotations
@@ -54,17 +54,19 @@ SETTINGS = {
 }
 
 
-def datasets(cifar: Path, cifar_more: Path | None, seed: int, per_class: int
-             ) -> dict[str, tuple[Dataset, np.ndarray | None]]:
-    """name -> (the dataset, the extra unlabeled pretext images or None where there are none)."""
+def datasets(cifar: Path, cifar_more: Path | None, seed: int, per_class: int,
+             extra: int | None) -> dict[str, tuple[Dataset, np.ndarray | None]]:
+    """name -> (the dataset, the extra unlabeled pretext images, at most `extra` of them, or
+    None where there are none)."""
     from trainables.data.demo import load_demo
     from trainables.data.load import load_dataset
 
     demo = load_demo(per_class, 32, seed)
-    found = {"demo": (demo, np.asarray(demo.source.train.images))}
+    found = {"demo": (demo, np.asarray(demo.source.train.images)[:extra])}
     if cifar.is_dir():
         data = load_dataset(str(cifar), image_size=32, seed=seed)
-        more = load_dataset(str(cifar_more), 32, seed).train.images if cifar_more else None
+        more = load_dataset(str(cifar_more), 32, seed).train.images[:extra] if cifar_more \
+            else None
         found["CIFAR-10 slice"] = (data, None if more is None else np.asarray(more))
     return found
 
@@ -88,11 +90,11 @@ def downstream(data: Dataset, weights, backbone: str, epochs: int, seed: int) ->
 
 
 def measure(backbone: str, seeds: list[int], pretrain_epochs: int, epochs: int,
-            cifar: Path, cifar_more: Path | None, per_class: int) -> dict:
+            cifar: Path, cifar_more: Path | None, per_class: int, extra: int | None) -> dict:
     """{dataset: {row: {"acc": [...], "probe": [...], "ab": [...], "kept": [...]}}}."""
     results: dict = {}
     for seed in seeds:
-        for name, (data, more) in datasets(cifar, cifar_more, seed, per_class).items():
+        for name, (data, more) in datasets(cifar, cifar_more, seed, per_class, extra).items():
             rows = results.setdefault(name, {"sizes": (len(data.train), None if more is None
                                                        else len(more) + len(data.train))})
             rows.setdefault("scratch", {"acc": []})["acc"].append(
@@ -146,14 +148,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--backbone", default="resnet10t")
     parser.add_argument("--pretrain-epochs", type=int, default=10)
     parser.add_argument("--epochs", type=int, default=8, help="downstream epochs")
-    parser.add_argument("--per-class", type=int, default=50, help="demo training images")
+    parser.add_argument("--per-class", type=int, default=30,
+                        help="demo training images per class (30: its 3,000 source images "
+                        "make the larger pretext set 11x the target's)")
+    parser.add_argument("--extra-images", type=int, default=None,
+                        help="at most this many images added for the larger pretext set")
     parser.add_argument("--cifar", type=Path, default=CIFAR, help="the CIFAR-10 slice")
     parser.add_argument("--cifar-more", type=Path, default=None,
                         help="unlabeled CIFAR-10 images for the larger pretext set")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     results = measure(args.backbone, args.seeds, args.pretrain_epochs, args.epochs, args.cifar,
-                      args.cifar_more, args.per_class)
+                      args.cifar_more, args.per_class, args.extra_images)
     print(f"\n{args.backbone}, pretext {args.pretrain_epochs} epochs (early stopping: patience "
           f"3 on held-out ab error), downstream {args.epochs} epochs, seeds {args.seeds}, test "
           f"accuracy mean [95% interval]; {time.perf_counter() - start:.0f} s")

@@ -67,6 +67,12 @@ SUITE: dict[str, tuple[str, list[str], list[str]]] = {
         "the search against a tuned recipe: the search as it was before presets and training "
         "tricks, the preset alone, and the search now, at equal trial-epochs, test accuracy over "
         "3 seeds on the CIFAR-10 slice and the demo", [], ["--quick"]),
+    "colorization": (
+        "colorization pretraining one change at a time (L1 or classification, early stopping, "
+        "11x the pretext images), each followed by the same fine-tune and linear probe, against "
+        "scratch: test accuracy over 3 seeds on the CIFAR-10 slice and the demo", [],
+        [*TINY, "--seeds", "0", "--pretrain-epochs", "1", "--epochs", "1", "--per-class", "4",
+         "--extra-images", "100", "--cifar", "none"]),
     "serve_load": (
         "the model service under load (`python search/serve.py`, over HTTP): requests/s and "
         "latency percentiles with @serve.batch on and off, at 1 and 16 concurrent clients", [],

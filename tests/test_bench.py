@@ -275,3 +275,30 @@ def test_run_all_keeps_a_gpu_table_where_no_gpu_can_measure_it_again(tmp_path, m
     assert run_all.main(["--only", "gpu,frozen_fast_path", "--out", str(out)]) == 0
     assert run_all.main(["--out", str(out)]) == 0  # every benchmark, the GPU's skipped
     assert "## gpu\n\nmeasured on an H200\n" in out.read_text()
+
+
+def test_serve_load_table_judges_batching_at_16_clients():
+    from bench.serve_load import table
+
+    cell = {"p50": 10.0, "p95": 20.0, "p99": 30.0, "failed": 0}
+    results = {("on", 1): {**cell, "rps": 40.0}, ("on", 16): {**cell, "rps": 130.0},
+               ("off", 1): {**cell, "rps": 50.0}, ("off", 16): {**cell, "rps": 60.0, "failed": 2}}
+    lines = table(results, 100, "cpu").splitlines()
+    assert lines[-1].endswith("2.17x (goal >= 2x: met)") and "at 16 client" in lines[-1]
+    assert lines[-2].endswith("0.80x")  # at 1 client: no verdict
+    assert any("failed requests" in line and "2 of 100" in line for line in lines)
+    results[("on", 16)]["rps"] = 100.0
+    assert table(results, 100, "cpu").splitlines()[-1].endswith("1.67x (goal >= 2x: MISSED)")
+
+
+def test_colorization_table_says_what_was_not_measured():
+    from bench.colorization import CONFIGS, table
+
+    measured = {"acc": [0.5, 0.6], "probe": [0.3, 0.4], "ab": [12.0, 14.0], "kept": ["3/6", "4/7"]}
+    rows = {"sizes": (300, None), "scratch": {"acc": [0.4, 0.5]}}
+    for label, *_, bigger in CONFIGS:
+        rows[label] = {"acc": [], "probe": [], "ab": [], "kept": []} if bigger else measured
+    text = table({"CIFAR-10 slice": rows})
+    assert "no larger pretext set offline" in text
+    assert text.count("not measured") == 2 and "(+10.0 pts vs scratch)" in text
+    assert "13.00  3/6 4/7" in text
