@@ -25,6 +25,7 @@ names a folder of them, else those configurations are skipped there and the tabl
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -115,7 +116,8 @@ def measure(backbone: str, seeds: list[int], pretrain_epochs: int, epochs: int,
                 row["kept"].append(f"{record['best_epoch']}/{record['epochs_run']}")
                 print(f"{name} seed {seed} {label}: fine-tuned {got['colorization']:.3f}, probe "
                       f"{got['frozen']:.3f}, ab error {row['ab'][-1]:.2f}, kept epoch "
-                      f"{row['kept'][-1]} ({time.perf_counter() - start:.0f} s)", flush=True)
+                      f"{row['kept'][-1]} ({time.perf_counter() - start:.0f} s)",
+                      file=sys.stderr, flush=True)  # progress; the table goes to stdout
     return results
 
 
@@ -160,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     results = measure(args.backbone, args.seeds, args.pretrain_epochs, args.epochs, args.cifar,
                       args.cifar_more, args.per_class, args.extra_images)
-    print(f"\n{args.backbone}, pretext {args.pretrain_epochs} epochs (early stopping: patience "
+    print(f"{args.backbone}, pretext {args.pretrain_epochs} epochs (early stopping: patience "
           f"3 on held-out ab error), downstream {args.epochs} epochs, seeds {args.seeds}, test "
           f"accuracy mean [95% interval]; {time.perf_counter() - start:.0f} s")
     print(table(results))
