@@ -25,6 +25,7 @@ import sys
 import time
 from pathlib import Path
 
+from search.checks import LOOPBACK
 from search.export import BadModel, load
 from search.options import UsageError
 from search.predict import NoModel, find_model
@@ -35,7 +36,6 @@ EXIT_BAD_INPUT, EXIT_FAILED = 2, 1
 DEFAULTS = ServiceSettings(model="-")  # the flags' defaults are the service's own
 APP_NAME = "transfer-search"
 REQUEST_TIMEOUT_S = 120  # Serve's bound on a whole request, the upload and the answer
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def build_parser(prog: str) -> argparse.ArgumentParser:

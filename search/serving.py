@@ -21,6 +21,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -30,6 +31,8 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from search.serve_settings import ServiceSettings
+from trainables.data.imagefolder import to_array
+from trainables.loop import predict as class_probabilities  # the endpoint is named predict
 
 ENDPOINTS = "POST /predict, GET /health and GET /metadata"
 EXAMPLE = "curl -F file=@photo.jpg http://HOST:PORT/predict"
@@ -102,8 +105,6 @@ FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "PPM")
 
 def decode_upload(name: str, data: bytes, image_size: int, max_pixels: int) -> np.ndarray:
     """predict.py's decoding of one uploaded file, (3, S, S) uint8; RequestError if refused."""
-    from trainables.data.imagefolder import to_array
-
     if not data:
         raise RequestError(400, f"{name}: an empty file; send an image")
     try:
@@ -199,12 +200,8 @@ class Classifier:
 
     def forward(self, images: np.ndarray) -> np.ndarray:
         """Class probabilities (N, C) of uint8 images: predict.py's own forward pass."""
-        import torch
-
-        from trainables.loop import predict
-
-        probs, _ = predict(self.model, torch.from_numpy(images), normalize=self.norm,
-                           device=self.device)
+        probs, _ = class_probabilities(self.model, torch.from_numpy(images),
+                                       normalize=self.norm, device=self.device)
         return probs.numpy()
 
     # The forward pass runs on the replica's event loop, blocking it: in a thread of its own it

@@ -2,6 +2,7 @@
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -92,3 +93,10 @@ def marked_json(stdout: str, mark: str):
     lines = [line for line in stdout.splitlines() if line.startswith(mark + " ")]
     assert lines, f"no line starting {mark!r} in:\n{stdout[-2000:]}"
     return json.loads(lines[-1].removeprefix(mark + " "))
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

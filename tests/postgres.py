@@ -13,11 +13,12 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
+from tests.helpers import free_port
 
 INSTALL_HINT = "install the PostgreSQL server: apt-get install postgresql"
 DATABASE = "transfer_search"
@@ -93,13 +94,6 @@ def server_dir(tmp_dir: Path) -> Path:
         if not mode & 0o001:
             os.chmod(parent, mode | 0o001)
     return base
-
-
-def free_port() -> int:
-    """A TCP port of 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def run_as_server(cmd: list, cwd: Path, check: bool = True) -> None:

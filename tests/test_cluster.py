@@ -17,7 +17,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,7 +26,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.helpers import TINY_MODEL, marked_json
+from tests.helpers import TINY_MODEL, free_port, marked_json
 
 pytestmark = [pytest.mark.slow, pytest.mark.serial]  # timing-sensitive: run alone
 
@@ -36,12 +35,6 @@ RAY = Path(sys.executable).parent / "ray"
 FAST_DEATH = {"RAY_health_check_initial_delay_ms": "1000", "RAY_health_check_period_ms": "1000",
               "RAY_health_check_timeout_ms": "1000", "RAY_health_check_failure_threshold": "3"}
 ENV: dict[str, str] = {}  # the cluster's token authentication, for its nodes and drivers
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Node:

@@ -41,7 +41,7 @@ import psutil
 import pytest
 import yaml
 
-from tests.helpers import TINY_MODEL
+from tests.helpers import TINY_MODEL, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 RAY = Path(sys.executable).with_name("ray")
@@ -65,12 +65,6 @@ while data := conn.recv(65536):
     sys.stdout.buffer.write(data)
     sys.stdout.buffer.flush()
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def text(out: str | bytes | None) -> str:

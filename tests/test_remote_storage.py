@@ -6,7 +6,6 @@ written beside the command, and the experiment resumes and reports from the URI 
 """
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -18,17 +17,11 @@ import pytest
 
 from search.outcomes import prune_checkpoints
 from store.uri import checkpoint_dirs, download, exists, join_uri, size, upload
-from tests.helpers import run_search
+from tests.helpers import free_port, run_search
 
 ROOT = Path(__file__).resolve().parents[1]
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                "AWS_DEFAULT_REGION": "us-east-1"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -24,18 +24,12 @@ import requests
 from PIL import Image
 
 from search.predict import predict_files
-from tests.helpers import ROOT, run_script
+from tests.helpers import ROOT, free_port, run_script
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("serve")]
 LIMITS = {"--max-image-mb": "0.25", "--max-images": "4", "--max-request-mb": "1",
           "--max-pixels": "4000000"}
 START_TIMEOUT = 180
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class Service:
