@@ -246,9 +246,9 @@ def object_store_here(folder: str, cache: str, image_size: int, storage: str) ->
             "after_put": after_put, "after_trials": after_trials, "trials": trials}
 
 
-def in_fresh_process(call: str) -> dict:
-    """Run `call` (an expression of this module) in a new Python and return its dict."""
-    code = f"import json; from bench.big_data import *; print(json.dumps({call}))"
+def in_fresh_process(call: str, module: str = "bench.big_data") -> dict:
+    """Run `call` (an expression of `module`) in a new Python and return its dict."""
+    code = f"import json; from {module} import *; print(json.dumps({call}))"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env,

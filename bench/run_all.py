@@ -81,6 +81,10 @@ SUITE: dict[str, tuple[str, list[str], list[str]]] = {
         "an ImageFolder of up to 100,000 JPEGs: preparation time against image count, its peak "
         "memory, the cache on disk, and the search's one copy in Ray's object store", [],
         ["--quick"]),
+    "pretext_data": (
+        "colorization's pretext data at scale: 50,000 unlabeled JPEGs as --pretext-data, "
+        "prepared, cached and memory-mapped, then streamed through the colorization stage of a "
+        "real search", [], ["--quick"]),
 }
 
 
