@@ -64,7 +64,8 @@ def count_search_decodes(root: Path, storage: Path, name: str) -> int:
                                                        os.environ.get("PYTHONPATH")]))}
     cmd = [sys.executable, str(HERE.parent / "search" / "run.py"), "--strategy", "scratch",
            "--data", str(root), "--backbone", "test_resnet", "--samples", "4", "--max-epochs",
-           "1", "--storage", str(storage), "--name", name, "--cache-dir", str(storage / "cache")]
+           "1", "--storage", str(storage), "--name", name, "--cache-dir", str(storage / "cache"),
+           "--no-dashboard"]
     subprocess.run(cmd, env=env, check=True, capture_output=True)
     return sum(p.stat().st_size for p in counts.iterdir())
 

@@ -44,7 +44,7 @@ SEARCH = {
              "--cpus-per-trial", "2"],
     "cpu": ["--data", "demo:4", "--strategy", "scratch,frozen", "--samples", "2",
             "--max-epochs", "1", "--pretrain-epochs", "1", "--backbone", "test_resnet",
-            "--cpus-per-trial", "1"],
+            "--cpus-per-trial", "1", "--no-dashboard"],
 }
 # the final evaluation's seeds: on a CPU one, as a check of the check (the suite's shared
 # search evaluates over 2)

@@ -96,7 +96,7 @@ def search_with_pretext(tmp: Path, folder: Path, s: dict) -> dict:
                "--image-size", str(s["image_size"]), "--pretrain-epochs",
                str(s["pretrain_epochs"]), "--samples", "1", "--max-epochs", "1",
                "--storage", str(tmp / "runs"), "--name", "pretext", "--cache-dir",
-               str(tmp / "search-cache"), "--quiet"]
+               str(tmp / "search-cache"), "--quiet", "--no-dashboard"]
     start = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True, cwd=tmp)
     wall = time.perf_counter() - start

@@ -128,7 +128,7 @@ def search(tmp: Path, name: str, data: str, seed: int, s: dict, *flags: str) -> 
                "--max-epochs", str(s["max_epochs"]), "--grace-period", str(s["grace_period"]),
                "--reduction-factor", str(s["reduction_factor"]), "--seed", str(seed),
                "--storage", str(tmp / "runs"), "--name", name, "--cache-dir",
-               str(tmp / "cache"), "--quiet", *flags]
+               str(tmp / "cache"), "--quiet", "--no-dashboard", *flags]
     result = subprocess.run(command, capture_output=True, text=True, cwd=tmp)
     if result.returncode:
         raise RuntimeError(f"{' '.join(command)} exited with {result.returncode}:\n"

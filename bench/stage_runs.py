@@ -31,7 +31,7 @@ def stage_runs(tmp: Path, name: str, samples: int, cache: Path, backbone: str) -
                     "--data", "demo:4", "--backbone", backbone, "--samples", str(samples),
                     "--max-epochs", "1", "--pretrain-epochs", "1", "--scheduler", "fifo",
                     "--storage", str(tmp), "--name", name, "--cache-dir", str(cache),
-                    "--quiet"], check=True, capture_output=True, cwd=tmp)
+                    "--quiet", "--no-dashboard"], check=True, capture_output=True, cwd=tmp)
     meta = json.loads((tmp / name / "experiment.json").read_text())
     ran = Counter(r["stage"] for r in meta["stages"] if not r.get("cached"))
     cached = Counter(r["stage"] for r in meta["stages"] if r.get("cached"))

@@ -111,14 +111,18 @@ def ray_target(address: str | None, dashboard_host: str | None = None) -> dict:
     return {"address": "local", "dashboard_host": dashboard_host}
 
 
-def init_ray(address: str | None, dashboard_host: str | None = None, **kwargs):
+def init_ray(address: str | None, dashboard_host: str | None = None, dashboard: bool = True,
+             **kwargs):
     """ray.init on `ray_target(address, dashboard_host)`; returns Ray's context. A local
-    instance started here is watched by search/reaper.py, which ends what is left of it once
-    this process has gone, even killed with SIGKILL."""
+    instance started here has a dashboard unless `dashboard` is False, and is watched by
+    search/reaper.py, which ends what is left of it once this process has gone, even killed
+    with SIGKILL."""
     from search import reaper
 
-    target = ray_target(address, dashboard_host)
+    target = ray_target(address, dashboard_host if dashboard else None)
     local = target["address"] == "local"
+    if local and not dashboard:  # a cluster's dashboard is its own: Ray refuses the argument
+        kwargs["include_dashboard"] = False
     others = reaper.children(os.getpid()) if local else set()
     with token_notice_dropped(local):
         context = ray.init(**target, **kwargs)

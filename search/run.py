@@ -111,7 +111,7 @@ def search_on_ray(spec, data, sources, prog: str):
     level = "INFO" if spec.verbosity == "verbose" else "WARNING"
     RUN.enter("ray start")
     try:
-        context = init_ray(spec.address, spec.dashboard_host,
+        context = init_ray(spec.address, spec.dashboard_host, dashboard=spec.dashboard,
                            logging_level=logging.WARNING,
                            logging_config=ray.LoggingConfig(log_level=level))
     except (ConnectionError, RuntimeError) as error:  # a refused token is a RuntimeError

@@ -90,6 +90,7 @@ class ExperimentSpec:
     show_space: bool = False
     storage_uri: str | None = None  # --storage s3://..., gs://...: where the experiment lives
     dashboard_host: str = "127.0.0.1"  # a local Ray's dashboard: loopback unless asked
+    dashboard: bool = True  # start a local Ray's dashboard (not with --no-dashboard)
     compile: bool = False  # torch.compile each trial's network
     time_budget_s: float | None = None  # --time-budget: the trials' wall-clock time, all shares
     preset: bool = True  # each strategy's preset is its first trial (not with --no-preset)
@@ -185,7 +186,7 @@ def parse_spec(argv: list[str] | None = None, prog: str = "run.py") -> Experimen
         objective=args.objective, space_file=space_file, warm_start=warm_start,
         optuna_storage=check_storage(args.optuna_storage), max_concurrent=args.max_concurrent,
         verbosity=args.verbosity, show_space=args.show_space, storage_uri=storage_uri,
-        dashboard_host=args.dashboard_host, compile=args.compile,
+        dashboard_host=args.dashboard_host, dashboard=args.dashboard, compile=args.compile,
         time_budget_s=time_budget_s, preset=not args.no_preset,
     )
 
@@ -214,8 +215,8 @@ def check_no_search_flags(parser: ArgumentParser, args: argparse.Namespace) -> N
 
 
 # what --resume may change: where things are and how much is printed, never what runs
-RESUME_FLAGS = ("resume", "storage", "address", "dashboard_host", "cache_dir", "verbosity",
-                "max_concurrent", "keep_checkpoints")
+RESUME_FLAGS = ("resume", "storage", "address", "dashboard_host", "dashboard", "cache_dir",
+                "verbosity", "max_concurrent", "keep_checkpoints")
 
 
 def resume_spec(parser: ArgumentParser, args: argparse.Namespace,
@@ -247,7 +248,7 @@ def resume_spec(parser: ArgumentParser, args: argparse.Namespace,
     keep = (parse_keep(args.keep_checkpoints) if args.keep_checkpoints != "3"
             else spec.keep_checkpoints)
     return replace(spec, resume=True, verbosity=args.verbosity, keep_checkpoints=keep,
-                   dashboard_host=args.dashboard_host,
+                   dashboard_host=args.dashboard_host, dashboard=args.dashboard,
                    max_concurrent=args.max_concurrent or spec.max_concurrent)
 
 

@@ -14,9 +14,10 @@ from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_MODEL = "test_resnet"  # timm's 370k-parameter ResNet for tests
-# a search small enough for a test: 8 demo images per class, the tiny backbone, one-epoch stages
+# a search small enough for a test: 8 demo images per class, the tiny backbone, one-epoch stages,
+# and no Ray dashboard (about 4 s of CPU per Ray start; tests/test_servers.py starts one)
 TINY = ("--data", "demo:8", "--backbone", TINY_MODEL, "--pretrain-epochs", "1",
-        "--cpus-per-trial", "1")
+        "--cpus-per-trial", "1", "--no-dashboard")
 
 
 def run_script(script: str, *args: str, cwd: Path | None = None, env: dict | None = None,

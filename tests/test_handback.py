@@ -160,7 +160,7 @@ def test_a_best_config_reruns_with_the_same_hyperparameters(experiment):
     tmp, exp_dir = experiment
     config = exp_dir / "best" / "unfrozen.yaml"
     result = run_script("run.py", "--config", str(config), "--storage", str(tmp / "exps"),
-                        "--name", "rerun", "--cache-dir", str(tmp / "cache"))
+                        "--name", "rerun", "--cache-dir", str(tmp / "cache"), "--no-dashboard")
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     exported = yaml.safe_load(config.read_text())
     rerun = load_results(tmp / "exps" / "rerun")

@@ -148,6 +148,28 @@ def test_dashboard_lines():
     assert "not running" in dashboard_lines("/x", None, "c")[0]
 
 
+@pytest.mark.parametrize("address", [None, "10.0.0.1:6379"])
+def test_no_dashboard_asks_a_local_ray_for_none_and_leaves_a_clusters_alone(monkeypatch,
+                                                                            address):
+    """--no-dashboard: a local instance starts without one; a cluster keeps its own, and Ray
+    refuses include_dashboard from a driver that joins one."""
+    import ray
+
+    from search import reaper, resources
+
+    asked = []
+    monkeypatch.setattr(ray, "init", lambda **kwargs: asked.append(kwargs))
+    monkeypatch.setattr(reaper, "start_reaper", lambda pids: None)
+    monkeypatch.setattr(resources, "listen_on_loopback", lambda: None)
+    resources.init_ray(address, "127.0.0.1", dashboard=False)
+    resources.init_ray(address, "127.0.0.1")
+    if address is None:
+        assert asked == [{"address": "local", "include_dashboard": False},
+                         {"address": "local", "dashboard_host": "127.0.0.1"}]
+    else:
+        assert asked == [{"address": address}] * 2
+
+
 @pytest.mark.slow
 def test_progress_of_a_real_tuner(tmp_path, monkeypatch, capsys, ray_local):
     monkeypatch.setenv("RAY_AIR_NEW_OUTPUT", "1")  # restored after the test
@@ -179,6 +201,12 @@ def test_progress_of_a_real_tuner(tmp_path, monkeypatch, capsys, ray_local):
     ray_stdout = capsys.readouterr().out  # Ray's own boxes and status tables stay silent
     assert "Configuration for experiment" not in ray_stdout
     assert "Trial status" not in ray_stdout
+
+
+@pytest.mark.slow
+def test_a_run_without_the_dashboard_says_it_is_not_running(all_strategies_search):
+    _, stdout = all_strategies_search  # its search ran with --no-dashboard (tests.helpers.TINY)
+    assert "Ray dashboard:    not running for this Ray instance" in stdout.splitlines()
 
 
 @pytest.mark.slow

@@ -138,7 +138,8 @@ def test_a_search_on_s3_writes_everything_there_and_resumes_and_reports_from_it(
 
     again = run_search(tmp_path, "--strategy", "scratch", "--storage", storage, "--name", "on-s3")
     assert again.returncode == 2 and "already exists" in again.stderr, again.stderr
-    resumed = run_search(tmp_path, "--resume", "on-s3", "--storage", storage, tiny=False)
+    resumed = run_search(tmp_path, "--resume", "on-s3", "--storage", storage, "--no-dashboard",
+                         tiny=False)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "scratch: already searched, kept" in resumed.stdout
 

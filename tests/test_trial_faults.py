@@ -101,8 +101,8 @@ def test_a_search_survives_every_kind_of_trial_fault(tmp_path):
     result = ok(run_search(
         tmp_path, "--strategy", "scratch", "--data", "demo:4", "--backbone", TINY_MODEL,
         "--samples", "4", "--max-epochs", "3", "--scheduler", "fifo", "--max-failures", "1",
-        "--max-concurrent", "1", "--quiet", name="faults", tiny=False, timeout=600,
-        env={FAULT_ENV: faults}))
+        "--max-concurrent", "1", "--quiet", "--no-dashboard", name="faults", tiny=False,
+        timeout=600, env={FAULT_ENV: faults}))
     exp = tmp_path / "experiments" / "faults"
     study = optuna.load_study(study_name="faults/scratch", storage=f"sqlite:///{exp}/optuna.db")
     # one trial at a time: the study's trial numbers are the start order
