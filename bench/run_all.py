@@ -36,7 +36,7 @@ SUITE: dict[str, tuple[str, list[str], list[str]]] = {
         "against a bare loop, the disk a trial-epoch writes, and how an experiment's disk grows "
         "with its trials", [],
         [*TINY, "--per-class", "4", "--epochs", "2", "--batch-size", "16", "--disk-trials",
-         "1"]),
+         "1", "--augments", "none"]),
     "stage_runs": (
         "pretraining stages run per experiment, against trials per strategy, with an empty and "
         "a warm cache", [], ["--samples", "1"]),

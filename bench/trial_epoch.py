@@ -39,6 +39,7 @@ from trainables.data.demo import load_demo
 from trainables.models import build_model, normalizer
 
 ROOT = Path(__file__).resolve().parents[1]
+AUGMENTS = ("none", "crop_flip")  # the augmentations the bare loop does as the trainable does
 
 
 def harness_epochs(backbone: str, per_class: int, epochs: int, batch_size: int, augment: str,
@@ -89,12 +90,13 @@ def bare_epochs(backbone: str, per_class: int, epochs: int, batch_size: int,
 
 
 def measure(backbone: str = "resnet18", per_class: int = 50, epochs: int = 9,
-            batch_size: int = 64, disk_trials: tuple[int, ...] = (4, 8, 16)) -> dict:
+            batch_size: int = 64, disk_trials: tuple[int, ...] = (4, 8, 16),
+            augments: tuple[str, ...] = AUGMENTS) -> dict:
     """Every number of the table, all measured in this call."""
     out = {"backbone": backbone, "per_class": per_class, "batch_size": batch_size,
            "epochs": epochs, "rows": {}, "disk": []}
     with tempfile.TemporaryDirectory() as tmp:
-        for augment in ("none", "crop_flip"):
+        for augment in augments:
             bare = bare_epochs(backbone, per_class, epochs, batch_size, augment)
             harness, checkpoint = harness_epochs(backbone, per_class, epochs, batch_size,
                                                  augment, Path(tmp))
@@ -129,7 +131,8 @@ def disk_growth(backbone: str, trials: int, tmp: Path) -> dict:
     subprocess.run([sys.executable, str(ROOT / "search" / "run.py"), "--strategy", "scratch",
                     "--data", "demo:4", "--backbone", backbone, "--samples", str(trials),
                     "--max-epochs", "2", "--scheduler", "fifo", "--storage", str(tmp / "runs"),
-                    "--name", exp.name, "--cache-dir", str(tmp / "cache"), "--quiet"],
+                    "--name", exp.name, "--cache-dir", str(tmp / "cache"), "--quiet",
+                    "--no-dashboard"],
                    check=True, capture_output=True, cwd=tmp)
     done.set()
     watcher.join()
@@ -164,10 +167,16 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--disk-trials", default="4,8,16", metavar="N,N,...",
                         help="trials of the searches whose disk use is measured")
+    parser.add_argument("--augments", default=",".join(AUGMENTS), metavar="A,A,...",
+                        help="the augmentations whose trial epoch is measured (default: "
+                        "%(default)s)")
     args = parser.parse_args()
     counts = tuple(int(n) for n in args.disk_trials.split(","))
+    augments = tuple(args.augments.split(","))
+    if not set(augments) <= set(AUGMENTS):
+        parser.error(f"--augments {args.augments}: choose from {', '.join(AUGMENTS)}")
     print(format_table(table(measure(args.backbone, args.per_class, args.epochs,
-                                     args.batch_size, counts))))
+                                     args.batch_size, counts, augments))))
 
 
 if __name__ == "__main__":

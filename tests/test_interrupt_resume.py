@@ -247,7 +247,8 @@ def test_ctrl_c_stops_cleanly_and_prints_the_resume_command(interrupted):
 def test_killed_drivers_resume_without_losing_or_repeating_anything(interrupted, sessions):
     root, first, _ = interrupted
     exp_dir = root / "experiments" / NAME
-    resume = [*resume_args(first.stderr()), "--cache-dir", str(root / "cache")]
+    # the first driver had Ray's dashboard, which wait_for_ray_to_die saw end; these need none
+    resume = [*resume_args(first.stderr()), "--cache-dir", str(root / "cache"), "--no-dashboard"]
 
     # 1. resumed; SIGKILL mid-trial, once Tune has saved a later epoch of a trial than the
     # interrupted run had (the restored trial runs again, and resumes from that epoch next)
