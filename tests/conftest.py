@@ -7,9 +7,21 @@ from PIL import Image
 
 from trainables.data.demo import load_demo
 
+# a shared experiment (run_once) is made by the first worker that asks, while any other that
+# asks waits for it: its readers run on one worker (pytest -n's --dist loadgroup), and the others
+# go on with other tests
+SHARED_EXPERIMENT_GROUPS = {"all_strategies_search": "all_strategies",
+                            "handback_search": "handback"}
 
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(config, items):
-    """Tests marked `gpu` check what only a CUDA GPU can show; elsewhere they skip."""
+    """The readers of a shared experiment in its xdist group. Tests marked `gpu` check what
+    only a CUDA GPU can show; elsewhere they skip."""
+    for item in items:
+        for fixture, group in SHARED_EXPERIMENT_GROUPS.items():
+            if fixture in item.fixturenames:
+                item.add_marker(pytest.mark.xdist_group(group))
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU (marker gpu): run them where one is, "

@@ -149,15 +149,21 @@ def test_the_filter_drops_rays_token_notice_and_passes_other_warnings():
     assert notice.filter(record("Failed to connect to GCS", name="ray._private.worker"))
 
 
-def test_only_a_local_start_drops_the_notice(caplog):
+def test_only_a_local_start_drops_the_notice():
     logger = logging.getLogger(TOKEN_NOTICE_LOGGER)
-    with caplog.at_level(logging.WARNING, logger=TOKEN_NOTICE_LOGGER):
+    records = []  # on the logger itself: Ray's loggers do not propagate to the root's caplog
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    logger.addHandler(handler)
+    try:
         with token_notice_dropped(local=True):
             logger.warning(NOTICE)
             logger.warning("another Ray warning")
         with token_notice_dropped(local=False):
             logger.warning(NOTICE)
         logger.warning(NOTICE)  # the filter is gone once Ray has started
-    assert [r.getMessage()[:19] for r in caplog.records] == [
+    finally:
+        logger.removeHandler(handler)
+    assert [r.getMessage()[:19] for r in records] == [
         "another Ray warning", NOTICE[:19], NOTICE[:19]]
     assert not logger.filters

@@ -45,7 +45,7 @@ class Untouchable:
 
 
 @pytest.fixture(scope="module")
-def experiment(tmp_path_factory):
+def handback_search(tmp_path_factory):
     """A real 3-trial search, in this process so that its test split can be made unreadable:
     any read of it by the search fails the search. Run once, whichever worker asks first."""
     import ray
@@ -75,8 +75,8 @@ def experiment(tmp_path_factory):
     return tmp, tmp / "exps" / "search"
 
 
-def test_the_kept_checkpoint_reproduces_the_leaderboard(experiment):
-    tmp, exp_dir = experiment
+def test_the_kept_checkpoint_reproduces_the_leaderboard(handback_search):
+    tmp, exp_dir = handback_search
     trials = load_results(exp_dir)
     board = pd.read_csv(exp_dir / "leaderboard.csv")
     best = trials.loc[trials["val_acc"].idxmax()]
@@ -95,10 +95,10 @@ def test_the_kept_checkpoint_reproduces_the_leaderboard(experiment):
     assert score.accuracy == pytest.approx(best["val_acc"], abs=1e-9)
 
 
-def test_the_study_records_the_best_epoch_and_marks_stopped_trials(experiment):
+def test_the_study_records_the_best_epoch_and_marks_stopped_trials(handback_search):
     import optuna
 
-    _, exp_dir = experiment
+    _, exp_dir = handback_search
     meta = json.loads((exp_dir / "experiment.json").read_text())
     study = optuna.load_study(study_name=meta["strategies"]["unfrozen"]["study_name"],
                               storage=f"sqlite:///{exp_dir / 'optuna.db'}")
@@ -156,8 +156,8 @@ def test_predict_matches_the_evaluation_and_survives_a_corrupt_file(all_strategi
     assert predicted == expected[:6].tolist()
 
 
-def test_a_best_config_reruns_with_the_same_hyperparameters(experiment):
-    tmp, exp_dir = experiment
+def test_a_best_config_reruns_with_the_same_hyperparameters(handback_search):
+    tmp, exp_dir = handback_search
     config = exp_dir / "best" / "unfrozen.yaml"
     result = run_script("run.py", "--config", str(config), "--storage", str(tmp / "exps"),
                         "--name", "rerun", "--cache-dir", str(tmp / "cache"), "--no-dashboard")
