@@ -3,8 +3,10 @@ real HTTP requests. Predictions equal predict.py's; each bad request gets its st
 JSON error while the replica keeps serving; many concurrent requests lose none and leave the
 replica's memory flat; Ctrl-C stops it; bad input exits 2 before Ray starts.
 
-One service per module (xdist_group keeps the module on one worker), serving conftest's kept
-tiny model with small limits, so the limit cases need no large uploads."""
+One service per test process that runs these tests, serving conftest's kept tiny model with small
+limits, so the limit cases need no large uploads. The module is not kept on one worker: with all
+its tests on one service, Ctrl-C once went unanswered for 90 s in CI, a case not yet understood
+(the service passes alone and split over two workers)."""
 
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ from PIL import Image
 from search.predict import predict_files
 from tests.helpers import ROOT, free_port, run_script
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("serve")]
+pytestmark = pytest.mark.slow
 LIMITS = {"--max-image-mb": "0.25", "--max-images": "4", "--max-request-mb": "1",
           "--max-pixels": "4000000"}
 START_TIMEOUT = 180
