@@ -15,9 +15,12 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 TINY_MODEL = "test_resnet"  # timm's 370k-parameter ResNet for tests
 # a search small enough for a test: 8 demo images per class, the tiny backbone, one-epoch stages,
-# and no Ray dashboard (about 4 s of CPU per Ray start; tests/test_servers.py starts one)
+# no Ray dashboard (about 4 s of CPU per Ray start; tests/test_servers.py starts one), and one
+# trial at a time: each Tuner then starts one trial actor and reuses it, where a second would
+# spend about 6 s of CPU importing torch and timm to train 80 images. The suite's workers keep
+# the cores busy anyway; tests of trials side by side give --max-concurrent (later flags win)
 TINY = ("--data", "demo:8", "--backbone", TINY_MODEL, "--pretrain-epochs", "1",
-        "--cpus-per-trial", "1", "--no-dashboard")
+        "--cpus-per-trial", "1", "--no-dashboard", "--max-concurrent", "1")
 
 
 def run_script(script: str, *args: str, cwd: Path | None = None, env: dict | None = None,
