@@ -220,6 +220,6 @@ def train_colorization(backbone: str, images_np: np.ndarray, config, log: list[f
                 stop = best.update(epoch, val_log[-1], unet)
         best.restore(unet)
         if phases is not None:
-            phases.append({"trains": part, "lr": lr, **best.summary(stop, epoch, epochs)})
+            phases.append({"trains": part, "lr": lr, **best.summary(epoch, epochs)})
     grid = sample_grid(unet, fetch(images, slice(0, 8), device))
     return encoder_to_backbone(unet.encoder.state_dict(), create_backbone(backbone)), grid

@@ -46,11 +46,12 @@ class BestEpoch:
         if self.state is not None:
             module.load_state_dict(self.state)
 
-    def summary(self, stopped: bool, epochs_run: int, epochs: int) -> dict:
-        """What the stage record says: the best epoch and its metric, and why it stopped. A
-        patience that runs out at the last of `epochs` stopped nothing: all of them ran."""
+    def summary(self, epochs_run: int, epochs: int) -> dict:
+        """What the stage record says: the best epoch and its metric, and why it stopped. Only
+        patience ends a stage before its last of `epochs`; one that runs out at the last epoch
+        stopped nothing: all of them ran."""
         if self.value is None:
             return {"best_epoch": epochs_run, "stopped": NOT_WATCHED, "epochs_run": epochs_run}
         return {"best_epoch": self.epoch, "best_value": self.value,
-                "stopped": PATIENCE_RAN_OUT if stopped and epochs_run < epochs else EPOCHS_DONE,
+                "stopped": PATIENCE_RAN_OUT if epochs_run < epochs else EPOCHS_DONE,
                 "epochs_run": epochs_run}

@@ -238,7 +238,7 @@ def train_supervised(backbone: str, source: Dataset, config: StageConfig,
             stop = best.update(epoch, val_log[-1], model)
     best.restore(model)
     if outcome is not None:
-        outcome.update(best.summary(stop, epoch, config.epochs))
+        outcome.update(best.summary(epoch, config.epochs))
     model.reset_classifier(0)
     return backbone_state(model)
 
