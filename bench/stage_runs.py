@@ -25,18 +25,29 @@ ROOT = Path(__file__).resolve().parents[1]
 STRATEGIES = "frozen,unfrozen,colorization"
 
 
-def stage_runs(tmp: Path, name: str, samples: int, cache: Path, backbone: str) -> dict:
-    """Stages run and taken from the cache by one search, and its trials."""
-    subprocess.run([sys.executable, str(ROOT / "search" / "run.py"), "--strategy", STRATEGIES,
-                    "--data", "demo:4", "--backbone", backbone, "--samples", str(samples),
-                    "--max-epochs", "1", "--pretrain-epochs", "1", "--scheduler", "fifo",
-                    "--storage", str(tmp), "--name", name, "--cache-dir", str(cache),
-                    "--quiet", "--no-dashboard"], check=True, capture_output=True, cwd=tmp)
-    meta = json.loads((tmp / name / "experiment.json").read_text())
+def search_args(tmp: Path, name: str, samples: int, cache: Path, backbone: str) -> list[str]:
+    """search/run.py's arguments for one search of STRATEGIES on the demo."""
+    return ["--strategy", STRATEGIES, "--data", "demo:4", "--backbone", backbone, "--samples",
+            str(samples), "--max-epochs", "1", "--pretrain-epochs", "1", "--scheduler", "fifo",
+            "--storage", str(tmp), "--name", name, "--cache-dir", str(cache), "--quiet",
+            "--no-dashboard"]
+
+
+def count(exp_dir: Path) -> dict:
+    """Stages an experiment ran and took from the cache (its experiment.json), and its trials."""
+    meta = json.loads((exp_dir / "experiment.json").read_text())
     ran = Counter(r["stage"] for r in meta["stages"] if not r.get("cached"))
     cached = Counter(r["stage"] for r in meta["stages"] if r.get("cached"))
-    trials = sum(1 for _ in (tmp / name).glob("*/trial_*/params.json"))
+    trials = sum(1 for _ in exp_dir.glob("*/trial_*/params.json"))
     return {"ran": dict(ran), "cached": dict(cached), "trials": trials}
+
+
+def stage_runs(tmp: Path, name: str, samples: int, cache: Path, backbone: str) -> dict:
+    """Stages run and taken from the cache by one search, and its trials."""
+    subprocess.run([sys.executable, str(ROOT / "search" / "run.py"),
+                    *search_args(tmp, name, samples, cache, backbone)],
+                   check=True, capture_output=True, cwd=tmp)
+    return count(tmp / name)
 
 
 def measure(samples: tuple[int, ...] = (2, 8), backbone: str = "test_resnet") -> list[dict]:

@@ -12,6 +12,7 @@ import yaml
 from PIL import Image
 
 from analysis import load_results
+from bench import stage_runs
 from search.predict import find_model
 from tests.helpers import TINY, TINY_MODEL, run_once, run_script, run_search
 from trainables.config import TrialConfig
@@ -168,6 +169,9 @@ def test_a_best_config_reruns_with_the_same_hyperparameters(handback_search):
     assert json.loads(rerun["hyperparameters"].iloc[0]) == exported["hyperparameters"]
     assert rerun["val_acc"].iloc[0] == pytest.approx(exported["val_acc"])
     assert not (tmp / "exps" / "rerun" / "optuna.db").exists()  # no search, no study
+    # the search's cache already holds the supervised stage: the rerun trains none
+    assert stage_runs.count(tmp / "exps" / "rerun") == {"ran": {}, "cached": {"supervised": 1},
+                                                         "trials": 1}
 
 
 def test_a_strategy_whose_only_trial_raises_is_shown_and_exits_1(tmp_path):

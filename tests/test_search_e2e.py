@@ -51,8 +51,8 @@ def test_unfrozen_search_writes_leaderboard_best_config_study_and_tensorboard(
 
 
 def test_colorization_stage_runs_once_for_many_trials(all_strategies_search):
-    """That a second search takes the stage from the cache is bench/stage_runs.py's, which
-    tests/test_bench.py runs."""
+    """That a second search takes a stage from the cache is test_handback's rerun of a best
+    config."""
     exp_dir, _ = all_strategies_search
     cache = exp_dir.parents[1] / "cache"
     stages = json.loads((exp_dir / "experiment.json").read_text())["stages"]
