@@ -37,14 +37,16 @@ from bench.gpu_sizes import CPU, GPU
 from store.layout import EVAL_SUMMARY, MODEL_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
-# per device: the search's arguments, and each part's timeout in seconds
+# per device: the search's arguments, and each part's timeout in seconds. On a CPU one trial at
+# a time: each Tuner then starts one trial actor, where a second would spend seconds of CPU
+# importing torch and timm to train 40 images
 SEARCH = {
     "cuda": ["--data", "demo", "--strategy", "scratch,frozen", "--samples", "2",
              "--max-epochs", "1", "--pretrain-epochs", "2", "--gpus-per-trial", "0.25",
              "--cpus-per-trial", "2"],
     "cpu": ["--data", "demo:4", "--strategy", "scratch,frozen", "--samples", "2",
             "--max-epochs", "1", "--pretrain-epochs", "1", "--backbone", "test_resnet",
-            "--cpus-per-trial", "1", "--no-dashboard"],
+            "--cpus-per-trial", "1", "--no-dashboard", "--max-concurrent", "1"],
 }
 # the final evaluation's seeds: on a CPU one, as a check of the check (the suite's shared
 # search evaluates over 2)
