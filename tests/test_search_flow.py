@@ -24,28 +24,28 @@ def result_rows(trial_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines()]
 
 
-def test_a_strategy_list_gives_one_leaderboard_and_tpe_proposes_after_startup(tmp_path):
+def test_tpe_proposes_after_its_startup_trials_and_the_preset_comes_first(tmp_path):
+    """One strategy: that a list of them gives one leaderboard is test_search_e2e's, on the
+    shared search."""
     samples = 5
-    exp_dir, stdout = search(tmp_path, "pair", "--strategy", "frozen,unfrozen", "--samples",
+    exp_dir, stdout = search(tmp_path, "tpe", "--strategy", "frozen", "--samples",
                              str(samples), "--max-epochs", "2", "--max-concurrent", "1")
     board = pd.read_csv(exp_dir / "leaderboard.csv")
-    assert sorted(board["strategy"]) == ["frozen", "unfrozen"]
-    assert (board["trials"] == samples).all()
+    assert board["strategy"].tolist() == ["frozen"] and (board["trials"] == samples).all()
     assert "STRATEGY" not in stdout and "frozen trials (5/5" in stdout  # the progress table
     start = startup_trials(samples)
-    for strategy in ("frozen", "unfrozen"):
-        study = optuna.load_study(study_name=f"pair/{strategy}",
-                                  storage=f"sqlite:///{exp_dir / 'optuna.db'}")
-        # one trial at a time: each proposal sees every earlier result; the study's own
-        # records (TPE's relative-parameter attributes) say which trials its model proposed;
-        # the preset is the first, and counts among TPE's start-up trials
-        by = [t.user_attrs["proposed_by"] for t in study.trials]
-        assert by == ["preset"] + ["sampler"] * (start - 1) + ["model"] * (samples - start), by
-        for trial in study.trials:  # lr under its optimizer's own name
-            assert set(trial.params) & {"lr_sgd", "lr_adamw"} == {f"lr_{trial.params['optimizer']}"}
-        tune_lrs = {json.loads((d / "params.json").read_text())["lr"]
-                    for d in (exp_dir / strategy).glob("trial_*")}
-        assert tune_lrs == {t.params[f"lr_{t.params['optimizer']}"] for t in study.trials}
+    study = optuna.load_study(study_name="tpe/frozen",
+                              storage=f"sqlite:///{exp_dir / 'optuna.db'}")
+    # one trial at a time: each proposal sees every earlier result; the study's own
+    # records (TPE's relative-parameter attributes) say which trials its model proposed;
+    # the preset is the first, and counts among TPE's start-up trials
+    by = [t.user_attrs["proposed_by"] for t in study.trials]
+    assert by == ["preset"] + ["sampler"] * (start - 1) + ["model"] * (samples - start), by
+    for trial in study.trials:  # lr under its optimizer's own name
+        assert set(trial.params) & {"lr_sgd", "lr_adamw"} == {f"lr_{trial.params['optimizer']}"}
+    tune_lrs = {json.loads((d / "params.json").read_text())["lr"]
+                for d in (exp_dir / "frozen").glob("trial_*")}
+    assert tune_lrs == {t.params[f"lr_{t.params['optimizer']}"] for t in study.trials}
     best = yaml.safe_load((exp_dir / "best" / "frozen.yaml").read_text())
     assert best["pretrained"] == "frozen=supervised"
 
