@@ -12,7 +12,6 @@ cache); trials never run a stage, they receive its weights through Ray's object 
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import tempfile
@@ -20,6 +19,8 @@ from collections import Counter
 from pathlib import Path
 
 from bench.tables import format_table
+from store.layout import read_experiment
+from store.records import PARAMS_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
 STRATEGIES = "frozen,unfrozen,colorization"
@@ -35,10 +36,10 @@ def search_args(tmp: Path, name: str, samples: int, cache: Path, backbone: str) 
 
 def count(exp_dir: Path) -> dict:
     """Stages an experiment ran and took from the cache (its experiment.json), and its trials."""
-    meta = json.loads((exp_dir / "experiment.json").read_text())
+    meta = read_experiment(exp_dir)
     ran = Counter(r["stage"] for r in meta["stages"] if not r.get("cached"))
     cached = Counter(r["stage"] for r in meta["stages"] if r.get("cached"))
-    trials = sum(1 for _ in exp_dir.glob("*/trial_*/params.json"))
+    trials = sum(1 for _ in exp_dir.glob(f"*/trial_*/{PARAMS_FILE}"))
     return {"ran": dict(ran), "cached": dict(cached), "trials": trials}
 
 
