@@ -68,11 +68,14 @@ GOAL_RATIO, GOAL_POINTS = 0.35, 1.0
 GRACE, FACTOR = SCHEDULER_DEFAULTS["asha"]  # the harness's, so they follow its CLI
 DEFAULTS = {"datasets": ("demo", "imagefolder"), "seeds": (0, 1, 2), "samples": 16,
             "max_epochs": 12, "grace_period": GRACE, "reduction_factor": FACTOR,
-            "backbone": "test_resnet", "per_class": (60, 30, 10), "jobs": 2}
+            "backbone": "test_resnet", "per_class": (60, 30, 10), "jobs": 2,
+            "max_concurrent": None}
 # --quick: one dataset, one seed, 4 trials of 4 epochs (ASHA still has a rung at 1): a check
-# that the script produces every row, in about two minutes, not a measurement
+# that the script produces every row, in about two minutes, not a measurement. Its trials of a
+# few images run one at a time: each search then starts one trial actor, not one per core, each
+# of which spends seconds of CPU importing torch and timm
 QUICK = {**DEFAULTS, "datasets": ("imagefolder",), "seeds": (0,), "samples": 4,
-         "max_epochs": 4, "per_class": (5, 5, 1)}
+         "max_epochs": 4, "per_class": (5, 5, 1), "max_concurrent": 1}
 
 # the generated ImageFolder: a class is a (texture, palette) pair, so neither the texture nor
 # the colours alone tell the 8 classes apart; every image has its own period, angle, phase,
@@ -129,6 +132,8 @@ def search(tmp: Path, name: str, data: str, seed: int, s: dict, *flags: str) -> 
                "--reduction-factor", str(s["reduction_factor"]), "--seed", str(seed),
                "--storage", str(tmp / "runs"), "--name", name, "--cache-dir",
                str(tmp / "cache"), "--quiet", "--no-dashboard", *flags]
+    if s["max_concurrent"]:
+        command += ["--max-concurrent", str(s["max_concurrent"])]
     result = subprocess.run(command, capture_output=True, text=True, cwd=tmp)
     if result.returncode:
         raise RuntimeError(f"{' '.join(command)} exited with {result.returncode}:\n"
