@@ -11,7 +11,8 @@ from trainables.data.demo import load_demo
 # asks waits for it: its readers run on one worker (pytest -n's --dist loadgroup), and the others
 # go on with other tests
 SHARED_EXPERIMENT_GROUPS = {"all_strategies_search": "all_strategies",
-                            "handback_search": "handback"}
+                            "handback_search": "handback",
+                            "backbones_search": "backbones"}
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
@@ -142,3 +143,19 @@ def all_strategies_search(tmp_path_factory):
 
     root = run_once(tmp_path_factory, "all_strategies", search)
     return root / "experiments" / "all", (root / "stdout.txt").read_text()
+
+
+@pytest.fixture(scope="session")
+def backbones_search(tmp_path_factory):
+    """One tiny real search of frozen over two backbones: 5 trials of TPE, one at a time, its
+    preset first (tests/test_backbones.py, and TPE's start-up in tests/test_search_flow.py):
+    (experiment dir, the run's stdout)."""
+    from tests.helpers import BACKBONES, ok, run_once, run_search
+
+    def search(root: Path) -> None:
+        result = ok(run_search(root, "--strategy", "frozen", "--backbone", ",".join(BACKBONES),
+                               "--samples", "5", "--max-epochs", "2", name="bb"))
+        (root / "stdout.txt").write_text(result.stdout)
+
+    root = run_once(tmp_path_factory, "backbones", search)
+    return root / "experiments" / "bb", (root / "stdout.txt").read_text()

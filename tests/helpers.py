@@ -14,6 +14,7 @@ from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_MODEL = "test_resnet"  # timm's 370k-parameter ResNet for tests
+BACKBONES = (TINY_MODEL, "resnet10t")  # what conftest's backbones_search searches over
 # a search small enough for a test: 8 demo images per class, the tiny backbone, one-epoch stages,
 # no Ray dashboard (about 4 s of CPU per Ray start; tests/test_servers.py starts one), and one
 # trial at a time: each Tuner then starts one trial actor and reuses it, where a second would

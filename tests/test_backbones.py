@@ -12,22 +12,18 @@ from search.spec import parse_spec
 from search.tuning import first_configs, strategy_space
 from spaces import to_study_params
 from spaces.registry import get_preset
-from tests.helpers import TINY_MODEL, ok, run_search
-
-BACKBONES = (TINY_MODEL, "resnet10t")
+from tests.helpers import BACKBONES, TINY_MODEL
 
 
-@pytest.mark.slow  # a search of 4 trials over two backbones, with a supervised stage for each
-def test_a_search_over_backbones_pretrains_each_once_and_names_the_winners(tmp_path):
-    ok(run_search(tmp_path, "--strategy", "frozen", "--backbone", ",".join(BACKBONES),
-                  "--samples", "4", "--max-epochs", "1", "--scheduler", "fifo", name="bb"))
-    exp_dir = tmp_path / "experiments" / "bb"
+@pytest.mark.slow  # the shared search of 5 trials over two backbones, a supervised stage each
+def test_a_search_over_backbones_pretrains_each_once_and_names_the_winners(backbones_search):
+    exp_dir, _ = backbones_search
     meta = json.loads((exp_dir / "experiment.json").read_text())
     stages = sorted(r["key"].rsplit("-", 1)[0] for r in meta["stages"])
     assert stages == [f"supervised-{b}" for b in sorted(BACKBONES)]  # once per backbone
     params = [json.loads((d / "params.json").read_text())
               for d in sorted((exp_dir / "frozen").glob("trial_*"))]
-    assert {p["backbone"] for p in params} <= set(BACKBONES) and len(params) == 4
+    assert {p["backbone"] for p in params} <= set(BACKBONES) and len(params) == 5
     board = pd.read_csv(exp_dir / "leaderboard.csv").set_index("strategy")
     winner = json.loads(board.loc["frozen", "hyperparameters"])["backbone"]
     assert board.loc["frozen", "backbone"] == winner

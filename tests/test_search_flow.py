@@ -24,17 +24,16 @@ def result_rows(trial_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines()]
 
 
-def test_tpe_proposes_after_its_startup_trials_and_the_preset_comes_first(tmp_path):
-    """One strategy: that a list of them gives one leaderboard is test_search_e2e's, on the
-    shared search."""
+def test_tpe_proposes_after_its_startup_trials_and_the_preset_comes_first(backbones_search):
+    """On the shared search of one strategy (that a list of them gives one leaderboard is
+    test_search_e2e's), over two backbones (tests/test_backbones.py)."""
     samples = 5
-    exp_dir, stdout = search(tmp_path, "tpe", "--strategy", "frozen", "--samples",
-                             str(samples), "--max-epochs", "2", "--max-concurrent", "1")
+    exp_dir, stdout = backbones_search
     board = pd.read_csv(exp_dir / "leaderboard.csv")
     assert board["strategy"].tolist() == ["frozen"] and (board["trials"] == samples).all()
     assert "STRATEGY" not in stdout and "frozen trials (5/5" in stdout  # the progress table
     start = startup_trials(samples)
-    study = optuna.load_study(study_name="tpe/frozen",
+    study = optuna.load_study(study_name="bb/frozen",
                               storage=f"sqlite:///{exp_dir / 'optuna.db'}")
     # one trial at a time: each proposal sees every earlier result; the study's own
     # records (TPE's relative-parameter attributes) say which trials its model proposed;
