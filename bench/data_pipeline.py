@@ -62,10 +62,12 @@ def count_search_decodes(root: Path, storage: Path, name: str) -> int:
     env = {**os.environ, "DECODE_COUNT_DIR": str(counts),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE / "decode_counter"),
                                                        os.environ.get("PYTHONPATH")]))}
+    # one trial at a time: one trial actor reads the prepared arrays as any number would, and
+    # each more one spends seconds of CPU importing torch and timm
     cmd = [sys.executable, str(HERE.parent / "search" / "run.py"), "--strategy", "scratch",
            "--data", str(root), "--backbone", "test_resnet", "--samples", "4", "--max-epochs",
            "1", "--storage", str(storage), "--name", name, "--cache-dir", str(storage / "cache"),
-           "--no-dashboard"]
+           "--no-dashboard", "--max-concurrent", "1"]
     subprocess.run(cmd, env=env, check=True, capture_output=True)
     return sum(p.stat().st_size for p in counts.iterdir())
 

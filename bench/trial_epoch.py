@@ -53,7 +53,7 @@ def harness_epochs(backbone: str, per_class: int, epochs: int, batch_size: int, 
     subprocess.run([sys.executable, str(ROOT / "search" / "run.py"), "--config",
                     str(tmp / f"{augment}.yaml"), "--storage", str(tmp / "runs"), "--name",
                     augment, "--cache-dir", str(tmp / "cache"), "--keep-checkpoints", "all",
-                    "--quiet"], check=True, capture_output=True, cwd=tmp)
+                    "--quiet", "--no-dashboard"], check=True, capture_output=True, cwd=tmp)
     (result,) = (tmp / "runs" / augment / "scratch").glob("*/result.json")
     rows = [json.loads(line) for line in result.read_text().splitlines()]
     checkpoint = next(result.parent.glob("checkpoint_*/checkpoint.pt"))
