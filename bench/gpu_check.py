@@ -5,7 +5,8 @@
     python bench/gpu.py --check --device cpu    # the same parts, small, on a CPU (a slow test)
 
 1. tests: the gpu-marked tests and the quick suite (`pytest -m "gpu or not slow"`), on parallel
-   workers where pytest-xdist is installed; on a CPU, only the tests of the device rules.
+   workers where pytest-xdist is installed; on a CPU, only the gpu-marked tests of the device
+   rules, which skip there: a check that the part runs pytest and reads its result.
 2. search: a packed demo search (`--gpus-per-trial 0.25`) of scratch and frozen (with its
    supervised stage and features), ending with the final evaluation over 2 seeds (1 on a CPU).
 3. predict: search/predict.py on four test images, with the model the evaluation kept.
@@ -99,8 +100,8 @@ def tests(device: str, out: Path) -> Part:
     start = time.perf_counter()
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m",
                "gpu or not slow"]
-    if device == "cpu":
-        command += ["tests/test_device.py"]
+    if device == "cpu":  # the suite runs the rest of them anyway
+        command = [*command[:-1], "gpu", "tests/test_device.py"]
     elif importlib.util.find_spec("xdist"):
         command += ["-n", str(max(1, min(8, (os.cpu_count() or 2) // 2)))]
     code = run(command, out / "tests.log", TIMEOUT_S[device]["tests"], cwd=ROOT)
