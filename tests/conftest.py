@@ -134,15 +134,11 @@ def all_strategies_search(tmp_path_factory):
     """One tiny real search of every registered strategy, 2 trials each, ending with the final
     evaluation over 2 seeds: (experiment dir, the run's stdout). Shared by the slow tests that
     read a whole experiment, so the suite pays for it once, whichever worker asks first."""
-    from tests.helpers import ok, run_once, run_search
+    from tests.helpers import shared_search
 
-    def search(root: Path) -> None:
-        result = ok(run_search(root, "--max-epochs", "2", "--strategy", "all", "--samples", "2",
-                               "--final-eval", "2", name="all", timeout=1200))
-        (root / "stdout.txt").write_text(result.stdout)
-
-    root = run_once(tmp_path_factory, "all_strategies", search)
-    return root / "experiments" / "all", (root / "stdout.txt").read_text()
+    return shared_search(tmp_path_factory, "all_strategies", "all", "--max-epochs", "2",
+                         "--strategy", "all", "--samples", "2", "--final-eval", "2",
+                         timeout=1200)
 
 
 @pytest.fixture(scope="session")
@@ -150,12 +146,8 @@ def backbones_search(tmp_path_factory):
     """One tiny real search of frozen over two backbones: 5 trials of TPE, one at a time, its
     preset first (tests/test_backbones.py, and TPE's start-up in tests/test_search_flow.py):
     (experiment dir, the run's stdout)."""
-    from tests.helpers import BACKBONES, ok, run_once, run_search
+    from tests.helpers import BACKBONES, shared_search
 
-    def search(root: Path) -> None:
-        result = ok(run_search(root, "--strategy", "frozen", "--backbone", ",".join(BACKBONES),
-                               "--samples", "5", "--max-epochs", "2", name="bb"))
-        (root / "stdout.txt").write_text(result.stdout)
-
-    root = run_once(tmp_path_factory, "backbones", search)
-    return root / "experiments" / "bb", (root / "stdout.txt").read_text()
+    return shared_search(tmp_path_factory, "backbones", "bb", "--strategy", "frozen",
+                         "--backbone", ",".join(BACKBONES), "--samples", "5", "--max-epochs",
+                         "2")

@@ -67,6 +67,18 @@ def run_once(tmp_path_factory, name: str, make: Callable[[Path], None],
     return root
 
 
+def shared_search(tmp_path_factory, group: str, name: str, *args: str,
+                  timeout: float = 900) -> tuple[Path, str]:
+    """One real search (`run_search` with `args`), made once per test session by `run_once` in
+    the directory `group`: (its experiment dir, the run's stdout)."""
+    def search(root: Path) -> None:
+        result = ok(run_search(root, *args, name=name, timeout=timeout))
+        (root / "stdout.txt").write_text(result.stdout)
+
+    root = run_once(tmp_path_factory, group, search)
+    return root / "experiments" / name, (root / "stdout.txt").read_text()
+
+
 def write_trial(root: Path, strategy: str, trial_id: str, params: dict, accs: list[float],
                 seconds_per_epoch: float = 36.0) -> None:
     """One trial in Ray Tune's layout under root/<strategy>: its params, and a report per epoch
