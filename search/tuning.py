@@ -41,6 +41,7 @@ from spaces import SpaceContext, get_space, run_context, to_study_params, to_tri
 from spaces.overrides import load_space_file
 from spaces.registry import get_preset
 from store.records import full_budget_seconds
+from store.tune_storage import tune_filesystem
 from store.uri import join_uri
 from trainables.config import RunSettings
 from trainables.trainable import ByBackbone, train_transfer
@@ -332,7 +333,8 @@ def restore_tuner(spec: ExperimentSpec, strategy: str, data_ref: ray.ObjectRef,
     return tune.Tuner.restore(join_uri(spec.exp_uri, strategy),
                               trainable=make_trainable(spec, strategy, data_ref, stages),
                               resume_unfinished=True, resume_errored=False,
-                              restart_errored=False)
+                              restart_errored=False,
+                              storage_filesystem=tune_filesystem(spec.exp_uri))
 
 
 def run_config(spec: ExperimentSpec, strategy: str) -> tune.RunConfig:
@@ -344,6 +346,7 @@ def run_config(spec: ExperimentSpec, strategy: str) -> tune.RunConfig:
     return tune.RunConfig(
         name=strategy,
         storage_path=spec.exp_uri,  # a local path, or a URI Tune writes to through pyarrow
+        storage_filesystem=tune_filesystem(spec.exp_uri),  # a killed driver leaves no half file
         callbacks=[TBXLoggerCallback(),
                    *progress_callbacks(spec.verbosity, strategy, spec.max_epochs)],
         checkpoint_config=tune.CheckpointConfig(num_to_keep=keep,

@@ -8,4 +8,5 @@ imports neither of them, nor torch:
     best_config best/<strategy>.yaml, the config that reruns a trial
     atomic      atomic writes, and DiskFullError
     uri         experiments at s3://, gs:// and other pyarrow URIs
+    tune_storage    the filesystem Tune writes a local experiment through: each file whole
 """

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
-def _temporary(final: Path) -> Path:
+def temporary_path(final: Path) -> Path:
     # unique per writer, so two processes (or threads) never share a temporary name; it keeps
     # `final`'s suffix, so writers that add one when it is missing (np.savez) add none
     unique = f"{os.getpid()}.{uuid.uuid4().hex[:8]}"
@@ -101,7 +101,7 @@ def atomic_file(final: Path) -> Iterator[Path]:
 
     A write that fails for want of space raises DiskFullError; the temporary file is removed.
     """
-    tmp = _temporary(final)
+    tmp = temporary_path(final)
     try:
         with _failing_as_disk_full(final):
             final.parent.mkdir(parents=True, exist_ok=True)
@@ -120,14 +120,15 @@ def atomic_dir(final: Path, replace: bool = False) -> Iterator[Path]:
     entry, e.g. a re-evaluated model) an existing `final` is swapped out instead. A write that
     fails for want of space raises DiskFullError; the temporary folder is removed.
     """
-    tmp = _temporary(final)
+    tmp = temporary_path(final)
     try:
         with _failing_as_disk_full(final):
             final.parent.mkdir(parents=True, exist_ok=True)
             tmp.mkdir()
             yield tmp
         if replace and final.is_dir():
-            old = _temporary(final)  # two renames: a reader sees the old folder, the new or none
+            # two renames: a reader sees the old folder, the new or none
+            old = temporary_path(final)
             final.rename(old)
             tmp.rename(final)
             shutil.rmtree(old, ignore_errors=True)
