@@ -271,7 +271,11 @@ def test_big_data_table_and_bounded_memory():
     # neither the preparing process nor its workers grow with the count
     assert big["added"] < big["array_bytes"] / 2
     assert big["added"] - small["added"] < (big["array_bytes"] - small["array_bytes"]) / 4
-    assert big["workers"] - small["workers"] < (big["array_bytes"] - small["array_bytes"]) / 4
+    # the workers' memory is sampled every 20 ms, and a loaded machine once starved the sampler
+    # for all of the small run's decoding (it read 0): the growth is only known when it saw both
+    assert big["workers"] < big["array_bytes"] / 2
+    if small["workers"]:
+        assert big["workers"] - small["workers"] < (big["array_bytes"] - small["array_bytes"]) / 4
     assert 1.9 < big["cache_bytes"] / big["array_bytes"] < 2.2  # decoded once, split once
     assert m["warm"]["seconds"] < big["seconds"] and m["warm"]["added"] < big["array_bytes"] / 4
     store = m["store"]
