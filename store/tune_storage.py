@@ -37,7 +37,9 @@ class _Replacing:
 
     def __init__(self, final: str):
         self.final = final
-        self.tmp = temporary_path(Path(final))
+        # no .json or .pkl suffix: a resume copies every such file of the experiment back into
+        # Tune's staging folder, and would take a killed writer's leftover along
+        self.tmp = temporary_path(Path(final)).with_suffix(".part")
         self.failed = False
         self.file = open(self.tmp, "wb")  # noqa: SIM115 - closed by close(), when pyarrow does
 
@@ -121,7 +123,7 @@ class AtomicLocalWrites(pafs.FileSystemHandler):
         self.local.move(src, dest)
 
     def copy_file(self, src: str, dest: str) -> None:
-        tmp = temporary_path(Path(dest))
+        tmp = temporary_path(Path(dest)).with_suffix(".part")
         try:
             shutil.copyfile(src, tmp)
             os.replace(tmp, dest)
