@@ -8,11 +8,16 @@ fails on it (`EOFError: Ran out of input` unpickling tuner.pkl). A local experim
 written through `AtomicLocalWrites`: each file is written under a temporary name and renamed into
 place when it is closed, so a reader sees the old file or the new one, whole. Object stores
 (s3://, gs://) already make an object visible only once its upload completes, and keep pyarrow's
-own filesystem.
+own filesystem. (A writer that raises inside `with fs.open_output_stream(...)` still has its
+stream closed, and so what it wrote renamed into place: pyarrow's close cannot tell it failed.)
+
+Tune pickles this filesystem into tuner.pkl and into every experiment_state-*.json: a resume
+unpickles `store.tune_storage.AtomicLocalWrites` by that name, so it must keep it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from pathlib import Path
@@ -30,6 +35,13 @@ def tune_filesystem(exp_uri: str) -> pafs.FileSystem | None:
     return None if is_uri(exp_uri) else pafs.PyFileSystem(AtomicLocalWrites())
 
 
+def is_local(filesystem: pafs.FileSystem) -> bool:
+    """Whether paths on `filesystem` are this machine's own, to read in place."""
+    return isinstance(filesystem, pafs.LocalFileSystem) or (
+        isinstance(filesystem, pafs.PyFileSystem)
+        and isinstance(filesystem.handler, AtomicLocalWrites))
+
+
 class _Replacing:
     """A file object writing a temporary file that replaces `final` when closed. A failed write,
     or a copy that fails and never closes it, drops the temporary file, and the old `final`
@@ -40,7 +52,6 @@ class _Replacing:
         # no .json or .pkl suffix: a resume copies every such file of the experiment back into
         # Tune's staging folder, and would take a killed writer's leftover along
         self.tmp = temporary_path(Path(final)).with_suffix(".part")
-        self.failed = False
         self.file = open(self.tmp, "wb")  # noqa: SIM115 - closed by close(), when pyarrow does
 
     @property
@@ -51,7 +62,7 @@ class _Replacing:
         try:
             return self.file.write(data)
         except BaseException:
-            self.failed = True
+            self.drop()  # now: the raised error's traceback keeps this object alive
             raise
 
     def flush(self) -> None:
@@ -63,17 +74,23 @@ class _Replacing:
     def close(self) -> None:
         if self.file.closed:
             return
-        self.file.close()
-        if self.failed:
-            self.tmp.unlink(missing_ok=True)
-        else:
+        try:
+            self.file.close()  # its last flush can fail too (a full disk)
             os.replace(self.tmp, self.final)
+        finally:
+            self.tmp.unlink(missing_ok=True)  # gone already once replaced
+
+    def drop(self) -> None:
+        """Close without replacing `final`, and remove the temporary file."""
+        if not self.file.closed:
+            with contextlib.suppress(OSError):
+                self.file.close()
+        self.tmp.unlink(missing_ok=True)
 
     def __del__(self):
         # pyarrow drops a stream unclosed when its copy fails; `file` is unset if open() failed
         if hasattr(self, "file") and not self.file.closed:
-            self.file.close()
-            self.tmp.unlink(missing_ok=True)
+            self.drop()
 
 
 class AtomicLocalWrites(pafs.FileSystemHandler):

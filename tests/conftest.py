@@ -1,3 +1,5 @@
+import gc
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -151,3 +153,24 @@ def backbones_search(tmp_path_factory):
     return shared_search(tmp_path_factory, "backbones", "bb", "--strategy", "frozen",
                          "--backbone", ",".join(BACKBONES), "--samples", "5", "--max-epochs",
                          "2")
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 64 kB tmpfs, unmounted afterwards; skips where mounting is not permitted (not root,
+    or a container without CAP_SYS_ADMIN)."""
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    try:
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
+                              capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        pytest.skip(f"cannot mount a tmpfs to fill: {error}")
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs to fill: {done.stderr.strip() or done.returncode}")
+    try:
+        yield mount
+    finally:
+        gc.collect()  # a failed torch.save's writer keeps its (unlinked) file open until then
+        if subprocess.run(["umount", str(mount)], capture_output=True, timeout=30).returncode:
+            subprocess.run(["umount", "-l", str(mount)], capture_output=True, timeout=30)

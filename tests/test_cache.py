@@ -2,11 +2,9 @@
 two experiments filling one cache at once."""
 
 import errno
-import gc
 import hashlib
 import queue
 import re
-import subprocess
 import time
 from pathlib import Path
 
@@ -91,27 +89,6 @@ def test_a_replacing_directory_entry_swaps_out_the_old_one(tmp_path):
 
 TOO_BIG = 200_000  # bytes: more than the 64 kB tmpfs holds
 ADVICE = "; free some space, or point --cache-dir / --storage at a larger disk"
-
-
-@pytest.fixture
-def full_disk(tmp_path):
-    """A 64 kB tmpfs, unmounted afterwards; skips where mounting is not permitted (not root,
-    or a container without CAP_SYS_ADMIN)."""
-    mount = tmp_path / "tiny"
-    mount.mkdir()
-    try:
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
-                              capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired) as error:
-        pytest.skip(f"cannot mount a tmpfs to fill: {error}")
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs to fill: {done.stderr.strip() or done.returncode}")
-    try:
-        yield mount
-    finally:
-        gc.collect()  # a failed torch.save's writer keeps its (unlinked) file open until then
-        if subprocess.run(["umount", str(mount)], capture_output=True, timeout=30).returncode:
-            subprocess.run(["umount", "-l", str(mount)], capture_output=True, timeout=30)
 
 
 def assert_disk_full(error: BaseException, final: Path, mount: Path) -> None:

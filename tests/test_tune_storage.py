@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 import pytest
+import torch
 from fsspec.implementations.local import LocalFileSystem
 
 from store.tune_storage import tune_filesystem
@@ -33,7 +34,7 @@ COPIER = textwrap.dedent("""
         pafs.copy_files(str(staging / str(round % 2)), experiment, destination_filesystem=fs,
                         chunk_size=1 << 16)
         if round == 0:
-            print("copied", flush=True)
+            (staging / "copied").touch()
 """).format(size=SIZE)
 
 
@@ -42,10 +43,13 @@ def copy_until_killed(tmp_path: Path, mode: str) -> list[bytes]:
     staging, experiment = tmp_path / "staging", tmp_path / "experiment"
     staging.mkdir(parents=True)
     experiment.mkdir()  # as Tune makes it before it copies
-    copier = subprocess.Popen([sys.executable, "-c", COPIER, str(staging), str(experiment), mode],
-                              stdout=subprocess.PIPE, text=True)
+    copier = subprocess.Popen([sys.executable, "-c", COPIER, str(staging), str(experiment), mode])
     try:
-        assert copier.stdout.readline() == "copied\n"
+        deadline = time.monotonic() + 60
+        while not (staging / "copied").exists():
+            assert copier.poll() is None, f"the copier exited with {copier.returncode}"
+            assert time.monotonic() < deadline, "the copier did not copy once in 60 s"
+            time.sleep(0.05)
         time.sleep(0.3)
     finally:
         copier.send_signal(signal.SIGKILL)
@@ -100,6 +104,32 @@ def test_a_copy_that_fails_midway_keeps_the_old_file_and_leaves_no_temporary(tmp
                         destination_filesystem=tune_filesystem(str(experiment)))
     assert os.listdir(experiment) == ["state.pkl"]
     assert (experiment / "state.pkl").read_bytes() == b"old"
+
+
+def test_a_write_that_fills_the_disk_keeps_the_old_file_and_leaves_no_temporary(full_disk):
+    (full_disk / "tuner.pkl").write_bytes(b"old")
+    source = full_disk.parent / "tuner.pkl"
+    source.write_bytes(os.urandom(256 << 10))  # 4 times the disk
+    with pytest.raises(OSError, match="No space left"):
+        pafs.copy_files(str(source), str(full_disk / "tuner.pkl"),
+                        destination_filesystem=tune_filesystem(str(full_disk)))
+    assert os.listdir(full_disk) == ["tuner.pkl"]
+    assert (full_disk / "tuner.pkl").read_bytes() == b"old"
+
+
+def test_a_restarted_trial_reads_its_local_checkpoint_in_place(tmp_path, monkeypatch):
+    """Ray's as_directory() copies a checkpoint on any filesystem but pyarrow's local one to a
+    temporary folder first: ~100 MB more to write per restart, resume or PBT exploit."""
+    from ray import tune
+    from ray.train import Checkpoint
+
+    from trainables import trainable
+
+    torch.save({"epoch": 3}, tmp_path / trainable.CHECKPOINT_FILE)
+    checkpoint = Checkpoint(str(tmp_path), filesystem=tune_filesystem(str(tmp_path)))
+    monkeypatch.setattr(tune, "get_checkpoint", lambda: checkpoint)
+    monkeypatch.setattr(Checkpoint, "to_directory", lambda *_: pytest.fail("copied"))
+    assert trainable.tune_checkpoint() == {"epoch": 3}
 
 
 def test_object_stores_keep_pyarrows_own_filesystem():

@@ -30,6 +30,7 @@ from timm.scheduler import CosineLRScheduler
 from timm.utils import ModelEmaV3
 from torch import nn
 
+from store.tune_storage import is_local
 from trainables import stopping
 from trainables.averaging import (
     after_steps,
@@ -241,6 +242,8 @@ def tune_checkpoint() -> dict | None:
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
         return None
+    if is_local(checkpoint.filesystem):  # as_directory() would first copy it to a temporary folder
+        return load_checkpoint(Path(checkpoint.path))
     with checkpoint.as_directory() as directory:
         return load_checkpoint(Path(directory))
 
