@@ -11,18 +11,20 @@ from trainables.data.demo import load_demo
 
 # a shared experiment (run_once) is made by the first worker that asks, while any other that
 # asks waits for it: its readers run on one worker (pytest -n's --dist loadgroup), and the others
-# go on with other tests
-SHARED_EXPERIMENT_GROUPS = {"all_strategies_search": "all_strategies",
-                            "handback_search": "handback",
-                            "backbones_search": "backbones"}
+# go on with other tests. So do the users of test_serve.py's service, a module fixture that
+# would otherwise start Ray Serve once on each worker that runs one of them
+SHARED_FIXTURE_GROUPS = {"all_strategies_search": "all_strategies",
+                         "handback_search": "handback",
+                         "backbones_search": "backbones",
+                         "service": "serve"}
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(config, items):
-    """The readers of a shared experiment in its xdist group. Tests marked `gpu` check what
-    only a CUDA GPU can show; elsewhere they skip."""
+    """The users of a shared experiment or service in its xdist group. Tests marked `gpu` check
+    what only a CUDA GPU can show; elsewhere they skip."""
     for item in items:
-        for fixture, group in SHARED_EXPERIMENT_GROUPS.items():
+        for fixture, group in SHARED_FIXTURE_GROUPS.items():
             if fixture in item.fixturenames:
                 item.add_marker(pytest.mark.xdist_group(group))
     if torch.cuda.is_available():
