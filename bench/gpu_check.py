@@ -8,7 +8,8 @@
    workers where pytest-xdist is installed; on a CPU, only the gpu-marked tests of the device
    rules, which skip there: a check that the part runs pytest and reads its result.
 2. search: a packed demo search (`--gpus-per-trial 0.25`) of scratch and frozen (with its
-   supervised stage and features), ending with the final evaluation over 2 seeds (1 on a CPU).
+   supervised stage and features), ending with the final evaluation over 2 seeds (on a CPU,
+   frozen alone and 1 seed).
 3. predict: search/predict.py on four test images, with the model the evaluation kept.
 4. report: analysis/report.py on that search.
 5. table: bench/gpu.py's throughput table, with nothing else running (on a CPU without its
@@ -38,14 +39,15 @@ from bench.gpu_sizes import CPU, GPU
 from store.layout import EVAL_SUMMARY, MODEL_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
-# per device: the search's arguments, and each part's timeout in seconds. On a CPU one trial at
-# a time: each Tuner then starts one trial actor, where a second would spend seconds of CPU
-# importing torch and timm to train 40 images
+# per device: the search's arguments, and each part's timeout in seconds. On a CPU, frozen alone
+# (its stage, its features, a Tuner, the final evaluation: every phase the GPU's search has) and
+# one trial at a time: a Tuner starts one trial actor, which spends seconds of CPU importing
+# torch and timm to train 40 images, and the suite's searches prove the rest on a CPU
 SEARCH = {
     "cuda": ["--data", "demo", "--strategy", "scratch,frozen", "--samples", "2",
              "--max-epochs", "1", "--pretrain-epochs", "2", "--gpus-per-trial", "0.25",
              "--cpus-per-trial", "2"],
-    "cpu": ["--data", "demo:4", "--strategy", "scratch,frozen", "--samples", "2",
+    "cpu": ["--data", "demo:4", "--strategy", "frozen", "--samples", "2",
             "--max-epochs", "1", "--pretrain-epochs", "1", "--backbone", "test_resnet",
             "--cpus-per-trial", "1", "--no-dashboard", "--max-concurrent", "1"],
 }

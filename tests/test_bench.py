@@ -187,7 +187,7 @@ def test_the_gpu_check_runs_every_part_small_on_a_cpu(tmp_path):
         assert f"PASS  {part}" in summary, summary
     assert "4 of 4 images classified" in summary
     for row in ("bare loop alone (test_resnet at 32 px, batch 32)",
-                "4 packed trials of a quarter GPU at 32 px, total",
+                "2 packed trials of a quarter GPU at 32 px, total",
                 "search (demo:8 at 32 px, 2 trials x up to 2 epochs", "  trials  ",
                 "images trained per second in the trial phase, all trials"):
         assert row in summary, row
