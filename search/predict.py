@@ -65,6 +65,29 @@ def find_model(path: str | Path) -> Path:
                   f"of {', '.join(str(p) for p in kept.values())}")
 
 
+def local_model(model: str, into: Path | None = None) -> Path:
+    """The model's folder here: itself, or its two files downloaded from a URI into `into`
+    (else a new temporary folder). Light, as the rest of this module, so that search/serve.py
+    answers a URI with no model there before it imports Ray Serve and torch."""
+    import shutil
+    import tempfile
+
+    from store.uri import is_uri, join_uri, open_uri
+
+    if not is_uri(model):
+        return Path(model)
+    local = into or Path(tempfile.mkdtemp(prefix="transfer-search-model-"))
+    for name in MODEL_FILES:
+        fs, path = open_uri(join_uri(model, name))
+        try:
+            with fs.open_input_stream(path) as src, (local / name).open("wb") as dst:
+                shutil.copyfileobj(src, dst)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{model}: no {name} there; pass the URI of a kept model "
+                                    "folder, .../eval/model/STRATEGY") from None
+    return local
+
+
 def predict_files(model_dir: Path, paths: list[str], batch_size: int = 64
                   ) -> list[tuple[str, str | None, float | None, str | None]]:
     """(path, class, probability, error) per image, in the order given."""

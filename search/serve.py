@@ -28,7 +28,7 @@ from pathlib import Path
 from search.checks import LOOPBACK
 from search.export import BadModel, load
 from search.options import UsageError
-from search.predict import NoModel, find_model
+from search.predict import NoModel, find_model, local_model
 from search.serve_settings import MiB, ServiceSettings
 from store.uri import RemoteError
 
@@ -91,8 +91,6 @@ def checked_model(path: str) -> tuple[dict, str]:
     if not is_uri(path):
         local = find_model(path).resolve()
         return load(local)[2], str(local)
-    from search.serving import local_model
-
     with tempfile.TemporaryDirectory(prefix="transfer-search-model-") as tmp:
         try:
             local = local_model(path, into=Path(tmp))

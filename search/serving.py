@@ -30,6 +30,7 @@ from ray import serve
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
+from search.predict import local_model
 from search.serve_settings import ServiceSettings
 from trainables.data.imagefolder import to_array
 from trainables.loop import predict as class_probabilities  # the endpoint is named predict
@@ -131,29 +132,6 @@ def top_k_of(request: Request, default: int, classes: int) -> int:
     if not (text.isascii() and text.isdigit() and len(text) < 6) or not 1 <= int(text) <= classes:
         raise RequestError(400, f"top_k={text!r}: pass a whole number from 1 to {classes}")
     return int(text)
-
-
-def local_model(model: str, into: Path | None = None) -> Path:
-    """The model's folder here: itself, or its two files downloaded from a URI into `into`
-    (else a new temporary folder)."""
-    import shutil
-    import tempfile
-
-    from store.uri import is_uri, join_uri, open_uri
-    from trainables.export import META_FILE, WEIGHTS_FILE
-
-    if not is_uri(model):
-        return Path(model)
-    local = into or Path(tempfile.mkdtemp(prefix="transfer-search-model-"))
-    for name in (META_FILE, WEIGHTS_FILE):
-        fs, path = open_uri(join_uri(model, name))
-        try:
-            with fs.open_input_stream(path) as src, (local / name).open("wb") as dst:
-                shutil.copyfileobj(src, dst)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{model}: no {name} there; pass the URI of a kept model "
-                                    "folder, .../eval/model/STRATEGY") from None
-    return local
 
 
 app = FastAPI(title="transfer-search model service", docs_url=None, redoc_url=None)

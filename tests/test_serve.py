@@ -206,7 +206,7 @@ def test_ctrl_c_stops_the_service(service):
 def test_a_replica_reads_a_model_from_a_uri(model_dir):
     """What a RayService's replica does with an s3:// model (here file://, through the same
     pyarrow download as --storage)."""
-    from search.serving import local_model
+    from search.predict import local_model
     from trainables.export import load_model
 
     local = local_model(model_dir.as_uri())
@@ -254,3 +254,19 @@ def test_bad_input_exits_2_with_one_line_before_ray_starts(case, model_dir, tmp_
     assert result.returncode == 2 and len(lines) == 1, result.stderr
     assert lines[0].startswith("serve.py: error: "), lines
     assert "Started a local Ray" not in result.stdout + result.stderr
+
+
+def test_a_uri_with_no_model_is_answered_before_torch_or_ray_serve_is_imported(tmp_path):
+    """A mistyped URI costs a user no wait: it is answered before the seconds of imports."""
+    code = ("import runpy, sys\n"
+            f"sys.argv = ['serve.py', {tmp_path.as_uri()!r}]\n"
+            "try:\n"
+            f"    runpy.run_path({str(ROOT / 'search' / 'serve.py')!r}, run_name='__main__')\n"
+            "except SystemExit as exit:\n"
+            "    assert exit.code == 2, exit.code\n"
+            "print(sorted({'torch', 'ray.serve'} & set(sys.modules)))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+    assert "no model.json there" in result.stderr
