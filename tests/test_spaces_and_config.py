@@ -116,7 +116,10 @@ def test_show_space_prints_what_a_gpu_search_samples():
     assert "batch_size: [128, 256, 512]" in show_spaces(run, train_images=9000)
     # at 128 px the random-resized crop replaces CIFAR's pad-and-crop, in the preset too
     assert "augment: [none, flip, rrc, trivialaugment, randaugment]" in show_spaces(run)
-    assert "batch_size=512 augment=rrc crop_scale=0.35" in show_spaces(run, train_images=9000)
+    # the scratch preset at the batch nearest its recipe's steps: 5 epochs of 9,000 images at
+    # 128, the smallest; 200,000 images fill the steps at the largest
+    assert "batch_size=128 augment=rrc crop_scale=0.35" in show_spaces(run, train_images=9000)
+    assert "batch_size=512 augment=rrc" in show_spaces(run, train_images=200_000)
     assert "sgd: {low: 0.002, high: 0.6, log: true}" in show_spaces(run, train_images=9000)
     cpu = SimpleNamespace(**{**vars(run), "gpus_per_trial": 0.0})
     assert "batch_size: [32, 64, 128]" in show_spaces(cpu, train_images=9000)

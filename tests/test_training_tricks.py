@@ -11,6 +11,7 @@ from torch import nn
 
 from spaces import SPACES, get_space, to_study_params
 from spaces.dims import Choices, Fixed, ProbeTrial
+from spaces.recipes import steps_batch
 from spaces.registry import WD_RANGES, SpaceContext, get_preset
 from tests.helpers import TINY_MODEL
 from trainables.averaging import TRAIN_KEY, mixing
@@ -102,6 +103,19 @@ def test_the_warmup_is_the_share_of_the_schedule_it_names():
 def test_adamw_searches_its_own_decoupled_weight_decay():
     assert WD_RANGES["adamw"][0] <= 0.05 <= WD_RANGES["adamw"][1]  # DeiT's and timm's default
     assert WD_RANGES["sgd"][1] < 0.05
+
+
+def test_the_scratch_preset_takes_the_batch_that_comes_nearest_its_recipes_steps():
+    """Page's schedule is about 1,000 steps: 3 epochs of 3,750 images get the most steps at the
+    smallest batch, with the lr scaled down as the spaces scale it; 10 epochs of 50,000 fill
+    them at the largest; an unknown training split keeps the largest."""
+    short = get_preset("scratch", SpaceContext(train_images=3750, max_epochs=3))
+    assert (short["batch_size"], short["lr"]) == (32, pytest.approx(0.05))
+    long = get_preset("scratch", SpaceContext(train_images=50_000, max_epochs=10))
+    assert (long["batch_size"], long["lr"]) == (128, pytest.approx(0.1))
+    assert get_preset("scratch", SpaceContext())["batch_size"] == 128
+    assert steps_batch(SpaceContext(train_images=50_000, max_epochs=1), 200) == 128
+    assert steps_batch(SpaceContext(train_images=50_000, max_epochs=1), 600) == 64
 
 
 @pytest.mark.parametrize("context", [SpaceContext(), SpaceContext(image_size=128)],
