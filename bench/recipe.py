@@ -45,8 +45,9 @@ ARMS = {"before": ("--no-preset", "--space", str(HERE / "before_tricks.yaml")),
         "preset": ("--samples", "1"),
         "search": ()}
 GOALS = {"before": 3.0, "preset": 1.0}  # points (c) must gain over each, on the CIFAR slice
+# max_concurrent None: each search runs Ray's default number of trials at once
 DEFAULTS = {"datasets": ("cifar", "demo"), "seeds": (0, 1, 2), "samples": 8, "max_epochs": 3,
-            "backbone": "resnet10t", "jobs": 2}
+            "backbone": "resnet10t", "jobs": 2, "max_concurrent": None}
 # --quick: the demo, one seed, 2 trials of 1 epoch with the tiny backbone: a check that the
 # script produces every row, not a measurement
 QUICK = {**DEFAULTS, "datasets": ("demo",), "seeds": (0,), "samples": 2, "max_epochs": 1,

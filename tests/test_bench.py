@@ -5,6 +5,7 @@ machine: a cache hit beats decoding, trials decode nothing, head-only beats the 
 """
 
 import math
+from pathlib import Path
 
 import pytest
 
@@ -351,3 +352,36 @@ def test_pretext_data_is_prepared_once_and_handed_to_the_stage_mapped(tmp_path):
     assert (cold["train"], cold["held_out"]) == (warm["train"], warm["held_out"]) == (380, 20)
     assert cold["mapped"] and warm["mapped"]
     assert warm["seconds"] < cold["seconds"]
+
+
+def test_the_recipe_benchmark_runs_each_arm_with_its_own_flags(tmp_path, monkeypatch):
+    """bench/recipe.py's three searches per seed, as the commands it hands search/run.py (the
+    searches faked: a real run takes minutes), and the (a) arm's space file still valid."""
+    import subprocess
+
+    from bench import recipe
+    from spaces.overrides import load_space_file
+    from store.layout import EVAL_RESULTS
+
+    commands = []
+
+    def fake_search(command, **kwargs):
+        commands.append(command)
+        exp_dir = Path(command[command.index("--storage") + 1]) / command[command.index("--name")
+                                                                          + 1]
+        (exp_dir / EVAL_RESULTS).parent.mkdir(parents=True)
+        (exp_dir / EVAL_RESULTS).write_text(f"strategy,seed,test_acc\nscratch,0,{len(commands)}\n")
+        return subprocess.CompletedProcess(command, 0, "", "")
+
+    monkeypatch.setattr("bench.search_quality.subprocess.run", fake_search)
+    m = recipe.measure(tmp_path, cifar=tmp_path / "missing", seeds=(0,), jobs=1)
+    assert m["results"] == {"demo": {"before": [1.0], "preset": [2.0], "search": [3.0]}}
+    before, preset, search = (" ".join(c) for c in commands)
+    for command in (before, preset, search):
+        assert "--strategy scratch --data demo --backbone resnet10t --samples 8" in command
+        assert "--max-epochs 3 --grace-period 1 --reduction-factor 4 --seed 0" in command
+        assert command.endswith("--final-eval 1") and "--max-concurrent" not in command
+    assert before.count("--no-preset --space ") == 1 and "--samples 1" in preset
+    assert "--no-preset" not in search + preset and "--samples 1" not in search
+    space = load_space_file(recipe.ARMS["before"][2], ["scratch"])["scratch"]
+    assert "mix" in space and space["mix"].contains("none") and not space["mix"].contains("mixup")
