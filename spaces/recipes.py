@@ -3,7 +3,7 @@ training, tried as the first trial of its search (unless --no-preset).
 
 A recipe is written at its own batch size and scaled to one of the space's batches (the
 largest, or for a schedule counted in steps the one whose epochs come nearest them) the way the
-spaces scale their lr ranges (the square root of the batch's growth, SpaceContext.lr_scale),
+spaces scale their lr ranges (the square root of the batch's growth, batch_lr_scale),
 and its crop follows the image size as the spaces' augmentation choices do. Each value lies
 inside the built-in space (a test checks), so the search starts where a careful practitioner
 would and TPE's random start-up trials come after it.
@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from spaces.registry import CPU_BATCHES, RRC_FROM_PX, SpaceContext
+from spaces.registry import RRC_FROM_PX, SpaceContext, batch_lr_scale
 
 
 def crop(context: SpaceContext, crop_scale: float) -> dict[str, Any]:
@@ -48,7 +48,7 @@ def fast_resnet(context: SpaceContext) -> dict[str, Any]:
     with flips, a warmup over the first fifth of a one-cycle schedule, and an EMA of the
     weights (0.99); at the batch that comes nearest its steps (steps_batch)."""
     batch = steps_batch(context, FAST_RESNET_STEPS)
-    return {"optimizer": "sgd", "lr": 0.1 * math.sqrt(batch / CPU_BATCHES[-1]),
+    return {"optimizer": "sgd", "lr": 0.1 * batch_lr_scale(batch),
             "weight_decay": 5e-4, "batch_size": batch, **crop(context, 0.35), "mix": "none",
             "ema_decay": 0.99, "warmup": 0.2, "label_smoothing": 0.2}
 

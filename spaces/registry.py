@@ -69,7 +69,13 @@ class SpaceContext:
     @property
     def lr_scale(self) -> float:
         """How much higher the lrs go than a CPU's: the square root of the batches' growth."""
-        return math.sqrt(self.batch_sizes[-1] / CPU_BATCHES[-1])
+        return batch_lr_scale(self.batch_sizes[-1])
+
+
+def batch_lr_scale(batch: int) -> float:
+    """An lr set for a CPU's largest batch, scaled to `batch`: by the square root of the
+    batch's growth (Krizhevsky 2014; Hoffer et al. 2017)."""
+    return math.sqrt(batch / CPU_BATCHES[-1])
 
 
 def run_context(spec: Any, train_images: int | None = None) -> SpaceContext:

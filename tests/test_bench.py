@@ -367,8 +367,7 @@ def test_the_recipe_benchmark_runs_each_arm_with_its_own_flags(tmp_path, monkeyp
 
     def fake_search(command, **kwargs):
         commands.append(command)
-        exp_dir = Path(command[command.index("--storage") + 1]) / command[command.index("--name")
-                                                                          + 1]
+        exp_dir = Path(*(command[command.index(flag) + 1] for flag in ("--storage", "--name")))
         (exp_dir / EVAL_RESULTS).parent.mkdir(parents=True)
         (exp_dir / EVAL_RESULTS).write_text(f"strategy,seed,test_acc\nscratch,0,{len(commands)}\n")
         return subprocess.CompletedProcess(command, 0, "", "")
