@@ -3,10 +3,12 @@ whose count survives Ctrl-C, a killed driver and --resume.
 
 The budget is split equally between the run's strategies, whose Tuners run one after another,
 so each strategy is searched for the same time. A strategy's `BudgetStopper` counts the seconds
-its Tuner runs, from Tune's first check on, and once its share is spent ends the Tuner: Tune's
-`stop_all` path starts no more trials (the searcher is set finished) and stops the running ones,
-which end TERMINATED with their last epoch's results. Tune tells neither the searcher nor the
-callbacks about those, so `settle_stopped` records them in the Optuna study.
+its Tuner runs from its first trial's start on (`TrialStarted`): the wait for a trial's
+resources and its actor's start (importing torch and timm, 9 s on an idle 2-core machine and
+more on a busy one) are no strategy's search time. Once its share is spent it ends the Tuner:
+Tune's `stop_all` path starts no more trials (the searcher is set finished) and stops the
+running ones, which end TERMINATED with their last epoch's results. Tune tells neither the
+searcher nor the callbacks about those, so `settle_stopped` records them in the Optuna study.
 
 Tune's own `TuneConfig(time_budget_s=...)` is not used: its clock is kept only inside Tune. A
 restored Tuner builds a new TimeoutStopper with the whole budget from the TuneConfig pickled
@@ -32,7 +34,7 @@ from pathlib import Path
 
 import optuna
 import pyarrow.fs as pafs
-from ray.tune import ResultGrid
+from ray.tune import Callback, ResultGrid
 from ray.tune.stopper import Stopper
 
 from search.spec import ExperimentSpec
@@ -76,14 +78,32 @@ class Ledger:
 # ledger names the experiment where it was then (it may have been moved since, or staged from
 # a URI into another cache); such a copy takes its ledger from here.
 _LEDGERS: dict[str, Ledger] = {}
+# The strategies whose Tuner in this driver has started a trial. Tune tells a stopper of no
+# trial, and replaces it on restore with a copy, so what starts its clock is kept here.
+_STARTED: set[str] = set()
+
+
+def trial_started(strategy: str) -> None:
+    _STARTED.add(strategy)
+
+
+class TrialStarted(Callback):
+    """Starts the strategy's budget clock once Tune has started a trial's actor."""
+
+    def __init__(self, strategy: str):
+        self.strategy = strategy
+
+    def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
+        trial_started(self.strategy)
 
 
 class BudgetStopper(Stopper):
     """Ends a strategy's Tuner once it has spent `share_s` seconds, over all its runs.
 
     `clock` is read at every check (Tune's every step); only differences between two reads in
-    one process count, so the time a driver was down is not spent. Tune pickles the stopper into
-    tuner.pkl and its experiment-state snapshots; an unpickled copy reads the ledger first.
+    one process after the Tuner's first trial started count, so neither the time before it nor
+    the time a driver was down is spent. Tune pickles the stopper into tuner.pkl and its
+    experiment-state snapshots; an unpickled copy reads the ledger first.
     """
 
     def __init__(self, strategy: str, share_s: float, ledger: Ledger,
@@ -103,13 +123,14 @@ class BudgetStopper(Stopper):
         return {**self.__dict__, "_last": None, "_written": -math.inf}
 
     def __call__(self, trial_id: str, result: dict) -> bool:
+        trial_started(self.strategy)  # a Tuner saved without the TrialStarted callback
         return False  # the budget ends the whole Tuner, in stop_all
 
     def stop_all(self) -> bool:
         now = self.clock()
         if self._last is None:  # the first check since built or unpickled: the ledger first
             self._load()
-        elif not self.ended:
+        elif not self.ended and self.strategy in _STARTED:
             self.spent_s += now - self._last
         self._last = now
         if self.ended:
@@ -145,10 +166,16 @@ def use_ledger(spec: ExperimentSpec, strategy: str) -> Ledger:
     in this process, the restored ones included."""
     ledger = Ledger(spec.exp_dir, spec.exp_uri if spec.storage_uri else None)
     _LEDGERS[strategy] = ledger
+    _STARTED.discard(strategy)  # this Tuner's clock waits for its own first trial
     # Tune warns, with a FileNotFoundError each, of every trial without results once a Tuner
     # ends; a budget leaves a trial or two waiting for a free slot, never started (never_started)
     logging.getLogger("ray.tune.analysis.experiment_analysis").addFilter(without_fetch_warning)
     return ledger
+
+
+def budget_callbacks(spec: ExperimentSpec, strategy: str) -> list[Callback]:
+    """What a Tuner of `strategy` needs besides its stopper; none without --time-budget."""
+    return [] if spec.time_budget_s is None else [TrialStarted(strategy)]
 
 
 def budget_stopper(spec: ExperimentSpec, strategy: str,

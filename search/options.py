@@ -163,8 +163,9 @@ def add_search_options(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--time-budget", default=None, metavar="DURATION",
                    help="wall-clock time of the trials, split equally between the strategies, "
                    "each strategy's Tuner stopped once its share is spent; 600 (seconds), 90s, "
-                   "10m or 1.5h; --resume keeps the time left; data, Ray's start, pretraining "
-                   "and --final-eval come on top (default: none, --samples trials)")
+                   "10m or 1.5h, counted from each strategy's first trial; --resume keeps the "
+                   "time left; data, Ray's start, pretraining and --final-eval come on top "
+                   "(default: none, --samples trials)")
     g.add_argument("--no-preset", action="store_true",
                    help="do not try each strategy's preset first (a published recipe for its "
                    "kind of training, shown by --show-space); the sampler picks every trial "

@@ -29,7 +29,7 @@ from ray import tune
 from ray.tune.logger import TBXLoggerCallback
 from ray.tune.search.optuna import OptunaSearch
 
-from search.budget import budget_stopper, use_ledger
+from search.budget import budget_callbacks, budget_stopper, use_ledger
 from search.pretraining import StageOutputs
 from search.progress import progress_callbacks, tune_verbosity
 from search.resources import LAUNCHER_CONFIG
@@ -348,7 +348,8 @@ def run_config(spec: ExperimentSpec, strategy: str) -> tune.RunConfig:
         storage_path=spec.exp_uri,  # a local path, or a URI Tune writes to through pyarrow
         storage_filesystem=tune_filesystem(spec.exp_uri),  # a killed driver leaves no half file
         callbacks=[TBXLoggerCallback(),
-                   *progress_callbacks(spec.verbosity, strategy, spec.max_epochs)],
+                   *progress_callbacks(spec.verbosity, strategy, spec.max_epochs),
+                   *budget_callbacks(spec, strategy)],
         checkpoint_config=tune.CheckpointConfig(num_to_keep=keep,
                                                 checkpoint_score_attribute="val_acc",
                                                 checkpoint_score_order="max"),
