@@ -190,6 +190,13 @@ def strategy_space(spec: ExperimentSpec, strategy: str, context: SpaceContext | 
     return get_space(strategy, context or run_context(spec), overrides.get(strategy))
 
 
+def preset_point(spec: ExperimentSpec, strategy: str, context: SpaceContext) -> dict | None:
+    """The preset's study parameters, as the searcher enqueues them; None with --no-preset."""
+    space = strategy_space(spec, strategy, context)
+    return study_points(first_configs(spec, strategy, space)[:1], space)[0] if spec.preset \
+        else None
+
+
 def make_searcher(spec: ExperimentSpec, strategy: str, storage: optuna.storages.BaseStorage,
                   yield_after_end: bool = False, context: SpaceContext | None = None
                   ) -> MarkedOptunaSearch:
@@ -227,7 +234,8 @@ def make_tuner(spec: ExperimentSpec, strategy: str, data_ref: ray.ObjectRef,
     scheduler = make_scheduler(spec.scheduler, max_epochs=spec.max_epochs,
                                grace_period=spec.grace_period,
                                reduction_factor=spec.reduction_factor, seed=spec.seed,
-                               lr_ranges=context.lr_ranges)
+                               lr_ranges=context.lr_ranges,
+                               preset=preset_point(spec, strategy, context))
     param_space = None
     if spec.scheduler == "pbt":  # Ray runs PBT without a searcher: the population comes first
         population = population_configs(spec, strategy, context)

@@ -13,27 +13,32 @@ import pytest
 import ray
 import torch
 from ray import tune
+from ray.tune.experiment import Trial
 from ray.tune.schedulers import (
     AsyncHyperBandScheduler,
     FIFOScheduler,
     HyperBandScheduler,
     MedianStoppingRule,
     PopulationBasedTraining,
+    TrialScheduler,
 )
 from ray.tune.search import SearchGenerator
 from ray.tune.search.optuna import OptunaSearch
 
 from search.schedulers import (
     SCHEDULERS,
+    TIME_ATTR,
     SeededPBT,
     check_scheduler,
     initial_population,
+    is_preset,
     make_scheduler,
     population_search,
 )
 from search.spec import UsageError, parse_spec
+from search.tuning import make_searcher, preset_point
 from spaces import SpaceContext
-from spaces.registry import WD_RANGES
+from spaces.registry import WD_RANGES, to_study_params
 from tests.helpers import TINY_MODEL
 from trainables.config import RunSettings, TrialConfig
 from trainables.trainable import fit, train_transfer
@@ -125,6 +130,46 @@ def test_impossible_settings_raise_a_usage_error_naming_the_fix(args, kwargs, fi
 def test_make_scheduler_checks_its_arguments():
     with pytest.raises(UsageError, match="--reduction-factor"):
         make_scheduler("asha", max_epochs=6, grace_period=2, reduction_factor=1, seed=0)
+
+
+@pytest.mark.parametrize("name", ["asha", "median"])
+def test_the_presets_trial_runs_every_epoch_where_its_twin_is_stopped(name):
+    """Four trials score high, the preset and a trial one lr away from it score low: the rule
+    stops the latter at its first chance, and lets the preset run to max_epochs."""
+    values = {"optimizer": "sgd", "lr": 0.05, "batch_size": 32, "augment": "crop_flip"}
+    scheduler = make_scheduler(name, max_epochs=3, grace_period=1, reduction_factor=4, seed=0,
+                               preset=to_study_params(values))
+    scheduler.set_search_properties(METRIC, "max")
+    trials = [Trial("fake", config={**values, "lr": lr}, stub=True)
+              for lr in (0.01, 0.02, 0.03, 0.04, 0.05, 0.06)]
+    preset, twin = trials[4], trials[5]
+    controller = SimpleNamespace(get_live_trials=lambda: trials)  # the median rule asks
+    for trial in trials:
+        scheduler.on_trial_add(controller, trial)
+    decisions = {trial: [] for trial in trials}
+    for epoch in (1, 2):
+        for trial, score in zip(trials, (0.8, 0.7, 0.6, 0.5, 0.1, 0.1), strict=True):
+            if TrialScheduler.STOP not in decisions[trial]:
+                decisions[trial].append(scheduler.on_trial_result(
+                    controller, trial, {TIME_ATTR: epoch, METRIC: score}))
+    assert TrialScheduler.STOP in decisions[twin]
+    assert decisions[preset] == [TrialScheduler.CONTINUE] * 2
+    # its last epoch is the rule's again (the median rule asserted on a trial it had stopped)
+    scheduler.on_trial_result(controller, preset, {TIME_ATTR: 3, METRIC: 0.1})
+
+
+def test_the_searchers_first_trial_is_the_one_the_scheduler_keeps(tmp_path):
+    spec = parse_spec(["--strategy", "scratch", "--backbone", TINY_MODEL, "--max-epochs", "3",
+                       "--storage", str(tmp_path)])
+    context = SpaceContext(max_epochs=3)
+    searcher = make_searcher(spec, "scratch", optuna.storages.InMemoryStorage(),
+                             context=context)
+    preset = preset_point(spec, "scratch", context)
+    first, second = searcher.suggest("a"), searcher.suggest("b")
+    assert is_preset(first, preset) and not is_preset(second, preset)
+    no_preset = parse_spec(["--strategy", "scratch", "--storage", str(tmp_path), "--no-preset"])
+    assert preset_point(no_preset, "scratch", context) is None
+    assert not is_preset(first, {})
 
 
 def test_initial_population_samples_n_configs_inside_the_space():
