@@ -88,12 +88,16 @@ def trial_started(strategy: str) -> None:
 
 
 class TrialStarted(Callback):
-    """Starts the strategy's budget clock once Tune has started a trial's actor."""
+    """Starts the strategy's budget clock once Tune has started a trial's actor, or a trial
+    failed: a Tuner whose actors cannot start still ends with its share."""
 
     def __init__(self, strategy: str):
         self.strategy = strategy
 
     def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
+        trial_started(self.strategy)
+
+    def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
         trial_started(self.strategy)
 
 

@@ -150,6 +150,16 @@ def test_the_clock_starts_with_the_tuners_first_trial(tmp_path):
     clock.now += 30
     assert restored.stop_all() is True and restored.spent_s == 60.0
 
+    other = spec(tmp_path / "other", "--strategy", "unfrozen", "--time-budget", "10s")
+    failing = budget_stopper(other, "unfrozen", clock)
+    [failed] = budget_callbacks(other, "unfrozen")
+    failing.stop_all()
+    clock.now += 10
+    assert failing.stop_all() is False
+    failed.on_trial_error(iteration=4, trials=[], trial=None)  # its actor could not start
+    clock.now += 10
+    assert failing.stop_all() is True  # a Tuner of failing trials still ends
+
 
 def test_a_restored_stopper_writes_where_the_experiment_is_now(tmp_path):
     """Tune's copy names the experiment where it was; a moved experiment's driver registers
