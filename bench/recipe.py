@@ -67,7 +67,8 @@ def one_run(tmp: Path, dataset: str, data: str, seed: int, arm: str, s: dict) ->
 
 
 def measure(workdir: Path | None = None, cifar: Path = CIFAR, **settings) -> dict:
-    """Test accuracy per dataset, arm and seed."""
+    """Test accuracy per dataset, arm and seed; the searches run in `workdir` (kept, so each
+    run's trials can be read afterwards), else in a temporary folder."""
     s = {**DEFAULTS, **settings}
     sources = {"demo": "demo"}
     if "cifar" in s["datasets"]:
@@ -77,11 +78,13 @@ def measure(workdir: Path | None = None, cifar: Path = CIFAR, **settings) -> dic
             print(f"skipping the CIFAR-10 slice: {cifar} is missing (pass --cifar DIR)",
                   file=sys.stderr)
     datasets = [d for d in s["datasets"] if d in sources]
-    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = Path(workdir or scratch)
+        tmp.mkdir(parents=True, exist_ok=True)
         jobs = [(d, seed, arm) for d in datasets for seed in s["seeds"] for arm in ARMS]
         with ThreadPoolExecutor(max_workers=s["jobs"]) as pool:
-            accs = list(pool.map(lambda j: one_run(Path(tmp), j[0], sources[j[0]], j[1], j[2],
-                                                   s), jobs))
+            accs = list(pool.map(lambda j: one_run(tmp, j[0], sources[j[0]], j[1], j[2], s),
+                                 jobs))
     results: dict = {d: {arm: [] for arm in ARMS} for d in datasets}
     for (d, _, arm), acc in zip(jobs, accs, strict=True):
         results[d][arm].append(acc)
@@ -135,7 +138,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=DEFAULTS["jobs"],
                         help="runs side by side (default: %(default)s)")
     parser.add_argument("--cifar", type=Path, default=CIFAR, help="the CIFAR-10 slice")
-    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="keep the data and experiments here (default: a temporary folder)")
     parser.add_argument("--quick", action="store_true", help="tiny inputs, to check the script")
     args = parser.parse_args(argv)
     s = dict(QUICK) if args.quick else {

@@ -375,6 +375,7 @@ def test_the_recipe_benchmark_runs_each_arm_with_its_own_flags(tmp_path, monkeyp
     monkeypatch.setattr("bench.search_quality.subprocess.run", fake_search)
     m = recipe.measure(tmp_path, cifar=tmp_path / "missing", seeds=(0,), jobs=1)
     assert m["results"] == {"demo": {"before": [1.0], "preset": [2.0], "search": [3.0]}}
+    assert (tmp_path / "runs" / "demo-search-0" / EVAL_RESULTS).is_file()  # --workdir kept
     before, preset, search = (" ".join(c) for c in commands)
     for command in (before, preset, search):
         assert "--strategy scratch --data demo --backbone resnet10t --samples 8" in command
