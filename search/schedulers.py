@@ -10,15 +10,15 @@ and ranks trials by the metric and mode that `tune.TuneConfig` passes to it (the
   (the trainable checkpoints every epoch).
 - median: stops a trial whose best result is below the median of the other trials' running
   means at the same epoch, after grace_period epochs.
-
-None of these three stops the preset's trial before max_epochs (`KeepsPreset`; HyperBand's
-first bracket, where the first trial goes, stops no trial).
 - fifo: no early stopping; every trial runs max_epochs.
 - pbt: population-based training. Every `perturbation_interval` epochs a trial in the bottom
   quantile continues from a top trial's checkpoint with that trial's config, `lr` and
   `weight_decay` perturbed. Ray refuses PBT with any Tune Searcher, so the population comes
   from `initial_population` (the same Optuna space, sampled up front) through
   `population_search`.
+
+None of asha, hyperband and median stops the preset's trial before max_epochs (`KeepsPreset`;
+HyperBand's first bracket, where the first trial goes, stops no trial).
 """
 
 from __future__ import annotations

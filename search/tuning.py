@@ -190,13 +190,6 @@ def strategy_space(spec: ExperimentSpec, strategy: str, context: SpaceContext | 
     return get_space(strategy, context or run_context(spec), overrides.get(strategy))
 
 
-def preset_point(spec: ExperimentSpec, strategy: str, context: SpaceContext) -> dict | None:
-    """The preset's study parameters, as the searcher enqueues them; None with --no-preset."""
-    space = strategy_space(spec, strategy, context)
-    return study_points(first_configs(spec, strategy, space)[:1], space)[0] if spec.preset \
-        else None
-
-
 def make_searcher(spec: ExperimentSpec, strategy: str, storage: optuna.storages.BaseStorage,
                   yield_after_end: bool = False, context: SpaceContext | None = None
                   ) -> MarkedOptunaSearch:
@@ -231,12 +224,7 @@ def make_tuner(spec: ExperimentSpec, strategy: str, data_ref: ray.ObjectRef,
         return tune.Tuner(trainable, param_space=dict(spec.hyperparameters),
                           tune_config=tune.TuneConfig(num_samples=1, **common),
                           run_config=run_config(spec, strategy))
-    scheduler = make_scheduler(spec.scheduler, max_epochs=spec.max_epochs,
-                               grace_period=spec.grace_period,
-                               reduction_factor=spec.reduction_factor, seed=spec.seed,
-                               lr_ranges=context.lr_ranges,
-                               preset=preset_point(spec, strategy, context))
-    param_space = None
+    param_space, preset = None, None
     if spec.scheduler == "pbt":  # Ray runs PBT without a searcher: the population comes first
         population = population_configs(spec, strategy, context)
         search_alg, param_space = population_search(population)
@@ -252,7 +240,12 @@ def make_tuner(spec: ExperimentSpec, strategy: str, data_ref: ray.ObjectRef,
             common["max_concurrent_trials"] = slots + 1
         search_alg = make_searcher(spec, strategy, storage, yield_after_end=bool(slots),
                                    context=context)
+        preset = search_alg.preset  # the trial ASHA and the median rule let run every epoch
         num_samples = -1 if spec.samples is None else spec.samples  # -1: until the budget ends
+    scheduler = make_scheduler(spec.scheduler, max_epochs=spec.max_epochs,
+                               grace_period=spec.grace_period,
+                               reduction_factor=spec.reduction_factor, seed=spec.seed,
+                               lr_ranges=context.lr_ranges, preset=preset)
     return tune.Tuner(
         trainable,
         param_space=param_space,

@@ -36,7 +36,7 @@ from search.schedulers import (
     population_search,
 )
 from search.spec import UsageError, parse_spec
-from search.tuning import make_searcher, preset_point
+from search.tuning import make_searcher
 from spaces import SpaceContext
 from spaces.registry import WD_RANGES, to_study_params
 from tests.helpers import TINY_MODEL
@@ -164,11 +164,12 @@ def test_the_searchers_first_trial_is_the_one_the_scheduler_keeps(tmp_path):
     context = SpaceContext(max_epochs=3)
     searcher = make_searcher(spec, "scratch", optuna.storages.InMemoryStorage(),
                              context=context)
-    preset = preset_point(spec, "scratch", context)
     first, second = searcher.suggest("a"), searcher.suggest("b")
-    assert is_preset(first, preset) and not is_preset(second, preset)
+    # make_tuner hands the scheduler the searcher's preset
+    assert is_preset(first, searcher.preset) and not is_preset(second, searcher.preset)
     no_preset = parse_spec(["--strategy", "scratch", "--storage", str(tmp_path), "--no-preset"])
-    assert preset_point(no_preset, "scratch", context) is None
+    assert make_searcher(no_preset, "scratch", optuna.storages.InMemoryStorage(),
+                         context=context).preset is None
     assert not is_preset(first, {})
 
 
