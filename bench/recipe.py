@@ -11,7 +11,8 @@ epoch's count of epochs, then tested on the test split, which no search reads):
 
 (a) before: the space as it was before presets and tricks (`bench/before_tricks.yaml`: no
     random-resized crop, mixup, EMA or warmup choice, one weight-decay range of 1e-6 to 1e-2
-    for both optimizers) and `--no-preset`, so TPE starts from random trials;
+    for both optimizers, the lr ranges of fine-tuning) and `--no-preset`, so TPE starts from
+    random trials;
 (b) preset: one trial, the strategy's preset (`--samples 1`; the preset is a search's first
     trial), trained for `--max-epochs` like every trial;
 (c) search: the search as it is now, preset first.

@@ -102,7 +102,7 @@ def make_scheduler(name: str, *, max_epochs: int, grace_period: int, reduction_f
                    lr_ranges: Mapping[str, tuple[float, float]] = LR_RANGES,
                    preset: Mapping | None = None) -> TrialScheduler:
     """The scheduler `name`; metric and mode come from tune.TuneConfig. PBT perturbs lr
-    within `lr_ranges`, the space's (SpaceContext.lr_ranges). `preset`, the preset's study
+    within `lr_ranges`, the strategy space's (space_lr_ranges). `preset`, the preset's study
     parameters, marks the trial ASHA and the median rule let run max_epochs."""
     check_scheduler(name, max_epochs, grace_period, reduction_factor,
                     perturbation_interval=perturbation_interval)

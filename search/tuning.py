@@ -39,7 +39,7 @@ from search.spec import ExperimentSpec
 from search.warm_start import study_points
 from spaces import SpaceContext, get_space, run_context, to_study_params, to_trial_values
 from spaces.overrides import load_space_file
-from spaces.registry import get_preset
+from spaces.registry import get_preset, space_lr_ranges
 from store.records import full_budget_seconds
 from store.tune_storage import tune_filesystem
 from store.uri import join_uri
@@ -242,10 +242,7 @@ def make_tuner(spec: ExperimentSpec, strategy: str, data_ref: ray.ObjectRef,
                                    context=context)
         preset = search_alg.preset  # the trial ASHA and the median rule let run every epoch
         num_samples = -1 if spec.samples is None else spec.samples  # -1: until the budget ends
-    scheduler = make_scheduler(spec.scheduler, max_epochs=spec.max_epochs,
-                               grace_period=spec.grace_period,
-                               reduction_factor=spec.reduction_factor, seed=spec.seed,
-                               lr_ranges=context.lr_ranges, preset=preset)
+    scheduler = strategy_scheduler(spec, strategy, context, preset)
     return tune.Tuner(
         trainable,
         param_space=param_space,
@@ -255,6 +252,16 @@ def make_tuner(spec: ExperimentSpec, strategy: str, data_ref: ray.ObjectRef,
                                     **common),
         run_config=run_config(spec, strategy),
     )
+
+
+def strategy_scheduler(spec: ExperimentSpec, strategy: str, context: SpaceContext,
+                       preset: dict | None = None):
+    """The strategy's trial scheduler: PBT perturbs lrs within its space's lr ranges, and
+    ASHA and the median rule let the trial of `preset` (study parameters) run every epoch."""
+    return make_scheduler(spec.scheduler, max_epochs=spec.max_epochs,
+                          grace_period=spec.grace_period,
+                          reduction_factor=spec.reduction_factor, seed=spec.seed,
+                          lr_ranges=space_lr_ranges(strategy, context), preset=preset)
 
 
 def trial_slots(spec: ExperimentSpec) -> int | None:

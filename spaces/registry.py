@@ -21,6 +21,11 @@ LR_NAMES = {name: o for name, (f, o) in OPTIMIZER_PARAMS.items() if f == "lr"}  
 DEFAULT_OPTIMIZER = next(f.default for f in fields(TrialConfig) if f.name == "optimizer")
 SGD_LR = (1e-3, 0.3)
 LR_RANGES = {"sgd": SGD_LR, "adamw": (SGD_LR[0] / 100, SGD_LR[1] / 30)}  # AdamW's is lower
+# From random weights, the bottom of LR_RANGES (fine-tuning's lrs, BiT's 0.003) leaves a
+# network barely trained in a short budget; the floors keep the from-scratch recipes at the
+# smallest batch in range: SGD at 0.1 per 256 images (He et al. 2016) is 0.0125 at batch 32,
+# DeiT's AdamW at 5e-4 per 512 is 1.25e-4 at batch 128
+SCRATCH_LR_RANGES = {"sgd": (0.01, SGD_LR[1]), "adamw": (1e-4, LR_RANGES["adamw"][1])}
 # SGD's coupled decay is small (5e-4 for ResNets on CIFAR, 1e-4 on ImageNet); AdamW's decoupled
 # decay is multiplied by the lr, so its useful values are larger: 0.05 in DeiT and timm
 WD_RANGES = {"sgd": (1e-6, 1e-2), "adamw": (1e-4, 0.3)}
@@ -63,8 +68,13 @@ class SpaceContext:
         """Each optimizer's lr range, scaled with the square root of how much larger the
         batches are than a CPU's (Krizhevsky 2014; Hoffer et al. 2017): a GPU's 4x larger
         batches search lrs 2x higher."""
+        return self.scaled(LR_RANGES)
+
+    def scaled(self, lr_ranges: Mapping[str, tuple[float, float]]
+               ) -> dict[str, tuple[float, float]]:
+        """Lr ranges set for a CPU's batches, scaled to this context's (see lr_ranges)."""
         scale = self.lr_scale
-        return {name: (low * scale, high * scale) for name, (low, high) in LR_RANGES.items()}
+        return {name: (low * scale, high * scale) for name, (low, high) in lr_ranges.items()}
 
     @property
     def lr_scale(self) -> float:
@@ -169,6 +179,14 @@ def space_dimensions(strategy: str, context: SpaceContext | None = None) -> dict
     return dimensions(explore(BoundSpace(SPACES[strategy], context or SpaceContext()).trace))
 
 
+def space_lr_ranges(strategy: str, context: SpaceContext | None = None
+                    ) -> dict[str, tuple[float, float]]:
+    """The strategy's built-in lr range per optimizer, as its space searches them."""
+    dims = space_dimensions(strategy, context)
+    return {optimizer: (dims[name].low, dims[name].high)
+            for name, optimizer in LR_NAMES.items() if name in dims}
+
+
 def to_trial_values(params: Mapping[str, Any]) -> dict[str, Any]:
     """Optuna's parameters (and the space's constants) as TrialConfig field values: the lr and
     weight decay of the trial's optimizer (lr_sgd, weight_decay_adamw) become `lr` and
@@ -202,8 +220,10 @@ def augmentations(image_size: int) -> list[str]:
     return [a for a in AUGMENTATIONS if a != unfit]
 
 
-def common(dims: Dims, context: SpaceContext) -> None:
-    """Optimizer with its lr and weight decay (log; each optimizer its own ranges), batch size
+def common(dims: Dims, context: SpaceContext,
+           lr_ranges: Mapping[str, tuple[float, float]] = LR_RANGES) -> None:
+    """Optimizer with its lr (log; `lr_ranges`, set for a CPU's batches and scaled to the
+    context's) and weight decay (log; each optimizer its own ranges), batch size
     (larger on a GPU, with the lr ranges to match), augmentation policy (with RandAugment's
     magnitude or the crop's smallest scale), mixup or CutMix with its alpha, an EMA of the
     weights, the warmup's share of the schedule, and label smoothing; and the backbone, where
@@ -211,7 +231,7 @@ def common(dims: Dims, context: SpaceContext) -> None:
     if len(context.backbones) > 1:
         dims.categorical("backbone", list(context.backbones))
     optimizer = dims.categorical("optimizer", list(OPTIMIZERS))
-    dims.float(f"lr_{optimizer}", *context.lr_ranges[optimizer], log=True)
+    dims.float(f"lr_{optimizer}", *context.scaled(lr_ranges)[optimizer], log=True)
     dims.float(f"weight_decay_{optimizer}", *WD_RANGES[optimizer], log=True)
     dims.categorical("batch_size", list(context.batch_sizes))
     augment = dims.categorical("augment", augmentations(context.image_size))

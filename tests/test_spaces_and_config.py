@@ -5,7 +5,10 @@ from dataclasses import fields
 import optuna
 import pytest
 
-from spaces import SPACES, get_space, to_trial_values
+from search.spec import parse_spec
+from search.tuning import strategy_scheduler
+from spaces import SPACES, SpaceContext, get_space, to_trial_values
+from spaces.registry import space_lr_ranges
 from trainables.config import AUGMENTATIONS, TrialConfig
 from trainables.strategies import STRATEGIES
 
@@ -42,6 +45,23 @@ def test_strategy_specific_dimensions():
     assert "lr_mult" in names("unfrozen")
     assert "head" in names("frozen")
     assert "lr_mult" not in names("scratch") and "head" not in names("scratch")
+
+
+def test_scratch_searches_higher_lrs_than_fine_tuning_and_pbt_keeps_to_them(tmp_path):
+    """From random weights, fine-tuning's lowest lrs barely train a network in a short budget:
+    scratch's lr ranges start 10x higher, on a CPU and on a GPU, and its PBT perturbs within
+    them."""
+    for device in ("cpu", "cuda"):
+        context = SpaceContext(device=device, image_size=128)
+        scratch, unfrozen = (space_lr_ranges(s, context) for s in ("scratch", "unfrozen"))
+        assert set(scratch) == set(unfrozen) == {"sgd", "adamw"}
+        for optimizer, (low, high) in scratch.items():
+            assert low == pytest.approx(10 * unfrozen[optimizer][0])
+            assert high == unfrozen[optimizer][1]
+    spec = parse_spec(["--strategy", "scratch", "--scheduler", "pbt", "--storage",
+                       str(tmp_path)])
+    pbt = strategy_scheduler(spec, "scratch", SpaceContext())
+    assert pbt._lr_ranges == space_lr_ranges("scratch", SpaceContext())
 
 
 def test_from_dict_rejects_unknown_keys():
@@ -92,7 +112,7 @@ def test_a_best_config_reruns_its_batch_on_its_own_data_but_not_on_smaller(tmp_p
 ])
 def test_a_gpu_trial_samples_batches_that_fill_it_within_its_training_split(
         device, size, train_images, batches):
-    from spaces import SpaceContext, space_dimensions
+    from spaces import space_dimensions
 
     context = SpaceContext(device=device, image_size=size, train_images=train_images)
     for strategy in STRATEGIES:
@@ -100,7 +120,8 @@ def test_a_gpu_trial_samples_batches_that_fill_it_within_its_training_split(
         assert dims["batch_size"].choices == batches
         # lr ranges scale with the square root of the batch sizes' growth over a CPU's
         scale = (batches[-1] / 128) ** 0.5
-        assert dims["lr_sgd"].low == pytest.approx(1e-3 * scale)
+        low = 0.01 if strategy == "scratch" else 1e-3  # random weights take larger steps
+        assert dims["lr_sgd"].low == pytest.approx(low * scale)
         assert dims["lr_sgd"].high == pytest.approx(0.3 * scale)
         assert dims["lr_adamw"].high == pytest.approx(0.01 * scale)
 
@@ -120,6 +141,6 @@ def test_show_space_prints_what_a_gpu_search_samples():
     # 128, the smallest; 200,000 images fill the steps at the largest
     assert "batch_size=128 augment=rrc crop_scale=0.35" in show_spaces(run, train_images=9000)
     assert "batch_size=512 augment=rrc" in show_spaces(run, train_images=200_000)
-    assert "sgd: {low: 0.002, high: 0.6, log: true}" in show_spaces(run, train_images=9000)
+    assert "sgd: {low: 0.02, high: 0.6, log: true}" in show_spaces(run, train_images=9000)
     cpu = SimpleNamespace(**{**vars(run), "gpus_per_trial": 0.0})
     assert "batch_size: [32, 64, 128]" in show_spaces(cpu, train_images=9000)
