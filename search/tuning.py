@@ -258,10 +258,12 @@ def strategy_scheduler(spec: ExperimentSpec, strategy: str, context: SpaceContex
                        preset: dict | None = None):
     """The strategy's trial scheduler: PBT perturbs lrs within its space's lr ranges, and
     ASHA and the median rule let the trial of `preset` (study parameters) run every epoch."""
+    # only PBT reads lr ranges; they take a trace of every branch of the space
+    lrs = {"lr_ranges": space_lr_ranges(strategy, context)} if spec.scheduler == "pbt" else {}
     return make_scheduler(spec.scheduler, max_epochs=spec.max_epochs,
                           grace_period=spec.grace_period,
                           reduction_factor=spec.reduction_factor, seed=spec.seed,
-                          lr_ranges=space_lr_ranges(strategy, context), preset=preset)
+                          preset=preset, **lrs)
 
 
 def trial_slots(spec: ExperimentSpec) -> int | None:
