@@ -63,16 +63,11 @@ class SpaceContext:
         largest = max(largest, CPU_BATCHES[-1])
         return (largest // 4, largest // 2, largest)
 
-    @property
-    def lr_ranges(self) -> dict[str, tuple[float, float]]:
-        """Each optimizer's lr range, scaled with the square root of how much larger the
-        batches are than a CPU's (Krizhevsky 2014; Hoffer et al. 2017): a GPU's 4x larger
-        batches search lrs 2x higher."""
-        return self.scaled(LR_RANGES)
-
     def scaled(self, lr_ranges: Mapping[str, tuple[float, float]]
                ) -> dict[str, tuple[float, float]]:
-        """Lr ranges set for a CPU's batches, scaled to this context's (see lr_ranges)."""
+        """Each optimizer's lr range, set for a CPU's batches, scaled with the square root of
+        how much larger this context's batches are (Krizhevsky 2014; Hoffer et al. 2017): a
+        GPU's 4x larger batches search lrs 2x higher."""
         scale = self.lr_scale
         return {name: (low * scale, high * scale) for name, (low, high) in lr_ranges.items()}
 

@@ -38,7 +38,7 @@ from search.schedulers import (
 from search.spec import UsageError, parse_spec
 from search.tuning import make_searcher
 from spaces import SpaceContext
-from spaces.registry import WD_RANGES, to_study_params
+from spaces.registry import LR_RANGES, WD_RANGES, to_study_params
 from tests.helpers import TINY_MODEL
 from trainables.config import RunSettings, TrialConfig
 from trainables.trainable import fit, train_transfer
@@ -217,7 +217,7 @@ def explore(pbt: SeededPBT, config: dict) -> dict:
 @pytest.mark.parametrize("device", ["cpu", "cuda"])
 def test_pbt_explore_is_seeded_bounded_by_optimizer_and_leaves_global_random_alone(device):
     """Within the space's lr range of each optimizer: a GPU's is higher, as its batches are."""
-    lr_ranges = SpaceContext(device=device, image_size=128).lr_ranges
+    lr_ranges = SpaceContext(device=device, image_size=128).scaled(LR_RANGES)
     outer = random.getstate()
     configs = [{"optimizer": "sgd", "lr": 0.3, "weight_decay": 1e-6, "batch_size": 64},
                {"optimizer": "adamw", "lr": 1e-5, "weight_decay": 1e-2, "batch_size": 32}]
